@@ -1,0 +1,101 @@
+"""The dynamics s_{t+1} = sigma(dPhi/ds(x, s_t) - beta * dl/ds(s_t)), two ways, and the phases.
+
+The nudge sits inside the activation (Eq. 3 and 19, as in the paper's own code). With the hard
+sigmoid clamp(u/2) this keeps the estimator unbiased: in the linear region the map is the gradient
+of Phi/2 nudged by beta/2, so (1/beta) * Delta dPhi/dtheta estimates the loss gradient. Putting the
+nudge after the activation (as Eq. 32/36 print it) doubles the effective beta on the weights.
+
+  step           the fast path: explicit conv + pool forward, max-unpool + transposed conv feedback,
+                 linear and transposed linear (App. D.2, Eq. 32/36); no autograd.
+  step_autograd  the reference: sigma of the autograd gradient of Phi - beta * l (Eq. 1, 3, 7).
+Both update every layer synchronously from s_t. Dropout masks multiply the states wherever they
+enter Phi or the loss, so the dropped units' drive is zero.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import EPNet
+
+
+def preactivations(model: EPNet, x, states, masks=None, y=None, beta=None):
+    """u_n = dPhi/ds^n - beta dl/ds^n for every layer (explicit form) and the pooling contexts.
+
+    x: (B, C, H, W); states: [(B, *shape_n)]; beta: None (free phase) or a float / 0-d tensor.
+    Returns ([u_n (B, *shape_n)], [ctx_n]) where ctx_n holds layer n's max-pool indices.
+    """
+    dropped = model.apply_masks(states, masks)
+    layers = [x] + dropped
+    outs = [layer(layers[n]) for n, layer in enumerate(model.layers)]  # [(P(w_n * s^{n-1}), ctx)]
+    n_states = len(states)
+    us = []
+    for n in range(n_states):
+        u = outs[n][0]  # bottom-up drive
+        if n + 1 < n_states:  # top-down drive through the next layer's adjoint
+            u = u + model.layers[n + 1].feedback(dropped[n + 1], outs[n + 1][1])
+        if beta is not None and n == n_states - 1:
+            u = u - beta * model.dloss_ds(states, y, masks)
+        if masks is not None and masks[n] is not None:
+            u = u * masks[n]
+        us.append(u)
+    return us, [o[1] for o in outs]
+
+
+def step(model: EPNet, x, states, masks=None, y=None, beta=None) -> list[torch.Tensor]:
+    """One synchronous step of the explicit dynamics (no autograd needed)."""
+    us, _ = preactivations(model, x, states, masks, y, beta)
+    return [model.sigma(u) for u in us]
+
+
+def drive_autograd(model: EPNet, x, states, masks=None, y=None, beta=None) -> list[torch.Tensor]:
+    """The reference drive d/ds [Phi(x, s) - beta * l(s, y)] by autograd of Phi (Eq. 3, 7)."""
+    with torch.enable_grad():
+        s = [t.detach().requires_grad_(True) for t in states]
+        f = model.phi(x, s, masks).sum()
+        if beta is not None:
+            f = f - beta * model.loss(s, y, masks).sum()
+        return list(torch.autograd.grad(f, s))
+
+
+def step_autograd(model: EPNet, x, states, masks=None, y=None, beta=None) -> list[torch.Tensor]:
+    """One step of the reference dynamics: s_{t+1} = sigma(drive_autograd(s_t))."""
+    return [model.sigma(g) for g in drive_autograd(model, x, states, masks, y, beta)]
+
+
+def relax(model: EPNet, x, states, steps: int, masks=None, y=None, beta=None, step_fn=step, callback=None):
+    """Run `steps` steps from `states`; beta=None is the free phase. callback(t, states) after each
+    step t = 1..steps. Runs under whatever grad mode the caller set (no_grad for EP phases, so memory
+    is flat in steps; grad enabled for BPTT)."""
+    if beta is not None:
+        beta = torch.as_tensor(beta, dtype=x.dtype, device=x.device)  # one compiled graph for all betas
+    for t in range(1, steps + 1):
+        states = step_fn(model, x, states, masks, y, beta)
+        if callback is not None:
+            callback(t, states)
+    return states
+
+
+def residual(model: EPNet, x, states, masks=None, y=None, beta=None, step_fn=step) -> torch.Tensor:
+    """Largest absolute state change of one more step: max_n |s_{t+1} - s_t| (0-d tensor)."""
+    new = step_fn(model, x, states, masks, y, None if beta is None else torch.as_tensor(beta, dtype=x.dtype))
+    return torch.stack([(a - b).abs().max() for a, b in zip(new, states)]).max()
+
+
+def regions(model: EPNet, x, states, masks=None, y=None, beta=None):
+    """Per unit, which piece of the activation it sits on (-1 below, 0 linear, 1 saturated) and the
+    max-pool winners: what the theorem tests watch for between s* and s^beta."""
+    us, ctx = preactivations(model, x, states, masks, y, beta)
+    rs = [torch.where(u <= 0, -1, torch.where(u * model.slope >= 1, 1, 0)) for u in us]
+    return rs, [c for c in ctx if c is not None]
+
+
+def count_changes(model: EPNet, x, s_a, s_b, masks=None, y=None, beta_a=None, beta_b=None) -> dict:
+    """How many units changed activation region, and how many pooling windows changed winner,
+    between two states (e.g. s* and s^beta)."""
+    ra, pa = regions(model, x, s_a, masks, y, beta_a)
+    rb, pb = regions(model, x, s_b, masks, y, beta_b)
+    return {
+        "clamp_region_changes": int(sum((a != b).sum() for a, b in zip(ra, rb))),
+        "pool_winner_changes": int(sum((a != b).sum() for a, b in zip(pa, pb))) if pa else 0,
+    }

@@ -1,0 +1,228 @@
+"""The gradient check of the paper (Eq. 6, Fig. 2, App. G): EP step by step vs truncated BPTT.
+
+    python -m ep_compile.gradcheck --arch digits --data digits --T 200 --K 30 \\
+        --betas 0.1 0.01 0.001 --estimators one-sided symmetric --dtype float64 --json gc.json
+
+For t = 1..K, the EP estimate after t nudged steps (Eq. 6) is compared with BPTT truncated to the last
+t steps of the free phase (Eq. 22). The report gives, per estimator, beta and layer, the relative error
+||g_est - g_bptt|| / ||g_bptt|| of the final (t = K) estimate and the fraction of weights whose sign
+agrees, plus how many units changed activation region or pool winner between s* and s^+-beta: those
+add first-order errors at large beta that no estimator cancels, so a user can tell them from a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from .dynamics import count_changes, relax, step
+from .estimators import Phases, ep_gradient, get_estimator
+from .model import ConfigError, EPNet, layer_groups, model_config
+
+GRADCHECK_ESTIMATORS = ("one-sided", "random-sign", "symmetric")
+
+
+def bptt_per_step(model: EPNet, x, y, T: int, K: int, masks=None, step_fn=step):
+    """[grad_BPTT(t) for t = 1..K] (App. A): the loss gradient through the last t free steps, by one
+    backward sweep of one-step vector-Jacobian products. Also returns s_{T-K..T}."""
+    params, n = list(model.parameters()), len(model.state_shapes)
+    with torch.no_grad():
+        traj = [relax(model, x, model.init_states(x.shape[0], x), T - K, masks, step_fn=step_fn)]
+        for _ in range(K):
+            traj.append(step_fn(model, x, traj[-1], masks))
+    with torch.enable_grad():
+        s_T = [t.detach().requires_grad_(True) for t in traj[-1]]
+        g = torch.autograd.grad(model.loss(s_T, y, masks).mean(), s_T + params, allow_unused=True)
+    adj = [torch.zeros_like(s) if a is None else a for s, a in zip(s_T, g[:n])]  # dL/ds_T
+    direct = [torch.zeros_like(p) if d is None else d for p, d in zip(params, g[n:])]  # read-out
+    acc, out = [torch.zeros_like(p) for p in params], []
+    for t in range(1, K + 1):
+        with torch.enable_grad():
+            s_prev = [s.detach().requires_grad_(True) for s in traj[K - t]]
+            new = step_fn(model, x, s_prev, masks)
+            g = torch.autograd.grad(new, s_prev + params, grad_outputs=adj, allow_unused=True)
+        adj = [torch.zeros_like(s) if a is None else a for s, a in zip(s_prev, g[:n])]
+        acc = [a if d is None else a + d for a, d in zip(acc, g[n:])]
+        out.append([a + d for a, d in zip(acc, direct)])
+    return out, traj
+
+
+def ep_per_step(model: EPNet, x, y, s_free, K: int, beta: float, kind: str, masks=None, step_fn=step):
+    """[EP estimate after t nudged steps, t = 1..K] for kind 'one-sided' (beta may be negative) or
+    'symmetric'; also the final nudged states [s^beta_K, s^-beta_K (symmetric only)]."""
+    pos, neg = [], []
+    with torch.no_grad():
+        s_pos = relax(model, x, s_free, K, masks, y, beta, step_fn, lambda t, s: pos.append(s))
+        s_neg = None
+        if kind == "symmetric":
+            s_neg = relax(model, x, s_free, K, masks, y, -beta, step_fn, lambda t, s: neg.append(s))
+    if kind == "symmetric":
+        ests = [ep_gradient(model, x, y, b, -beta, a, beta, masks) for a, b in zip(pos, neg)]
+    else:
+        ests = [ep_gradient(model, x, y, s_free, 0.0, a, beta, masks) for a in pos]
+    return ests, [s for s in (s_pos, s_neg) if s is not None]
+
+
+def compare(model: EPNet, est, ref) -> list[dict]:
+    """Per layer (and 'all'): relative error and sign agreement of est vs ref."""
+    rows = []
+    for name, idx in layer_groups(model) + [("all", list(range(len(ref))))]:
+        a = torch.cat([est[i].flatten() for i in idx])
+        b = torch.cat([ref[i].flatten() for i in idx])
+        rows.append(
+            {
+                "layer": name,
+                "rel_error": ((a - b).norm() / b.norm().clamp_min(1e-300)).item(),
+                "sign_agreement": (a.sign() == b.sign()).double().mean().item(),
+            }
+        )
+    return rows
+
+
+def load_batch(data: str, in_shape, batch: int, n_classes: int, dtype, generator):
+    """A batch (x, y): uniform random inputs in [0, 1], or real scikit-learn digits (8x8 grey)."""
+    if data == "random":
+        x = torch.rand((batch, *in_shape), generator=generator, dtype=dtype)
+        return x, torch.randint(0, n_classes, (batch,), generator=generator)
+    if data == "digits":
+        from sklearn.datasets import load_digits
+
+        if tuple(in_shape) != (1, 8, 8):
+            raise ConfigError(f"--data digits gives (1, 8, 8) images; the model expects {tuple(in_shape)}")
+        d = load_digits()
+        idx = torch.randperm(len(d.target), generator=generator)[:batch]
+        x = torch.tensor(d.images, dtype=dtype)[idx].unsqueeze(1) / 16.0
+        return x, torch.tensor(d.target)[idx]
+    raise ConfigError(f"unknown --data {data!r}; valid: random, digits")
+
+
+def run(args) -> dict:
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    torch.manual_seed(args.seed)
+    cfg = model_config(args.arch, loss=args.loss)
+    model = EPNet(cfg).to(dtype)
+    gen = torch.Generator().manual_seed(args.seed)
+    x, y = load_batch(args.data, cfg.in_shape, args.batch, cfg.n_classes, dtype, gen)
+    for name in args.estimators:
+        get_estimator(name)  # unknown names fail with the list of valid ones
+        if name not in GRADCHECK_ESTIMATORS:
+            raise ConfigError(f"gradcheck compares EP estimators ({', '.join(GRADCHECK_ESTIMATORS)}), not {name!r}")
+    for b in args.betas:
+        Phases(T=args.T, K=args.K, beta=b).require_beta("gradcheck")
+    if args.K > args.T:
+        raise ConfigError(f"K={args.K} must not exceed T={args.T}: BPTT is truncated to the last K free steps")
+    model.check_input(x)
+    ref_steps, traj = bptt_per_step(model, x, y, args.T, args.K)
+    s_free = traj[-1]
+    results, changes, curves = [], [], {}
+    for beta in args.betas:
+        for name in args.estimators:
+            kind, b = name, beta
+            if name == "random-sign":
+                kind, b = "one-sided", beta * (1 if torch.randint(0, 2, (1,), generator=gen).item() else -1)
+            ests, nudged = ep_per_step(model, x, y, s_free, args.K, b, kind)
+            for row in compare(model, ests[-1], ref_steps[-1]):
+                results.append({"estimator": name, "beta": beta, **row})
+            per_t = [compare(model, e, r)[-1]["rel_error"] for e, r in zip(ests, ref_steps)]
+            results[-1]["rel_error_per_step"] = per_t
+            for s, sgn in zip(nudged, (1, -1)):
+                changes.append(
+                    {"estimator": name, "beta": sgn * b, **count_changes(model, x, s_free, s, None, y, None, sgn * b)}
+                )
+        if beta == args.betas[0]:
+            curves = {
+                "one-sided +beta": ep_per_step(model, x, y, s_free, args.K, beta, "one-sided")[0],
+                "one-sided -beta": ep_per_step(model, x, y, s_free, args.K, -beta, "one-sided")[0],
+                "symmetric": ep_per_step(model, x, y, s_free, args.K, beta, "symmetric")[0],
+                "BPTT": ref_steps,
+            }
+    report = {"config": {**vars(args), "model": cfg.to_dict()}, "results": results, "changes": changes}
+    _print(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if args.plot:
+        plot(model, curves, args.betas[0], args.plot, gen)
+    return report
+
+
+def _print(report):
+    print(f"{'estimator':<12} {'beta':>9} {'layer':<8} {'rel_error':>10} {'sign_agree':>10}")
+    for r in report["results"]:
+        print(
+            f"{r['estimator']:<12} {r['beta']:>9.3g} {r['layer']:<8} {r['rel_error']:>10.3e} {r['sign_agreement']:>10.4f}"
+        )
+    print("units that changed activation region / pool winner between s* and s^beta:")
+    for c in report["changes"]:
+        print(
+            f"  {c['estimator']:<12} beta={c['beta']:+.3g}: {c['clamp_region_changes']} region, "
+            f"{c['pool_winner_changes']} pool winner"
+        )
+
+
+def plot(model: EPNet, curves: dict, beta: float, path: str, gen, per_layer: int = 3):
+    """Fig. 2 / Fig. 8: for a few random weights of each layer, the estimates over t = 1..K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = layer_groups(model)
+    fig, axes = plt.subplots(len(groups), per_layer, figsize=(3.2 * per_layer, 2.4 * len(groups)), squeeze=False)
+    styles = {
+        "one-sided +beta": ("k", "--"),
+        "one-sided -beta": ("0.5", "--"),
+        "symmetric": ("g", "-"),
+        "BPTT": ("r", "-"),
+    }
+    for row, (name, idx) in enumerate(groups):
+        w = list(model.parameters())[idx[0]]  # the layer's weight tensor
+        live = curves["BPTT"][-1][idx[0]].flatten().nonzero().flatten()  # weights BPTT moves
+        pool = live if live.numel() >= per_layer else torch.arange(w.numel())
+        picks = pool[torch.randperm(pool.numel(), generator=gen)[:per_layer]]
+        for col, k in enumerate(picks.tolist()):
+            ax = axes[row][col]
+            for label, seq in curves.items():
+                vals = [-g[idx[0]].flatten()[k].item() for g in seq]  # -dL/dw, as the paper plots
+                ax.plot(range(1, len(vals) + 1), vals, color=styles[label][0], ls=styles[label][1], label=label)
+            ax.set_title(f"{name} w[{k}]", fontsize=8)
+            ax.tick_params(labelsize=6)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(f"EP (beta={beta:g}) vs BPTT over the nudged phase; x axis: t (Eq. 6)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ep_compile.gradcheck", description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="digits", help="preset name (digits, mnist, cifar10), JSON file or JSON string")
+    p.add_argument("--loss", choices=("ce", "mse"), default=None, help="override the output mode of the architecture")
+    p.add_argument("--data", default="random", help="random (uniform inputs) or digits (real scikit-learn digits)")
+    p.add_argument("--batch", type=int, default=8, help="batch size")
+    p.add_argument("--T", type=int, default=200, help="free-phase steps")
+    p.add_argument("--K", type=int, default=30, help="nudged-phase steps (and BPTT truncation)")
+    p.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.01], help="nudging strengths (> 0)")
+    p.add_argument("--estimators", nargs="+", default=list(GRADCHECK_ESTIMATORS), help="EP estimators to check")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="floating point precision")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, data and random signs")
+    p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument("--plot", default=None, help="draw the Fig. 2 curves into this PNG")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except ConfigError as e:
+        print(f"gradcheck: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""Convergent ConvNets with static input: config, layers, the primitive function Phi.
+
+A model is an ordered list of small layers; layer n connects state s^{n-1} to s^n (s^0 = x).
+Each layer knows three things:
+  forward(pre)          -> P(w_n * s^{n-1}) and the pooling context (max-pool indices),
+  feedback(post, ctx)   -> the adjoint of forward applied to s^n (max-unpool + transposed conv),
+  phi(pre, post)        -> s^n . P(w_n * s^{n-1}), one term of Phi (Eq. 7), per example.
+The model's primitive function is the sum of the layer terms (Eq. 7, 33, 37). Output modes:
+  'mse': the output layer is the last state and takes part in the dynamics (Eq. 15-16, App. D.2.1);
+  'ce' : a softmax read-out w_out on the last state, outside the dynamics (Eq. 17-19, App. D.2.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACTIVATIONS = {"hard-sigmoid": 0.5, "hard-sigmoid-1": 1.0}  # name -> slope: Eq. 51, Eq. 50
+POOLS = ("max", "avg", "none")
+LOSSES = ("mse", "ce")
+
+
+class ConfigError(ValueError):
+    """A model or run configuration that cannot work; the message names the bad value."""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a convergent ConvNet. Lists run over the conv layers (kernels, paddings, pools)
+    or over the hidden state layers (dropout); a scalar kernel applies to every conv layer."""
+
+    in_shape: tuple[int, int, int] = (3, 32, 32)  # (C, H, W) of the static input
+    channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])
+    kernels: list[int] | int = 3
+    paddings: list[int] = field(default_factory=lambda: [1, 1, 1, 0])
+    pools: list[str] = field(default_factory=lambda: ["max"] * 4)
+    fc: list[int] = field(default_factory=list)  # hidden fully connected layers
+    n_classes: int = 10
+    loss: str = "ce"
+    activation: str = "hard-sigmoid"
+    dropout: list[float] = field(default_factory=list)  # per hidden state layer, [] = none
+
+    def __post_init__(self):
+        self.in_shape = tuple(int(v) for v in self.in_shape)
+        if isinstance(self.kernels, int):
+            self.kernels = [self.kernels] * len(self.channels)
+        self.channels, self.kernels = list(self.channels), list(self.kernels)
+        self.paddings, self.pools, self.fc = list(self.paddings), list(self.pools), list(self.fc)
+        self.dropout = list(self.dropout)
+        nconv = len(self.channels)
+        if len(self.in_shape) != 3 or min(self.in_shape) < 1:
+            raise ConfigError(f"in_shape must be (C, H, W) with positive sizes, got {self.in_shape}")
+        for name in ("kernels", "paddings", "pools"):
+            if len(getattr(self, name)) != nconv:
+                raise ConfigError(
+                    f"{name} has {len(getattr(self, name))} entries for {nconv} conv layers "
+                    f"(channels={self.channels}); give one per conv layer"
+                )
+        for p in self.pools:
+            if p not in POOLS:
+                raise ConfigError(f"unknown pool {p!r}; valid: {', '.join(POOLS)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        if nconv + len(self.fc) == 0 and self.loss == "ce":
+            raise ConfigError("a 'ce' model needs at least one hidden layer to read out")
+        if any(c < 1 for c in self.channels + self.fc) or self.n_classes < 2:
+            raise ConfigError(f"layer sizes must be >= 1 and n_classes >= 2: {self}")
+        n_hidden = nconv + len(self.fc)
+        if self.dropout and len(self.dropout) != n_hidden:
+            raise ConfigError(f"dropout has {len(self.dropout)} entries for {n_hidden} hidden state layers")
+        if any(not 0.0 <= p < 1.0 for p in self.dropout):
+            raise ConfigError(f"dropout probabilities must lie in [0, 1), got {self.dropout}")
+        self.state_shapes()  # raises if the spatial sizes collapse
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        """Per-example shape of every state layer s^1..s^N (the output layer last for 'mse')."""
+        c, h, w = self.in_shape
+        shapes = []
+        for i, (co, k, p, pool) in enumerate(zip(self.channels, self.kernels, self.paddings, self.pools)):
+            h, w = h + 2 * p - k + 1, w + 2 * p - k + 1
+            if pool != "none":
+                h, w = h // 2, w // 2
+            if h < 1 or w < 1:
+                raise ConfigError(
+                    f"conv layer {i + 1} (kernel {k}, padding {p}, pool {pool}) leaves no pixels "
+                    f"for input shape {self.in_shape}"
+                )
+            shapes.append((co, h, w))
+        shapes += [(n,) for n in self.fc]
+        if self.loss == "mse":
+            shapes.append((self.n_classes,))
+        return shapes
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown model config keys {sorted(unknown)}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+PRESETS = {
+    # The paper's CIFAR-10 net (App. E.1): 128-256-512-512, paddings 1-1-1-0, max-pool after each.
+    "cifar10": dict(in_shape=(3, 32, 32), channels=[128, 256, 512, 512], paddings=[1, 1, 1, 0]),
+    # MNIST-size net (Ernoult et al. 2019 style), 28x28 grey input.
+    "mnist": dict(in_shape=(1, 28, 28), channels=[32, 64], paddings=[1, 1], pools=["max"] * 2),
+    # scikit-learn digits: 8x8 grey input; small enough for tests and seconds-long runs.
+    "digits": dict(in_shape=(1, 8, 8), channels=[16, 32], paddings=[1, 1], pools=["max"] * 2),
+}
+
+
+def model_config(arch: str | dict, **overrides) -> ModelConfig:
+    """A ModelConfig from a preset name, a JSON string/file path, or a dict, plus overrides."""
+    if isinstance(arch, str):
+        if arch in PRESETS:
+            d = dict(PRESETS[arch])
+        elif arch.lstrip().startswith("{"):
+            d = json.loads(arch)
+        elif arch.endswith(".json"):
+            with open(arch) as f:
+                d = json.load(f)
+        else:
+            raise ConfigError(f"unknown architecture {arch!r}; give a preset ({', '.join(PRESETS)}) or a JSON file")
+    else:
+        d = dict(arch)
+    d.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig.from_dict(d)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _avg_unpool(post: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Adjoint of avg_pool2d(2, 2): spread each value over its 2x2 window (/4), zero-pad odd edges."""
+    up = post.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1) / 4  # (B, C, 2h, 2w)
+    return F.pad(up, (0, size[1] - up.shape[-1], 0, size[0] - up.shape[-2]))
+
+
+class ConvPool(nn.Module):
+    """s^{n-1} (B, Cin, H, W) -> P(w * s^{n-1}) (B, Cout, H', W'): stride-1 conv, then 2x2 pooling."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, padding: int, pool: str, conv_hw):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=1, padding=padding)
+        self.padding, self.pool, self.conv_hw = padding, pool, tuple(conv_hw)
+
+    def forward(self, pre: torch.Tensor):
+        u = self.conv(pre)  # (B, Cout, Hc, Wc)
+        if self.pool == "max":
+            return F.max_pool2d(u, 2, 2, return_indices=True)  # (B, Cout, H', W'), indices
+        if self.pool == "avg":
+            return F.avg_pool2d(u, 2, 2), None
+        return u, None
+
+    def feedback(self, post: torch.Tensor, ctx, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """w~ * P^-1(s^n): max-unpool with the current pooling indices, then transposed conv."""
+        if self.pool == "max":
+            post = F.max_unpool2d(post, ctx, 2, 2, output_size=self.conv_hw)  # (B, Cout, Hc, Wc)
+        elif self.pool == "avg":
+            post = _avg_unpool(post, self.conv_hw)
+        w = self.conv.weight if weight is None else weight
+        return F.conv_transpose2d(post, w, padding=self.padding)  # (B, Cin, H, W)
+
+    def phi(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+        return (self.forward(pre)[0] * post).sum(dim=(1, 2, 3))  # (B,)
+
+
+class Dense(nn.Module):
+    """s^{n-1} (B, *in_shape) -> w . F(s^{n-1}) (B, n_out); flattens a conv state."""
+
+    def __init__(self, in_shape: tuple[int, ...], n_out: int):
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        n_in = 1
+        for d in in_shape:
+            n_in *= d
+        self.lin = nn.Linear(n_in, n_out)
+
+    def forward(self, pre: torch.Tensor):
+        return self.lin(pre.flatten(1)), None  # (B, n_out)
+
+    def feedback(self, post: torch.Tensor, ctx, weight: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.lin.weight if weight is None else weight
+        return (post @ w).view(-1, *self.in_shape)  # (B, *in_shape)
+
+    def phi(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+        return (self.forward(pre)[0] * post).sum(dim=1)  # (B,)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class EPNet(nn.Module):
+    """A convergent RNN: layers[n] connects s^n to s^{n+1} (s^0 = x); optional softmax read-out."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.slope = ACTIVATIONS[cfg.activation]
+        self.state_shapes = cfg.state_shapes()
+        layers, c, (h, w) = [], cfg.in_shape[0], cfg.in_shape[1:]
+        for co, k, p, pool, shape in zip(cfg.channels, cfg.kernels, cfg.paddings, cfg.pools, self.state_shapes):
+            layers.append(ConvPool(c, co, k, p, pool, (h + 2 * p - k + 1, w + 2 * p - k + 1)))
+            c, h, w = shape
+        prev = self.state_shapes[len(cfg.channels) - 1] if cfg.channels else cfg.in_shape
+        for n in cfg.fc + ([cfg.n_classes] if cfg.loss == "mse" else []):
+            layers.append(Dense(prev, n))
+            prev = (n,)
+        self.layers = nn.ModuleList(layers)
+        self.readout = nn.Linear(_numel(prev), cfg.n_classes) if cfg.loss == "ce" else None
+
+    # --- states and inputs
+    def init_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
+        """s = 0 for every layer: [(B, *shape_n)]."""
+        return [like.new_zeros(batch, *s) for s in self.state_shapes]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.cfg.in_shape:
+            raise ConfigError(
+                f"input of shape {tuple(x.shape)} does not fit the first layer: expected "
+                f"(B, {', '.join(map(str, self.cfg.in_shape))})"
+            )
+
+    def sigma(self, u: torch.Tensor) -> torch.Tensor:
+        """Hard sigmoid clamp(slope * u, 0, 1) (Eq. 50/51)."""
+        return (u * self.slope).clamp(0.0, 1.0)
+
+    def dropout_masks(self, batch: int, like: torch.Tensor, generator=None) -> list | None:
+        """One mask per example and hidden layer, scaled by 1/(1-p); fixed for a whole iteration
+        (all phases and steps, App. E.3). None when the model has no dropout."""
+        if not any(self.cfg.dropout):
+            return None
+        masks = []
+        for p, shape in zip(self.cfg.dropout, self.state_shapes):
+            if p == 0:
+                masks.append(None)
+                continue
+            keep = torch.rand((batch, *shape), generator=generator, device=like.device, dtype=like.dtype)
+            masks.append((keep >= p).to(like.dtype) / (1 - p))
+        return masks + [None] * (len(self.state_shapes) - len(masks))
+
+    @staticmethod
+    def apply_masks(states, masks):
+        if masks is None:
+            return list(states)
+        return [s if m is None else s * m for s, m in zip(states, masks)]
+
+    # --- primitive function, loss and read-out (the reference everything is tested against)
+    def phi(self, x: torch.Tensor, states, masks=None) -> torch.Tensor:
+        """Phi(x, s) of Eq. 7 per example (B,); dropped-out units are zero in every term."""
+        layers = [x] + self.apply_masks(states, masks)
+        return sum(layer.phi(layers[n], layers[n + 1]) for n, layer in enumerate(self.layers))
+
+    def logits(self, states, masks=None) -> torch.Tensor:
+        """Class scores (B, n_classes): the read-out w_out . s^N ('ce') or the output layer ('mse')."""
+        last = self.apply_masks(states, masks)[-1]
+        return self.readout(last.flatten(1)) if self.readout is not None else last
+
+    def loss(self, states, y: torch.Tensor, masks=None) -> torch.Tensor:
+        """l(s, y) per example (B,): 1/2 ||s^N - y||^2 (Eq. 15) or cross-entropy of the read-out (Eq. 18)."""
+        z = self.logits(states, masks)
+        if self.readout is None:
+            return 0.5 * (z - F.one_hot(y, self.cfg.n_classes).to(z.dtype)).pow(2).sum(dim=1)
+        return F.cross_entropy(z, y, reduction="none")
+
+    def dloss_ds(self, states, y: torch.Tensor, masks=None) -> torch.Tensor:
+        """dl/ds~^N for the last (dropped-out) state, explicit: s - y, or w_out^T (softmax - y)."""
+        z = self.logits(states, masks)
+        err = (z.softmax(dim=1) if self.readout is not None else z) - F.one_hot(y, self.cfg.n_classes).to(z.dtype)
+        if self.readout is None:
+            return err  # (B, n_classes)
+        return (err @ self.readout.weight).view_as(states[-1])  # (B, *shape_N)
+
+    def dynamics_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.layers.parameters()]
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def layer_groups(model: EPNet) -> list[tuple[str, list[int]]]:
+    """Names for reporting ('conv1', 'fc1', 'out', 'readout') and the indices of their parameters
+    in list(model.parameters())."""
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    groups, nconv = [], len(model.cfg.channels)
+    for n, layer in enumerate(model.layers):
+        if n < nconv:
+            name = f"conv{n + 1}"
+        elif model.readout is None and n == len(model.layers) - 1:
+            name = "out"
+        else:
+            name = f"fc{n - nconv + 1}"
+        groups.append((name, [index[id(p)] for p in layer.parameters()]))
+    if model.readout is not None:
+        groups.append(("readout", [index[id(p)] for p in model.readout.parameters()]))
+    return groups

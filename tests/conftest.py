@@ -1,0 +1,23 @@
+"""Shared fixtures: one thread (compiled CPU code collapses under two threads with other load),
+float64 small nets for the theorem tests."""
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def small_cfg(**kw):
+    from ep_compile.model import ModelConfig
+
+    d = dict(in_shape=(1, 8, 8), channels=[4, 6], paddings=[1, 0], pools=["max", "max"], n_classes=4, loss="ce")
+    d.update(kw)
+    return ModelConfig(**d)
+
+
+@pytest.fixture
+def f64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

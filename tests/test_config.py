@@ -1,0 +1,77 @@
+"""Bad input gets a clear error naming the bad value."""
+
+import pytest
+import torch
+from conftest import small_cfg
+
+from ep_compile import gradcheck
+from ep_compile.estimators import Phases, get_estimator, symmetric
+from ep_compile.model import PRESETS, ConfigError, EPNet, ModelConfig, model_config
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(paddings=[1]), "paddings has 1 entries for 2 conv layers"),
+        (dict(pools=["max", "max", "max"]), "pools has 3 entries for 2 conv layers"),
+        (dict(pools=["max", "median"]), "unknown pool 'median'; valid: max, avg, none"),
+        (dict(activation="relu"), "unknown activation 'relu'; valid: hard-sigmoid, hard-sigmoid-1"),
+        (dict(loss="hinge"), "unknown loss 'hinge'"),
+        (dict(in_shape=(1, 3, 3), paddings=[0, 0]), "leaves no pixels"),
+        (dict(dropout=[0.1]), "dropout has 1 entries for 2 hidden"),
+        (dict(dropout=[1.0, 0.0]), r"dropout probabilities must lie in \[0, 1\)"),
+    ],
+)
+def test_bad_model_config(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        small_cfg(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw,match", [(dict(T=0), "T must be an integer >= 1, got 0"), (dict(K=-2), "K must be an integer >= 1, got -2")]
+)
+def test_bad_phases(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        Phases(**kw)
+
+
+@pytest.mark.parametrize("beta", [0.0, -0.5])
+def test_nudging_needs_positive_beta(beta):
+    model = EPNet(small_cfg())
+    with pytest.raises(ConfigError, match=f"beta must be > 0, got {beta}"):
+        symmetric(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), Phases(T=2, K=2, beta=beta))
+
+
+def test_input_shape_must_fit_first_layer():
+    model = EPNet(small_cfg())
+    with pytest.raises(
+        ConfigError, match=r"input of shape \(2, 3, 8, 8\) does not fit the first layer: expected \(B, 1, 8, 8\)"
+    ):
+        symmetric(model, torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), Phases(T=2, K=2, beta=0.1))
+
+
+def test_unknown_estimator_lists_valid_ones():
+    with pytest.raises(
+        ConfigError, match="unknown estimator 'two-sided'; valid: one-sided, random-sign, symmetric, bptt"
+    ):
+        get_estimator("two-sided")
+
+
+def test_presets_build_and_paper_net_shapes():
+    cfg = model_config("cifar10")
+    assert cfg.channels == [128, 256, 512, 512] and cfg.paddings == [1, 1, 1, 0]
+    assert cfg.state_shapes() == [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 1, 1)]
+    mse = model_config("cifar10", loss="mse")
+    assert mse.state_shapes()[-1] == (10,)
+    for name in PRESETS:
+        EPNet(model_config(name))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_gradcheck_cli_bad_input_exits_2(capsys):
+    assert gradcheck.main(["--betas", "0", "--T", "3", "--K", "2"]) == 2
+    assert "beta must be > 0, got 0.0" in capsys.readouterr().err
+    assert gradcheck.main(["--estimators", "nope", "--T", "3", "--K", "2"]) == 2
+    assert "unknown estimator 'nope'; valid:" in capsys.readouterr().err
+    assert gradcheck.main(["--arch", "mnist", "--data", "digits", "--T", "3", "--K", "2"]) == 2
+    assert "--data digits gives (1, 8, 8) images" in capsys.readouterr().err
