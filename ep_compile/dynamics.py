@@ -99,3 +99,12 @@ def count_changes(model: EPNet, x, s_a, s_b, masks=None, y=None, beta_a=None, be
         "clamp_region_changes": int(sum((a != b).sum() for a, b in zip(ra, rb))),
         "pool_winner_changes": int(sum((a != b).sum() for a, b in zip(pa, pb))) if pa else 0,
     }
+
+
+def make_step(compile: bool = False):
+    """The step function the phases run: eager, or compiled once (this is the one place
+    torch.compile is applied). Each phase calls it T or K times, so compiling the step, not the
+    unrolled loop, keeps compile time to seconds; dynamic=False compiles once per batch shape."""
+    if not compile:
+        return step
+    return torch.compile(step, fullgraph=True, dynamic=False)

@@ -1,0 +1,258 @@
+"""Data: whole data sets as uint8 tensors in memory, deterministic splits, batch augmentation.
+
+Sources, all ending as the same `Dataset` (uint8 images (N, C, H, W), int64 labels):
+  digits         scikit-learn's bundled 8x8 digits (no download)
+  cifar10        torchvision's CIFAR10 (its normal download), or --data-root pointing at
+                 a torchvision CIFAR-10 folder, an ImageFolder tree (train/<class>/*.jpg, test/...),
+                 or a .tar.gz of such a tree (decoded once, cached as uint8 tensors)
+  fashion-mnist  torchvision's FashionMNIST, or --data-root holding the IDX files
+                 (Debian's dataset-fashion-mnist installs them in /usr/share/datasets/fashion-mnist)
+Decoding JPEGs is slow, so archives and trees are decoded once and cached ("it's faster to load
+uint8 data"); the cache path is printed. Augmentation (random crop with zero padding + horizontal
+flip) runs on whole batches from an explicit generator, so a run is reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import struct
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .model import ConfigError
+
+DATASETS = ("digits", "cifar10", "fashion-mnist")
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass
+class Dataset:
+    x: torch.Tensor  # (N, C, H, W) uint8
+    y: torch.Tensor  # (N,) int64
+    classes: list[str]
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    mean: list[float]  # per channel, of the training images in [0, 1]
+    std: list[float]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EP_COMPILE_CACHE", Path.home() / ".cache" / "ep_compile"))
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def load_digits_set() -> tuple[Dataset, Dataset]:
+    """scikit-learn's 1,797 real 8x8 digits; a fixed 80/20 train/test split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)  # (N, 1, 8, 8)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(12345))
+    n_test = len(y) // 5
+    classes = [str(i) for i in range(10)]
+    return Dataset(x[perm[n_test:]], y[perm[n_test:]], classes), Dataset(x[perm[:n_test]], y[perm[:n_test]], classes)
+
+
+def _decode(raw: bytes) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(raw)).convert("RGB")
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)  # (3, H, W) uint8
+
+
+def _image_tree(entries, what: str) -> tuple[Dataset, Dataset]:
+    """entries: iterable of (split, class, loader). Builds train/test sets with sorted class names."""
+    groups: dict[str, dict[str, list]] = {"train": {}, "test": {}}
+    for split, cls, load in entries:
+        groups[split].setdefault(cls, []).append(load)
+    if not groups["train"] or not groups["test"]:
+        raise ConfigError(f"{what} holds no images in the layout train/<class>/*.jpg and test/<class>/*.jpg")
+    classes = sorted(groups["train"])
+    out = []
+    for split in ("train", "test"):
+        xs, ys = [], []
+        for i, cls in enumerate(classes):
+            for load in groups[split].get(cls, []):
+                xs.append(_decode(load()))
+                ys.append(i)
+        out.append(Dataset(torch.stack(xs), torch.tensor(ys), classes))
+    return out[0], out[1]
+
+
+def _split_of(parts) -> tuple[str, str] | None:
+    """('train'|'test', class) from the last three parts of an image path, else None."""
+    if len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_EXT):
+        return None
+    split = parts[-3].lower()
+    return (split, parts[-2]) if split in ("train", "test") else None
+
+
+def load_image_archive(path: Path) -> tuple[Dataset, Dataset]:
+    entries = []
+    with tarfile.open(path, "r:gz") as tar:
+        for m in tar:
+            key = _split_of(Path(m.name).parts) if m.isfile() else None
+            if key:
+                data = tar.extractfile(m).read()
+                entries.append((*key, lambda d=data: d))
+    return _image_tree(entries, f"archive {path}")
+
+
+def load_image_folder(root: Path) -> tuple[Dataset, Dataset]:
+    entries = []
+    for p in sorted(root.rglob("*")):
+        key = _split_of(p.relative_to(root).parts) if p.is_file() else None
+        if key:
+            entries.append((*key, p.read_bytes))
+    return _image_tree(entries, f"folder {root}")
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    ndim = raw[3]
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    return torch.frombuffer(bytearray(raw[4 + 4 * ndim :]), dtype=torch.uint8).view(*dims)
+
+
+def load_fashion_idx(root: Path) -> tuple[Dataset, Dataset]:
+    out = []
+    for prefix in ("train", "t10k"):
+        files = {}
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            cands = [root / f"{prefix}-{kind}{ext}" for ext in (".gz", "")]
+            found = [c for c in cands if c.exists()]
+            if not found:
+                raise ConfigError(f"data root {root} has no {prefix}-{kind}[.gz] (Fashion-MNIST IDX files)")
+            files[kind] = _read_idx(found[0])
+        out.append(Dataset(files["images-idx3-ubyte"].unsqueeze(1), files["labels-idx1-ubyte"].long(), FASHION_CLASSES))
+    return out[0], out[1]
+
+
+def _torchvision_set(name: str, root: Path, download: bool) -> tuple[Dataset, Dataset]:
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "fashion-mnist": torchvision.datasets.FashionMNIST}[name]
+    out = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=download)
+        except Exception as e:  # torchvision raises RuntimeError / URLError without network
+            raise ConfigError(
+                f"could not load {name} with torchvision from {root} ({type(e).__name__}: {e}); "
+                "pass --data-root to a local copy"
+            ) from None
+        x = torch.as_tensor(ds.data)
+        x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x.unsqueeze(1)  # (N, C, H, W)
+        out.append(Dataset(x.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes)))
+    return out[0], out[1]
+
+
+def load_source(name: str, data_root: str | None = None, cache_dir: Path | None = None, log=print):
+    """(train, test) Datasets for a data set name and optional local root."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    if name == "digits":
+        return load_digits_set()
+    cache_dir = Path(cache_dir or default_cache_dir())
+    if data_root is None:
+        return _torchvision_set(name, cache_dir / "torchvision", download=True)
+    root = Path(data_root).expanduser()
+    if not root.exists():
+        raise ConfigError(f"data root {root} does not exist")
+    if name == "fashion-mnist":
+        if list(root.glob("*-idx?-ubyte*")):
+            return load_fashion_idx(root)
+        return _torchvision_set(name, root, download=False)
+    if root.is_dir() and (root / "cifar-10-batches-py").exists():
+        return _torchvision_set(name, root, download=False)
+    # ImageFolder tree or archive: decode once, cache as uint8 tensors
+    stat = root.stat()
+    key = hashlib.sha1(f"{root.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    cache = cache_dir / f"{name}-{key}.pt"
+    if cache.exists():
+        log(f"data: cached tensors {cache}")
+        d = torch.load(cache, weights_only=True)
+        return Dataset(d["train_x"], d["train_y"], d["classes"]), Dataset(d["test_x"], d["test_y"], d["classes"])
+    log(f"data: decoding {root} once (cache: {cache})")
+    if root.is_file() and root.name.endswith((".tar.gz", ".tgz")):
+        train, test = load_image_archive(root)
+    elif root.is_dir():
+        train, test = load_image_folder(root)
+    else:
+        raise ConfigError(f"data root {root} is neither a folder nor a .tar.gz archive")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y,
+                "classes": train.classes}, tmp)
+    os.replace(tmp, cache)
+    return train, test
+
+
+# ----------------------------------------------------------------------------- splits and batches
+
+
+def make_splits(name, data_root=None, val_size=None, train_subset=None, test_subset=None, seed=0,
+                cache_dir=None, log=print) -> Splits:
+    """Train/validation/test. The validation set is held out of the training set by a seeded
+    permutation (the best checkpoint is chosen on it, never on the test set)."""
+    train, test = load_source(name, data_root, cache_dir, log)
+    n = len(train.y)
+    val_size = (n // 10 if n < 20000 else 5000) if val_size is None else val_size
+    if not 0 <= val_size < n:
+        raise ConfigError(f"--val-size {val_size} must lie in [0, {n}) for {name}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    if train_subset is not None:
+        if train_subset < 1:
+            raise ConfigError(f"--train-subset must be >= 1, got {train_subset}")
+        train_idx = train_idx[:train_subset]
+    test_idx = torch.arange(len(test.y))
+    if test_subset is not None:
+        if test_subset < 1:
+            raise ConfigError(f"--test-subset must be >= 1, got {test_subset}")
+        test_idx = test_idx[:test_subset]
+    tr = Dataset(train.x[train_idx], train.y[train_idx], train.classes)
+    xf = tr.x.double() / 255
+    mean = xf.mean(dim=(0, 2, 3)).tolist()
+    std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    return Splits(tr, Dataset(train.x[val_idx], train.y[val_idx], train.classes),
+                  Dataset(test.x[test_idx], test.y[test_idx], test.classes), mean, std)
+
+
+def normalize(x_uint8: torch.Tensor, mean, std, std_scale: float, dtype=torch.float32) -> torch.Tensor:
+    """(x / 255 - mean) / (std_scale * std), channel-wise. std_scale = 3 follows the paper's code: it
+    keeps inputs small so the hard sigmoid units start in their linear range."""
+    m = torch.tensor(mean, dtype=dtype, device=x_uint8.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=dtype, device=x_uint8.device).view(1, -1, 1, 1) * std_scale
+    return (x_uint8.to(dtype) / 255 - m) / s
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding + random horizontal flip of a uint8 batch (B, C, H, W)."""
+    B, _, H, W = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator).tolist()
+    out = torch.stack([padded[i, :, a : a + H, b : b + W] for i, (a, b) in enumerate(zip(dy, dx))])
+    if flip:
+        f = torch.rand(B, generator=generator) < 0.5
+        out = torch.where(f.view(B, 1, 1, 1), out.flip(-1), out)
+    return out

@@ -1,0 +1,169 @@
+"""Training-loop pieces shared by experiments/: model and optimizer from a config, the paper's
+learning-rate schedule, per-step random generators, gradient all-reduce, atomic checkpoints.
+
+Randomness is stateless per step: every (seed, epoch, step) gets its own generator for augmentation,
+dropout masks and random signs, drawn for the *global* batch and sliced per process. So 1 and N
+processes see the same numbers, and a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .model import ConfigError, EPNet, ModelConfig
+
+CHECKPOINT_VERSION = 1
+MODEL_KEYS = ("in_shape", "channels", "kernels", "paddings", "pools", "fc", "n_classes", "loss", "activation", "dropout")
+
+
+def model_from_config(config: dict) -> EPNet:
+    return EPNet(ModelConfig.from_dict({k: config[k] for k in MODEL_KEYS if k in config}))
+
+
+def param_groups(model: EPNet) -> list[list[torch.nn.Parameter]]:
+    """One group per synapse layer, bottom to top; the read-out is the last group."""
+    groups = [list(layer.parameters()) for layer in model.layers]
+    if model.readout is not None:
+        groups.append(list(model.readout.parameters()))
+    return groups
+
+
+def make_optimizer(model: EPNet, config: dict) -> torch.optim.SGD:
+    """SGD with momentum and weight decay, one learning rate per layer (Table 3)."""
+    groups = param_groups(model)
+    lrs = list(config["lrs"])
+    if len(lrs) != len(groups):
+        raise ConfigError(
+            f"--lrs has {len(lrs)} learning rates for {len(groups)} layers "
+            f"({len(model.layers)} synapse layers{' + read-out' if model.readout is not None else ''})"
+        )
+    return torch.optim.SGD(
+        [{"params": g, "lr": lr, "initial_lr": lr} for g, lr in zip(groups, lrs)],
+        lr=lrs[0], momentum=config["momentum"], weight_decay=config["weight_decay"],
+    )
+
+
+def lr_at(epoch: int, lr0: float, lr_min: float, decay_epochs: int) -> float:
+    """Cosine annealing from lr0 to lr_min over decay_epochs, then flat at lr_min (Table 3)."""
+    if decay_epochs <= 0:
+        return lr0
+    e = min(epoch, decay_epochs)
+    return lr_min + (lr0 - lr_min) * (1 + math.cos(math.pi * e / decay_epochs)) / 2
+
+
+def set_epoch_lr(optimizer, epoch: int, config: dict) -> float:
+    for g in optimizer.param_groups:
+        g["lr"] = lr_at(epoch, g["initial_lr"], config["lr_min"], config["decay_epochs"])
+    return optimizer.param_groups[0]["lr"]
+
+
+def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+
+
+def flatten(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(flat: torch.Tensor, like) -> list[torch.Tensor]:
+    out, i = [], 0
+    for t in like:
+        out.append(flat[i : i + t.numel()].view_as(t))
+        i += t.numel()
+    return out
+
+
+def alignment_angles(model) -> dict:
+    """Angle in degrees between forward and backward weights per layer (Eq. 52), for models that
+    have separate backward weights; {} otherwise."""
+    out = {}
+    for n, layer in enumerate(getattr(model, "layers", [])):
+        wb = getattr(layer, "weight_b", None)
+        if wb is None:
+            continue
+        wf = layer.weight_f
+        cos = (wf * wb).sum() / (wf.norm() * wb.norm()).clamp_min(1e-30)
+        out[f"layer{n + 1}"] = math.degrees(math.acos(max(-1.0, min(1.0, cos.item()))))
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename: a kill mid-write leaves the
+    previous checkpoint intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load DIR/last.pt (or a .pt file) with weights_only=True: a checkpoint cannot run code."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "last.pt"
+    if not p.exists():
+        raise ConfigError(f"no checkpoint at {p}: give a run directory holding last.pt, or a .pt file")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"checkpoint {p} is corrupt or not a checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(ck, dict) or ck.get("format") != "ep_compile-checkpoint":
+        raise ConfigError(f"{p} is not an ep_compile checkpoint")
+    if ck.get("version") != CHECKPOINT_VERSION:
+        raise ConfigError(f"checkpoint {p} has version {ck.get('version')}, this code reads {CHECKPOINT_VERSION}")
+    return ck
+
+
+def checkpoint_payload(model, optimizer, config: dict, epoch: int, step: int, best_val, metrics_so_far) -> dict:
+    """Everything needed to continue exactly: weights (from the uncompiled module), optimizer state,
+    config, position in the data (epoch, step in epoch), the global torch RNG state."""
+    return {
+        "format": "ep_compile-checkpoint",
+        "version": CHECKPOINT_VERSION,
+        "config": json.loads(json.dumps(config)),
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "best_val_error": best_val,
+        "metrics": metrics_so_far,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
+    """Train (dashed) and test (solid) error over epochs, Fig. 4/5 style; validation dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [m["epoch"] for m in metrics]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(ep, [100 * m["train_error"] for m in metrics], "b--", label="train")
+    if all(m.get("val_error") is not None for m in metrics):
+        ax.plot(ep, [100 * m["val_error"] for m in metrics], "g:", label="validation")
+    ax.plot(ep, [100 * m["test_error"] for m in metrics], "b-", label="test")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,362 @@
+"""Train a convergent ConvNet by Equilibrium Propagation (or BPTT) on CIFAR-10, Fashion-MNIST or digits.
+
+How to launch (the same script on one CPU, one GPU or many):
+    python experiments/cifar.py                                  # embedded default: digits, a few CPU minutes
+    python experiments/cifar.py --list-presets                   # Table 1 rows and small presets
+    accelerate launch experiments/cifar.py --preset ce-symmetric --data-root ../shared/data/cifar10-jpeg.tar.gz
+    accelerate launch --multi_gpu --num_processes 2 experiments/cifar.py --cpu ...   # 2 CPU processes (gloo)
+    python experiments/cifar.py --eval-only --resume runs/ce-symmetric
+
+EP sets .grad by hand, so DDP's backward hooks never fire: each process estimates the gradient on its
+slice of the global batch and one flattened all-reduce per step averages the estimates. Every random
+draw (crop, flip, dropout mask, sign of beta) comes from a generator seeded by (seed, epoch, step) for
+the global batch, so 1 and N processes, and a resumed run, see the same numbers.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from ep_compile.data import DATASETS, augment, make_splits, normalize
+from ep_compile.dynamics import make_step
+from ep_compile.estimators import ESTIMATORS, Phases, get_estimator, set_grads
+from ep_compile.model import ConfigError
+from ep_compile.training import (
+    alignment_angles,
+    atomic_save,
+    checkpoint_payload,
+    epoch_order,
+    flatten,
+    load_checkpoint,
+    make_optimizer,
+    model_from_config,
+    plot_curves,
+    set_epoch_lr,
+    step_generator,
+    unflatten,
+)
+
+# ----------------------------------------------------------------------------- presets (data)
+
+PAPER = dict(  # App. E.1 and Table 3
+    dataset="cifar10", in_shape=[3, 32, 32], channels=[128, 256, 512, 512], kernels=3, paddings=[1, 1, 1, 0],
+    pools=["max"] * 4, fc=[], n_classes=10, activation="hard-sigmoid", dropout=[],
+    T=250, batch_size=128, lrs=[0.25, 0.15, 0.1, 0.08, 0.05], momentum=0.9, weight_decay=3e-4,
+    lr_min=1e-5, decay_epochs=100, epochs=120, augment=True,
+)
+SQUARED, CROSS_ENT = dict(loss="mse", K=30, beta=0.5), dict(loss="ce", K=25, beta=1.0)
+DIGITS = dict(  # seconds per epoch on a laptop CPU; no download
+    dataset="digits", in_shape=[1, 8, 8], channels=[32, 64], kernels=3, paddings=[1, 1], pools=["max"] * 2,
+    fc=[], n_classes=10, activation="hard-sigmoid", dropout=[], T=30, K=10, beta=0.5, batch_size=64,
+    lrs=[0.2, 0.1, 0.05], momentum=0.9, weight_decay=3e-4, lr_min=1e-4, decay_epochs=15, epochs=15,
+    augment=False, loss="ce",
+)
+PRESETS = {
+    # Table 1, squared error (output layer inside the dynamics)
+    "mse-one-sided": {**PAPER, **SQUARED, "estimator": "one-sided"},
+    "mse-random-sign": {**PAPER, **SQUARED, "estimator": "random-sign"},
+    "mse-symmetric": {**PAPER, **SQUARED, "estimator": "symmetric"},
+    "mse-bptt": {**PAPER, **SQUARED, "estimator": "bptt"},
+    # Table 1, cross-entropy (softmax read-out)
+    "ce-symmetric": {**PAPER, **CROSS_ENT, "estimator": "symmetric"},
+    "ce-symmetric-dropout": {**PAPER, **CROSS_ENT, "estimator": "symmetric", "dropout": [0, 0, 0, 0.1]},
+    "ce-bptt": {**PAPER, **CROSS_ENT, "estimator": "bptt"},
+    "ce-bptt-dropout": {**PAPER, **CROSS_ENT, "estimator": "bptt", "dropout": [0, 0, 0, 0.1]},
+    # small presets for CPUs and tests
+    "digits-ce-symmetric": {**DIGITS, "estimator": "symmetric"},
+    "digits-mse-symmetric": {**DIGITS, "loss": "mse", "estimator": "symmetric"},
+    "digits-ce-bptt": {**DIGITS, "estimator": "bptt"},
+    "fashion-ce-symmetric": {**DIGITS, "dataset": "fashion-mnist", "in_shape": [1, 28, 28], "paddings": [1, 1],
+                             "channels": [32, 64], "T": 40, "K": 12, "batch_size": 128, "augment": False},
+}
+RUN_DEFAULTS = dict(bptt_steps=None, seed=0, val_size=None, train_subset=None, test_subset=None, data_root=None,
+                    cache_dir=None, std_scale=3.0, checkpoint_every=0, compile=False, eval_batch_size=500,
+                    dtype="float32", out=None)
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def training_function(config, args):
+    out = Path(config["out"])
+    use_cpu = args.cpu or not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=use_cpu, log_with="tensorboard" if args.with_tracking else None, project_dir=str(out))
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    log = accelerator.print
+    if config["dtype"] not in DTYPES:
+        raise ConfigError(f"unknown dtype {config['dtype']!r}; valid: {', '.join(DTYPES)}")
+    dtype = DTYPES[config["dtype"]]
+
+    # --- data (uint8 in memory; every process holds it, each computes on its slice of the batch)
+    splits = make_splits(config["dataset"], config["data_root"], config["val_size"], config["train_subset"],
+                         config["test_subset"], config["seed"], config["cache_dir"], log=log)
+    config.setdefault("mean", splits.mean)
+    config.setdefault("std", splits.std)
+    config.setdefault("classes", splits.train.classes)
+    n_train, B = len(splits.train.y), config["batch_size"]
+    if B > n_train:
+        raise ConfigError(f"--batch-size {B} is larger than the training set ({n_train} examples)")
+    if B % world:
+        raise ConfigError(f"--batch-size {B} must be divisible by the number of processes ({world})")
+    if tuple(splits.train.x.shape[1:]) != tuple(config["in_shape"]):
+        raise ConfigError(f"{config['dataset']} images are {tuple(splits.train.x.shape[1:])}, the model "
+                          f"expects in_shape {tuple(config['in_shape'])}")
+
+    def prep(x_uint8):
+        return normalize(x_uint8, config["mean"], config["std"], config["std_scale"], dtype)
+
+    # --- model, optimizer, estimator
+    torch.manual_seed(config["seed"])
+    model = model_from_config(config).to(device=device, dtype=dtype)
+    optimizer = make_optimizer(model, config)
+    estimator = get_estimator(config["estimator"])
+    phases = Phases(T=config["T"], K=config["K"], beta=config["beta"], bptt_steps=config["bptt_steps"])
+    if config["estimator"] != "bptt":
+        phases.require_beta(config["estimator"])
+    step_fn = make_step(config["compile"])
+    start_epoch, start_step, best_val, history, carry = 0, 0, None, [], [0.0, 0.0, 0.0]
+    if args.resume:
+        ck = load_checkpoint(args.resume)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        start_epoch, start_step, best_val, history = ck["epoch"], ck["step"], ck["best_val_error"], ck["metrics"]
+        carry = ck.get("epoch_stats", carry)
+        torch.set_rng_state(ck["torch_rng"])
+        log(f"resumed from {args.resume}: epoch {start_epoch}, step {start_step}")
+
+    @torch.no_grad()
+    def evaluate(ds):
+        if len(ds.y) == 0:
+            return None
+        loader = accelerator.prepare(DataLoader(TensorDataset(ds.x, ds.y), batch_size=config["eval_batch_size"]))
+        model.eval()
+        wrong = []
+        for xb, yb in loader:
+            x = prep(xb).to(device)
+            s = phase_free(x)
+            pred = model.logits(s).argmax(1)
+            wrong.append(accelerator.gather_for_metrics(pred != yb.to(device)))
+        model.train()
+        return torch.cat(wrong).float().mean().item()
+
+    def phase_free(x):
+        from ep_compile.dynamics import relax
+
+        return relax(model, x, model.init_states(x.shape[0], x), phases.T, step_fn=step_fn)
+
+    if args.eval_only:
+        if not args.resume:
+            raise ConfigError("--eval-only needs --resume DIR (the run to evaluate)")
+        err = evaluate(splits.test)
+        log(f"test error {100 * err:.2f}% (accuracy {100 * (1 - err):.2f}%) on {len(splits.test.y)} images, "
+            f"{phases.T} free-phase steps")
+        return {"test_error": err}
+
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        (out / "config.json").write_text(json.dumps(config, indent=1))
+    if args.with_tracking:
+        accelerator.init_trackers("ep_compile", {k: str(v) for k, v in config.items()})
+
+    def save(epoch, step, stats, name="last.pt"):
+        if accelerator.is_main_process:
+            payload = checkpoint_payload(model, optimizer, config, epoch, step, best_val, history)
+            payload["epoch_stats"] = stats
+            atomic_save(payload, out / name)
+        accelerator.wait_for_everyone()
+
+    steps_per_epoch = n_train // B  # drop the last partial batch: one shape, one compiled graph
+    lo, hi = rank * B // world, (rank + 1) * B // world
+    done_steps = 0
+    for epoch in range(start_epoch, config["epochs"]):
+        lr = set_epoch_lr(optimizer, epoch, config)
+        order = epoch_order(config["seed"], epoch, n_train)
+        stats = carry if epoch == start_epoch else [0.0, 0.0, 0.0]  # wrong, loss sum, count (local)
+        t0 = time.time()
+        bar = tqdm(total=steps_per_epoch, initial=start_step if epoch == start_epoch else 0,
+                   disable=not accelerator.is_local_main_process, mininterval=2.0, desc=f"epoch {epoch + 1}/{config['epochs']}")
+        for step in range(start_step if epoch == start_epoch else 0, steps_per_epoch):
+            idx = order[step * B : (step + 1) * B]
+            gen = step_generator(config["seed"], epoch, step)
+            xb = augment(splits.train.x[idx], gen) if config["augment"] else splits.train.x[idx]
+            x, y = prep(xb), splits.train.y[idx]  # (B, C, H, W), (B,) for the global batch
+            masks = model.dropout_masks(B, x, gen)
+            x, y = x[lo:hi].to(device), y[lo:hi].to(device)
+            masks = None if masks is None else [None if m is None else m[lo:hi].to(device) for m in masks]
+            est = estimator(model, x, y, phases, masks=masks, generator=gen, step_fn=step_fn)
+            flat = flatten(est.grads)
+            if world > 1:
+                flat = accelerator.reduce(flat, reduction="mean")  # one all-reduce per step
+            wrong = (est.logits.argmax(1) != y).sum().item()
+            loss_sum = est.loss.sum().item()
+            if not (torch.isfinite(flat).all() and torch.isfinite(torch.tensor(loss_sum))):
+                raise Diverged(f"non-finite gradient estimate or loss at epoch {epoch + 1}, batch {step + 1}")
+            set_grads(model, unflatten(flat, est.grads))
+            optimizer.step()
+            if not torch.isfinite(flatten([p.detach() for p in model.parameters()])).all():
+                raise Diverged(f"non-finite weights after the update at epoch {epoch + 1}, batch {step + 1}")
+            stats = [stats[0] + wrong, stats[1] + loss_sum, stats[2] + len(y)]
+            bar.update(1)
+            bar.set_postfix(err=f"{stats[0] / max(stats[2], 1):.3f}", lr=f"{lr:.3g}")
+            done_steps += 1
+            if config["checkpoint_every"] and (step + 1) % config["checkpoint_every"] == 0 and step + 1 < steps_per_epoch:
+                save(epoch, step + 1, stats)
+            if args.simulate_crash_at_step and done_steps == args.simulate_crash_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)  # testing: a real kill, mid-epoch
+        bar.close()
+        start_step = 0
+        tot = accelerator.reduce(torch.tensor(stats, dtype=torch.float64, device=device), reduction="sum")
+        val_err, test_err = evaluate(splits.val), evaluate(splits.test)
+        row = {"epoch": epoch + 1, "train_error": (tot[0] / tot[2]).item(), "train_loss": (tot[1] / tot[2]).item(),
+               "val_error": val_err, "test_error": test_err, "lr": lr, "epoch_seconds": time.time() - t0}
+        angles = alignment_angles(model)
+        if angles:
+            row["alignment_deg"] = angles
+        history.append(row)
+        log(json.dumps(row))
+        if args.with_tracking:
+            accelerator.log({k: v for k, v in row.items() if isinstance(v, float)}, step=epoch + 1)
+        if accelerator.is_main_process:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        score = val_err if val_err is not None else row["train_error"]
+        if best_val is None or score < best_val:
+            best_val = score
+            save(epoch + 1, 0, [0.0, 0.0, 0.0], "best.pt")
+        save(epoch + 1, 0, [0.0, 0.0, 0.0])
+
+    final = flatten([p.detach() for p in model.parameters()])
+    if world > 1:  # every process must hold the same weights
+        allw = accelerator.gather(final[None])
+        diff = (allw - allw[0]).abs().max().item()
+        if accelerator.is_main_process:
+            (out / "ranks.json").write_text(json.dumps({"processes": world, "max_abs_weight_diff": diff}))
+    if accelerator.is_main_process and history:
+        plot_curves(history, out / "curves.png", f"{config['estimator']} on {config['dataset']}")
+    if args.with_tracking:
+        accelerator.end_training()
+    last = history[-1] if history else {}
+    if last:
+        log(f"final test accuracy {100 * (1 - last['test_error']):.2f}% (test error {100 * last['test_error']:.2f}%), "
+            f"best validation error {100 * best_val:.2f}%; run folder {out}")
+    return last
+
+
+# ----------------------------------------------------------------------------- command line
+
+CONFIG_FLAGS = {  # flag -> (config key, type, help)
+    "--dataset": ("dataset", str, f"data set: {', '.join(DATASETS)}"),
+    "--data-root": ("data_root", str, "local data: torchvision folder, ImageFolder tree or .tar.gz of one"),
+    "--cache-dir": ("cache_dir", str, "where decoded data sets are cached (default ~/.cache/ep_compile)"),
+    "--estimator": ("estimator", str, f"gradient estimator: {', '.join(ESTIMATORS)}"),
+    "--loss": ("loss", str, "mse (output layer in the dynamics) or ce (softmax read-out)"),
+    "--epochs": ("epochs", int, "number of epochs"),
+    "--batch-size": ("batch_size", int, "global batch size (split across processes)"),
+    "--T": ("T", int, "free-phase steps"),
+    "--K": ("K", int, "nudged-phase steps"),
+    "--beta": ("beta", float, "nudging strength"),
+    "--bptt-steps": ("bptt_steps", int, "truncate BPTT to the last k free steps (default: all T)"),
+    "--lrs": ("lrs", float, "layer-wise initial learning rates, bottom to top (read-out last)"),
+    "--momentum": ("momentum", float, "SGD momentum"),
+    "--weight-decay": ("weight_decay", float, "weight decay (all layers)"),
+    "--lr-min": ("lr_min", float, "final learning rate of the cosine schedule"),
+    "--decay-epochs": ("decay_epochs", int, "cosine annealing length in epochs"),
+    "--channels": ("channels", int, "conv output channels, e.g. 128 256 512 512"),
+    "--kernels": ("kernels", int, "conv kernel sizes, one per conv layer"),
+    "--paddings": ("paddings", int, "conv paddings, one per conv layer"),
+    "--pools": ("pools", str, "pooling after each conv: max, avg or none"),
+    "--fc": ("fc", int, "hidden fully connected layer sizes"),
+    "--activation": ("activation", str, "hard-sigmoid (slope 1/2, Eq. 51) or hard-sigmoid-1 (Eq. 50)"),
+    "--dropout": ("dropout", float, "dropout probability per hidden state layer"),
+    "--std-scale": ("std_scale", float, "inputs are divided by std_scale * std (3 as in the paper's code)"),
+    "--val-size": ("val_size", int, "validation examples held out of the training set"),
+    "--train-subset": ("train_subset", int, "train on the first N examples only"),
+    "--test-subset": ("test_subset", int, "evaluate on the first N test examples only"),
+    "--seed": ("seed", int, "seed for weights, data order, augmentation, dropout and random signs"),
+    "--out": ("out", str, "run folder for checkpoints, metrics.jsonl, config.json, curves.png"),
+    "--checkpoint-every": ("checkpoint_every", int, "also checkpoint every N steps within an epoch (0: per epoch)"),
+    "--eval-batch-size": ("eval_batch_size", int, "batch size of the evaluation passes"),
+    "--dtype": ("dtype", str, "float32, or float64 for checks that need rounding out of the way"),
+}
+LIST_KEYS = {"lrs", "channels", "kernels", "paddings", "pools", "fc", "dropout"}
+
+
+def build_config(args) -> dict:
+    if args.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}")
+    config = {**RUN_DEFAULTS, **PRESETS[args.preset], "preset": args.preset}
+    for flag, (key, _, _) in CONFIG_FLAGS.items():
+        v = getattr(args, key)
+        if v is not None:
+            config[key] = v
+    if args.compile is not None:
+        config["compile"] = args.compile
+    if args.no_augment:
+        config["augment"] = False
+    if config["out"] is None:
+        config["out"] = f"runs/{args.preset}"
+    if config["estimator"] not in ESTIMATORS:
+        raise ConfigError(f"unknown estimator {config['estimator']!r}; valid: {', '.join(ESTIMATORS)}")
+    if config["dataset"] not in DATASETS:
+        raise ConfigError(f"unknown dataset {config['dataset']!r}; valid: {', '.join(DATASETS)}")
+    model_from_config(config)  # validates the architecture with a clear message
+    return config
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Train a convergent ConvNet by EP or BPTT.")
+    parser.add_argument("--preset", default="digits-ce-symmetric", help="hyper-parameter preset (see --list-presets)")
+    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    for flag, (key, typ, hlp) in CONFIG_FLAGS.items():
+        parser.add_argument(flag, dest=key, type=typ, nargs="+" if key in LIST_KEYS else None, default=None, help=hlp)
+    parser.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    parser.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the step")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="run the step eagerly")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
+    parser.add_argument("--resume", default=None, help="continue (or evaluate) the run in this folder")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint on the test set")
+    parser.add_argument("--with-tracking", action="store_true", help="also log to TensorBoard through accelerate")
+    parser.add_argument("--simulate-crash-at-step", type=int, default=0,
+                        help="testing: SIGKILL this process after N optimizer steps, to check exact resume")
+    args = parser.parse_args(argv)
+    if args.list_presets:
+        for name, p in PRESETS.items():
+            print(f"{name:<22} {p['dataset']:<14} loss={p['loss']:<4} estimator={p['estimator']:<12} "
+                  f"T={p['T']} K={p['K']} beta={p['beta']} epochs={p['epochs']} dropout={p['dropout'] or 0}")
+        return 0
+    try:
+        if args.resume:
+            config = load_checkpoint(args.resume)["config"]
+            if args.epochs is not None:
+                config["epochs"] = args.epochs
+            config["out"] = str(Path(args.resume)) if Path(args.resume).is_dir() else config["out"]
+        else:
+            config = build_config(args)
+        training_function(config, args)
+    except ConfigError as e:
+        print(f"cifar.py: error: {e}", file=sys.stderr)
+        return 2
+    except Diverged as e:
+        print(f"cifar.py: diverged: {e}; the last good checkpoint in {config['out']} is intact", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
