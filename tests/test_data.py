@@ -70,7 +70,7 @@ def test_splits_are_disjoint_and_deterministic():
     s2 = make_splits("digits", val_size=100, train_subset=500, test_subset=50, seed=3)
     assert torch.equal(s.train.x, s2.train.x) and torch.equal(s.val.y, s2.val.y)
     full = make_splits("digits", val_size=100, seed=3)
-    assert len(full.train.y) + len(full.val.y) == 1437 and len(full.test.y) == 360  # a partition of train
+    assert len(full.train.y) + len(full.val.y) == 1438 and len(full.test.y) == 359  # a partition of train
     assert torch.equal(full.train.x[:500], s.train.x)  # the subset is a prefix of the same order
     with pytest.raises(ConfigError, match="--val-size 5000 must lie in"):
         make_splits("digits", val_size=5000)
