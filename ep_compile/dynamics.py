@@ -32,8 +32,9 @@ def preactivations(model: EPNet, x, states, masks=None, y=None, beta=None):
     us = []
     for n in range(n_states):
         u = outs[n][0]  # bottom-up drive
-        if n + 1 < n_states:  # top-down drive through the next layer's adjoint
-            u = u + model.layers[n + 1].feedback(dropped[n + 1], outs[n + 1][1])
+        if n + 1 < n_states:  # top-down drive through the next layer's adjoint (w^b if it has one)
+            nxt = model.layers[n + 1]
+            u = u + nxt.feedback(dropped[n + 1], nxt.feedback_ctx(dropped[n], outs[n + 1][1]))
         if beta is not None and n == n_states - 1:
             u = u - beta * model.dloss_ds(states, y, masks)
         if masks is not None and masks[n] is not None:
@@ -49,10 +50,11 @@ def step(model: EPNet, x, states, masks=None, y=None, beta=None) -> list[torch.T
 
 
 def drive_autograd(model: EPNet, x, states, masks=None, y=None, beta=None) -> list[torch.Tensor]:
-    """The reference drive d/ds [Phi(x, s) - beta * l(s, y)] by autograd of Phi (Eq. 3, 7)."""
+    """The reference drive d/ds [Phi(x, s) - beta * l(s, y)] by autograd of Phi (Eq. 3, 7); for an
+    asymmetric model, of the per-layer Phi~_n (Eq. 46-47)."""
     with torch.enable_grad():
         s = [t.detach().requires_grad_(True) for t in states]
-        f = model.phi(x, s, masks).sum()
+        f = (model.phi_tilde if model.cfg.asymmetric else model.phi)(x, s, masks).sum()
         if beta is not None:
             f = f - beta * model.loss(s, y, masks).sum()
         return list(torch.autograd.grad(f, s))

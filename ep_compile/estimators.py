@@ -60,22 +60,81 @@ class Estimate:
     info: dict = field(default_factory=dict)
 
 
-def ep_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None):
-    """d/dtheta [F(s_b, beta_b) - F(s_a, beta_a)] / (beta_a - beta_b), F = mean_batch(Phi - beta l).
-
-    Differentiates only the small graph of Phi at two given states (no time unrolling)."""
-    params = list(model.parameters())
+def _F_diff(model: EPNet, x, y, s_a, beta_a, s_b, beta_b, masks, phi):
+    """[F(s_b, beta_b) - F(s_a, beta_a)] / (beta_a - beta_b), F = mean_batch(phi - beta l), as a graph
+    in the parameters only (states detached)."""
 
     def F(s, beta):
-        f = model.phi(x, [t.detach() for t in s], masks)
+        s = [t.detach() for t in s]
+        f = phi(x, s, masks)
         if beta != 0:
-            f = f - beta * model.loss([t.detach() for t in s], y, masks)
+            f = f - beta * model.loss(s, y, masks)
         return f.mean()
 
+    return (F(s_b, beta_b) - F(s_a, beta_a)) / (beta_a - beta_b)
+
+
+def _grads(f, params):
+    g = torch.autograd.grad(f, params, allow_unused=True)
+    return [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
+
+
+def ep_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None):
+    """EP (Eq. 4, 12): d/dtheta [F(s_b, beta_b) - F(s_a, beta_a)] / (beta_a - beta_b) with
+    F = mean_batch(Phi - beta l). Differentiates only the small graph of Phi at two given states."""
     with torch.enable_grad():
-        diff = (F(s_b, beta_b) - F(s_a, beta_a)) / (beta_a - beta_b)
-        grads = torch.autograd.grad(diff, params, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        return _grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi), list(model.parameters()))
+
+
+def kp_vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None):
+    """KP-VF (Eq. 43-45, 49): each of w^f and w^b gets its own EP-style estimate, computed with the
+    pooling indices of its own convolution, and both receive their average. Biases, the first conv
+    and the read-out get the plain estimate. With w^b = w^f this is exactly the symmetric EP estimate."""
+    params = list(model.parameters())
+    backs = [layer for layer in model.layers if layer.weight_b is not None]
+    with torch.enable_grad():
+        g = _grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi), params)
+
+        def phi_b(x_, s, m):  # sum over layers of s^n . P(w^b * s^{n-1}), per example (B,)
+            layers = [x_] + model.apply_masks(s, m)
+            return sum(layer.phi_b(layers[n], layers[n + 1]) for n, layer in enumerate(model.layers)
+                       if layer.weight_b is not None)
+
+        fa = phi_b(x, [t.detach() for t in s_a], masks).mean()
+        fb = phi_b(x, [t.detach() for t in s_b], masks).mean()
+        gb = _grads((fb - fa) / (beta_a - beta_b), [layer.weight_b for layer in backs])
+    index = {id(p): i for i, p in enumerate(params)}
+    for layer, gbk in zip(backs, gb):
+        i_f, i_b = index[id(layer.weight_f)], index[id(layer.weight_b)]
+        avg = 0.5 * (g[i_f] + gbk)
+        g[i_f], g[i_b] = avg, avg.clone()
+    return g
+
+
+def vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None):
+    """Vector Field (Eq. 10, 41-42, 48): -dF/dtheta(x, s*)^T . (s_b - s_a) / (beta_b - beta_a).
+    Forward weights: (change of the post-synaptic state) x (pre-synaptic state at s*); backward
+    weights: (post-synaptic state at s*) x (change of the pre-synaptic state), each unpooled with the
+    indices of its own convolution at s*. Read-out as in Eq. 42."""
+    params = list(model.parameters())
+    star = model.apply_masks([t.detach() for t in s_star], masks)
+    delta = model.apply_masks([(b - a).detach() / (beta_b - beta_a) for a, b in zip(s_a, s_b)], masks)
+    layers = [x] + star
+    with torch.enable_grad():
+        g = 0
+        for n, layer in enumerate(model.layers):
+            g = g + layer.phi(layers[n], delta[n]).sum()  # forward: delta s^n . P(w^f * s*^{n-1})
+            if layer.weight_b is not None:  # backward: <w~^b * P^-1(s*^n), delta s^{n-1}>
+                ctx = layer.feedback_ctx(layers[n], layer(layers[n])[1])
+                g = g + (layer.feedback(layers[n + 1], ctx) * delta[n - 1]).sum()
+        f = -g / x.shape[0]
+        lb = model.loss([t.detach() for t in s_b], y, masks).mean() * beta_b
+        la = model.loss([t.detach() for t in s_a], y, masks).mean() * beta_a if beta_a != 0 else 0
+        f = f + (lb - la) / (beta_b - beta_a)
+        return _grads(f, params)
+
+
+RULES = {"ep": ep_gradient, "vf": vf_gradient, "kp-vf": kp_vf_gradient}
 
 
 def _free(model, x, phases, masks, step_fn):
@@ -91,34 +150,70 @@ def _estimate(model, x, y, grads, s_free, masks, **info) -> Estimate:
     return Estimate(grads, s_free, logits, loss, info)
 
 
-def one_sided(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step, sign=1.0):
-    """Two phases, nudging +beta (Eq. 3-4). `sign=-1` nudges with -beta instead."""
-    phases.require_beta("one-sided")
-    beta = sign * phases.beta
-    s_free = _free(model, x, phases, masks, step_fn)
+def check_compatible(name: str, model: EPNet) -> None:
+    """Symmetric-weight estimators need w^b = w^f; VF and KP-VF need separate backward weights."""
+    rule = SPECS[name][0] if name in SPECS else None
+    if rule == "ep" and model.cfg.asymmetric:
+        raise ConfigError(f"estimator {name!r} assumes symmetric weights but the model is asymmetric; "
+                          "use vf, kp-vf (or their -one-sided forms) or bptt")
+    if rule in ("vf", "kp-vf") and not model.cfg.asymmetric:
+        raise ConfigError(f"estimator {name!r} needs an asymmetric model (separate backward weights: "
+                          "asymmetric=True, --asymmetric); a symmetric model uses one-sided, random-sign or symmetric")
+
+
+def nudged_states(model: EPNet, x, y, s_free, K: int, beta: float, two_sided: bool, masks=None, step_fn=step,
+                  callback=None):
+    """The nudged phases from s*: s^beta, and s^-beta (restarted from s*, Alg. 2) when two-sided."""
     with torch.no_grad():
-        s_beta = relax(model, x, s_free, phases.K, masks, y, beta, step_fn=step_fn)
-    grads = ep_gradient(model, x, y, s_free, 0.0, s_beta, beta, masks)
-    return _estimate(model, x, y, grads, s_free, masks, beta=beta)
+        cb = None if callback is None else (lambda t, s: callback(t, "pos", s))
+        s_pos = relax(model, x, s_free, K, masks, y, beta, step_fn=step_fn, callback=cb)
+        s_neg = None
+        if two_sided:
+            cb = None if callback is None else (lambda t, s: callback(t, "neg", s))
+            s_neg = relax(model, x, s_free, K, masks, y, -beta, step_fn=step_fn, callback=cb)
+    return s_pos, s_neg
 
 
-def random_sign(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step):
-    """One-sided EP with the sign of beta drawn at random each iteration (Alg. 1)."""
-    phases.require_beta("random-sign")
-    draw = torch.randint(0, 2, (1,), generator=generator).item()
-    return one_sided(model, x, y, phases, masks=masks, step_fn=step_fn, sign=1.0 if draw else -1.0)
+def rule_gradient(name: str, model: EPNet, x, y, s_free, s_pos, s_neg, beta: float, masks=None):
+    """The estimate of estimator `name` from the states of its phases."""
+    rule, two_sided = SPECS[name][:2]
+    if two_sided:
+        return RULES[rule](model, x, y, s_neg, -beta, s_pos, beta, masks, s_star=s_free)
+    return RULES[rule](model, x, y, s_free, 0.0, s_pos, beta, masks, s_star=s_free)
 
 
-def symmetric(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step):
-    """Three phases: free, +beta and -beta, both nudged phases from s* (Alg. 2, Eq. 12)."""
-    phases.require_beta("symmetric")
-    b = phases.beta
-    s_free = _free(model, x, phases, masks, step_fn)
-    with torch.no_grad():
-        s_pos = relax(model, x, s_free, phases.K, masks, y, b, step_fn=step_fn)
-        s_neg = relax(model, x, s_free, phases.K, masks, y, -b, step_fn=step_fn)  # restart from s*
-    grads = ep_gradient(model, x, y, s_neg, -b, s_pos, b, masks)
-    return _estimate(model, x, y, grads, s_free, masks, beta=b)
+def _make(name: str):
+    rule, two_sided, random = SPECS[name]
+
+    def estimator(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step, sign=1.0):
+        check_compatible(name, model)
+        phases.require_beta(name)
+        if random:  # Alg. 1: the sign of beta drawn from the (seeded) generator
+            sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
+        beta = sign * phases.beta
+        s_free = _free(model, x, phases, masks, step_fn)
+        s_pos, s_neg = nudged_states(model, x, y, s_free, phases.K, beta, two_sided, masks, step_fn)
+        grads = rule_gradient(name, model, x, y, s_free, s_pos, s_neg, beta, masks)
+        return _estimate(model, x, y, grads, s_free, masks, beta=beta)
+
+    estimator.__name__ = name.replace("-", "_")
+    estimator.__doc__ = f"{name}: rule {rule!r}, {'three' if two_sided else 'two'} phases" + (
+        ", random sign of beta" if random else "")
+    return estimator
+
+
+# name -> (rule, two-sided, random sign)
+SPECS = {
+    "one-sided": ("ep", False, False),  # Eq. 4
+    "random-sign": ("ep", False, True),  # Alg. 1
+    "symmetric": ("ep", True, False),  # Eq. 12, Alg. 2
+    "vf": ("vf", True, False),  # Eq. 41-42
+    "vf-one-sided": ("vf", False, False),  # Eq. 10
+    "kp-vf": ("kp-vf", True, False),  # Eq. 43-45
+    "kp-vf-one-sided": ("kp-vf", False, False),
+}
+one_sided, random_sign, symmetric = _make("one-sided"), _make("random-sign"), _make("symmetric")
+vf, vf_one_sided, kp_vf, kp_vf_one_sided = (_make(n) for n in ("vf", "vf-one-sided", "kp-vf", "kp-vf-one-sided"))
 
 
 def bptt(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step):
@@ -141,6 +236,10 @@ ESTIMATORS = {
     "one-sided": one_sided,
     "random-sign": random_sign,
     "symmetric": symmetric,
+    "vf": vf,
+    "vf-one-sided": vf_one_sided,
+    "kp-vf": kp_vf,
+    "kp-vf-one-sided": kp_vf_one_sided,
     "bptt": bptt,
 }
 

@@ -19,10 +19,10 @@ import sys
 import torch
 
 from .dynamics import count_changes, relax, step
-from .estimators import Phases, ep_gradient, get_estimator
+from .estimators import SPECS, Phases, check_compatible, get_estimator, nudged_states, rule_gradient
 from .model import ConfigError, EPNet, layer_groups, model_config
 
-GRADCHECK_ESTIMATORS = ("one-sided", "random-sign", "symmetric")
+GRADCHECK_ESTIMATORS = tuple(SPECS)  # every EP-family estimator; bptt is the reference
 
 
 def bptt_per_step(model: EPNet, x, y, T: int, K: int, masks=None, step_fn=step):
@@ -50,19 +50,15 @@ def bptt_per_step(model: EPNet, x, y, T: int, K: int, masks=None, step_fn=step):
     return out, traj
 
 
-def ep_per_step(model: EPNet, x, y, s_free, K: int, beta: float, kind: str, masks=None, step_fn=step):
-    """[EP estimate after t nudged steps, t = 1..K] for kind 'one-sided' (beta may be negative) or
-    'symmetric'; also the final nudged states [s^beta_K, s^-beta_K (symmetric only)]."""
-    pos, neg = [], []
-    with torch.no_grad():
-        s_pos = relax(model, x, s_free, K, masks, y, beta, step_fn, lambda t, s: pos.append(s))
-        s_neg = None
-        if kind == "symmetric":
-            s_neg = relax(model, x, s_free, K, masks, y, -beta, step_fn, lambda t, s: neg.append(s))
-    if kind == "symmetric":
-        ests = [ep_gradient(model, x, y, b, -beta, a, beta, masks) for a, b in zip(pos, neg)]
-    else:
-        ests = [ep_gradient(model, x, y, s_free, 0.0, a, beta, masks) for a in pos]
+def ep_per_step(model: EPNet, x, y, s_free, K: int, beta: float, name: str, masks=None, step_fn=step):
+    """[estimate of EP estimator `name` after t nudged steps, t = 1..K] (Eq. 6); beta may be negative
+    for one-sided forms. Also returns the final nudged states [s^beta_K, s^-beta_K (two-sided)]."""
+    check_compatible(name, model)
+    seen = {"pos": [], "neg": []}
+    s_pos, s_neg = nudged_states(model, x, y, s_free, K, beta, SPECS[name][1], masks, step_fn,
+                                 callback=lambda t, which, s: seen[which].append(s))
+    negs = seen["neg"] or [None] * K
+    ests = [rule_gradient(name, model, x, y, s_free, p, n, beta, masks) for p, n in zip(seen["pos"], negs)]
     return ests, [s for s in (s_pos, s_neg) if s is not None]
 
 
@@ -102,7 +98,7 @@ def load_batch(data: str, in_shape, batch: int, n_classes: int, dtype, generator
 def run(args) -> dict:
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     torch.manual_seed(args.seed)
-    cfg = model_config(args.arch, loss=args.loss)
+    cfg = model_config(args.arch, loss=args.loss, asymmetric=True if args.asymmetric else None)
     model = EPNet(cfg).to(dtype)
     gen = torch.Generator().manual_seed(args.seed)
     x, y = load_batch(args.data, cfg.in_shape, args.batch, cfg.n_classes, dtype, gen)
@@ -110,6 +106,7 @@ def run(args) -> dict:
         get_estimator(name)  # unknown names fail with the list of valid ones
         if name not in GRADCHECK_ESTIMATORS:
             raise ConfigError(f"gradcheck compares EP estimators ({', '.join(GRADCHECK_ESTIMATORS)}), not {name!r}")
+        check_compatible(name, model)
     for b in args.betas:
         Phases(T=args.T, K=args.K, beta=b).require_beta("gradcheck")
     if args.K > args.T:
@@ -133,10 +130,11 @@ def run(args) -> dict:
                     {"estimator": name, "beta": sgn * b, **count_changes(model, x, s_free, s, None, y, None, sgn * b)}
                 )
         if beta == args.betas[0]:
+            one, two = ("kp-vf-one-sided", "kp-vf") if cfg.asymmetric else ("one-sided", "symmetric")
             curves = {
-                "one-sided +beta": ep_per_step(model, x, y, s_free, args.K, beta, "one-sided")[0],
-                "one-sided -beta": ep_per_step(model, x, y, s_free, args.K, -beta, "one-sided")[0],
-                "symmetric": ep_per_step(model, x, y, s_free, args.K, beta, "symmetric")[0],
+                "one-sided +beta": ep_per_step(model, x, y, s_free, args.K, beta, one)[0],
+                "one-sided -beta": ep_per_step(model, x, y, s_free, args.K, -beta, one)[0],
+                "symmetric": ep_per_step(model, x, y, s_free, args.K, beta, two)[0],
                 "BPTT": ref_steps,
             }
     report = {"config": {**vars(args), "model": cfg.to_dict()}, "results": results, "changes": changes}
@@ -201,12 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ep_compile.gradcheck", description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="digits", help="preset name (digits, mnist, cifar10), JSON file or JSON string")
     p.add_argument("--loss", choices=("ce", "mse"), default=None, help="override the output mode of the architecture")
+    p.add_argument("--asymmetric", action="store_true", help="separate backward weights (for vf, kp-vf)")
     p.add_argument("--data", default="random", help="random (uniform inputs) or digits (real scikit-learn digits)")
     p.add_argument("--batch", type=int, default=8, help="batch size")
     p.add_argument("--T", type=int, default=200, help="free-phase steps")
     p.add_argument("--K", type=int, default=30, help="nudged-phase steps (and BPTT truncation)")
     p.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.01], help="nudging strengths (> 0)")
-    p.add_argument("--estimators", nargs="+", default=list(GRADCHECK_ESTIMATORS), help="EP estimators to check")
+    p.add_argument("--estimators", nargs="+", default=["one-sided", "random-sign", "symmetric"],
+                   help=f"EP estimators to check: {', '.join(GRADCHECK_ESTIMATORS)}")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="floating point precision")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data and random signs")
     p.add_argument("--json", default=None, help="write the report here")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +45,7 @@ class ModelConfig:
     loss: str = "ce"
     activation: str = "hard-sigmoid"
     dropout: list[float] = field(default_factory=list)  # per hidden state layer, [] = none
+    asymmetric: bool = False  # separate backward weights w^b for every layer but the first (App. D.3)
 
     def __post_init__(self):
         self.in_shape = tuple(int(v) for v in self.in_shape)
@@ -147,55 +149,96 @@ def _avg_unpool(post: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.pad(up, (0, size[1] - up.shape[-1], 0, size[0] - up.shape[-2]))
 
 
-class ConvPool(nn.Module):
+class Synapse(nn.Module):
+    """Shared by both layer kinds. Forward weights w^f live in the wrapped conv/linear module; an
+    asymmetric layer adds backward weights w^b (same shape, no bias, own init; App. D.3). A symmetric
+    layer has weight_b = None and feeds back through w^f: the symmetric model is the special case
+    w^b = w^f, not a second copy of the code."""
+
+    weight_b: nn.Parameter | None
+
+    def _init_backward(self, asymmetric: bool):
+        if asymmetric:
+            self.weight_b = nn.Parameter(torch.empty_like(self.weight_f))
+            nn.init.kaiming_uniform_(self.weight_b, a=math.sqrt(5))  # PyTorch's default init
+        else:
+            self.register_parameter("weight_b", None)
+
+    @property
+    def w_back(self) -> torch.Tensor:
+        return self.weight_f if self.weight_b is None else self.weight_b
+
+    def phi(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+        """s^n . P(w^f * s^{n-1}) per example (B,): this layer's term of Phi (Eq. 7)."""
+        out = self.forward(pre)[0]
+        return (out * post).flatten(1).sum(dim=1)
+
+    def phi_b(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+        """s^n . P(w^b * s^{n-1}) per example (B,): the backward term of Phi~ (Eq. 46), no bias."""
+        out = self.forward(pre, self.w_back, bias=False)[0]
+        return (out * post).flatten(1).sum(dim=1)
+
+
+class ConvPool(Synapse):
     """s^{n-1} (B, Cin, H, W) -> P(w * s^{n-1}) (B, Cout, H', W'): stride-1 conv, then 2x2 pooling."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, padding: int, pool: str, conv_hw):
+    def __init__(self, c_in: int, c_out: int, kernel: int, padding: int, pool: str, conv_hw, asymmetric=False):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride=1, padding=padding)
         self.padding, self.pool, self.conv_hw = padding, pool, tuple(conv_hw)
+        self._init_backward(asymmetric)
 
-    def forward(self, pre: torch.Tensor):
-        u = self.conv(pre)  # (B, Cout, Hc, Wc)
+    @property
+    def weight_f(self) -> torch.Tensor:
+        return self.conv.weight
+
+    def forward(self, pre: torch.Tensor, weight=None, bias=True):
+        w = self.conv.weight if weight is None else weight
+        u = F.conv2d(pre, w, self.conv.bias if bias else None, padding=self.padding)  # (B, Cout, Hc, Wc)
         if self.pool == "max":
             return F.max_pool2d(u, 2, 2, return_indices=True)  # (B, Cout, H', W'), indices
         if self.pool == "avg":
             return F.avg_pool2d(u, 2, 2), None
         return u, None
 
-    def feedback(self, post: torch.Tensor, ctx, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """w~ * P^-1(s^n): max-unpool with the current pooling indices, then transposed conv."""
+    def feedback_ctx(self, pre: torch.Tensor, fwd_ctx):
+        """Pooling indices for the feedback: those of the forward conv when w^b = w^f, else those of
+        the backward conv w^b * s^{n-1} (Eq. 45-47: each weight unpools with its own indices)."""
+        if self.weight_b is None or self.pool != "max":
+            return fwd_ctx
+        return self.forward(pre, self.weight_b, bias=False)[1]
+
+    def feedback(self, post: torch.Tensor, ctx) -> torch.Tensor:
+        """w~^b * P^-1(s^n): max-unpool with the given indices, then transposed conv (B, Cin, H, W)."""
         if self.pool == "max":
             post = F.max_unpool2d(post, ctx, 2, 2, output_size=self.conv_hw)  # (B, Cout, Hc, Wc)
         elif self.pool == "avg":
             post = _avg_unpool(post, self.conv_hw)
-        w = self.conv.weight if weight is None else weight
-        return F.conv_transpose2d(post, w, padding=self.padding)  # (B, Cin, H, W)
-
-    def phi(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-        return (self.forward(pre)[0] * post).sum(dim=(1, 2, 3))  # (B,)
+        return F.conv_transpose2d(post, self.w_back, padding=self.padding)  # (B, Cin, H, W)
 
 
-class Dense(nn.Module):
+class Dense(Synapse):
     """s^{n-1} (B, *in_shape) -> w . F(s^{n-1}) (B, n_out); flattens a conv state."""
 
-    def __init__(self, in_shape: tuple[int, ...], n_out: int):
+    def __init__(self, in_shape: tuple[int, ...], n_out: int, asymmetric=False):
         super().__init__()
         self.in_shape = tuple(in_shape)
-        n_in = 1
-        for d in in_shape:
-            n_in *= d
-        self.lin = nn.Linear(n_in, n_out)
+        self.lin = nn.Linear(_numel(in_shape), n_out)
+        self._init_backward(asymmetric)
 
-    def forward(self, pre: torch.Tensor):
-        return self.lin(pre.flatten(1)), None  # (B, n_out)
+    @property
+    def weight_f(self) -> torch.Tensor:
+        return self.lin.weight
 
-    def feedback(self, post: torch.Tensor, ctx, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, pre: torch.Tensor, weight=None, bias=True):
         w = self.lin.weight if weight is None else weight
-        return (post @ w).view(-1, *self.in_shape)  # (B, *in_shape)
+        return F.linear(pre.flatten(1), w, self.lin.bias if bias else None), None  # (B, n_out)
 
-    def phi(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-        return (self.forward(pre)[0] * post).sum(dim=1)  # (B,)
+    def feedback_ctx(self, pre, fwd_ctx):
+        return None
+
+    def feedback(self, post: torch.Tensor, ctx) -> torch.Tensor:
+        return (post @ self.w_back).view(-1, *self.in_shape)  # (B, *in_shape)
 
 
 # ----------------------------------------------------------------------------- model
@@ -211,11 +254,12 @@ class EPNet(nn.Module):
         self.state_shapes = cfg.state_shapes()
         layers, c, (h, w) = [], cfg.in_shape[0], cfg.in_shape[1:]
         for co, k, p, pool, shape in zip(cfg.channels, cfg.kernels, cfg.paddings, cfg.pools, self.state_shapes):
-            layers.append(ConvPool(c, co, k, p, pool, (h + 2 * p - k + 1, w + 2 * p - k + 1)))
+            asym = cfg.asymmetric and bool(layers)  # the first conv reads the static input: no w^b
+            layers.append(ConvPool(c, co, k, p, pool, (h + 2 * p - k + 1, w + 2 * p - k + 1), asym))
             c, h, w = shape
         prev = self.state_shapes[len(cfg.channels) - 1] if cfg.channels else cfg.in_shape
         for n in cfg.fc + ([cfg.n_classes] if cfg.loss == "mse" else []):
-            layers.append(Dense(prev, n))
+            layers.append(Dense(prev, n, cfg.asymmetric and bool(layers)))
             prev = (n,)
         self.layers = nn.ModuleList(layers)
         self.readout = nn.Linear(_numel(prev), cfg.n_classes) if cfg.loss == "ce" else None
@@ -282,8 +326,19 @@ class EPNet(nn.Module):
             return err  # (B, n_classes)
         return (err @ self.readout.weight).view_as(states[-1])  # (B, *shape_N)
 
-    def dynamics_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.layers.parameters()]
+    def phi_tilde(self, x: torch.Tensor, states, masks=None) -> torch.Tensor:
+        """Sum over layers of the per-layer functions Phi~_n of Eq. 46, arranged so that d/ds^n of the
+        sum is dPhi~_n/ds^n: forward terms see the pre-synaptic state as a constant, backward terms
+        the post-synaptic one. Its state gradient is the asymmetric drive (Eq. 47); with w^b = w^f it
+        equals dPhi/ds. Not a primitive function: only its state gradient has a meaning."""
+        layers = [x] + self.apply_masks(states, masks)
+        total = 0
+        for n, layer in enumerate(self.layers):
+            pre, post = layers[n], layers[n + 1]
+            total = total + layer.phi(pre.detach(), post)
+            if n > 0:
+                total = total + layer.phi_b(pre, post.detach())
+        return total
 
 
 def _numel(shape) -> int:
@@ -294,8 +349,8 @@ def _numel(shape) -> int:
 
 
 def layer_groups(model: EPNet) -> list[tuple[str, list[int]]]:
-    """Names for reporting ('conv1', 'fc1', 'out', 'readout') and the indices of their parameters
-    in list(model.parameters())."""
+    """Names for reporting ('conv1', 'fc1', 'out', 'readout'; 'conv2_b' for backward weights) and
+    the indices of their parameters in list(model.parameters()); the weight comes first."""
     index = {id(p): i for i, p in enumerate(model.parameters())}
     groups, nconv = [], len(model.cfg.channels)
     for n, layer in enumerate(model.layers):
@@ -305,7 +360,9 @@ def layer_groups(model: EPNet) -> list[tuple[str, list[int]]]:
             name = "out"
         else:
             name = f"fc{n - nconv + 1}"
-        groups.append((name, [index[id(p)] for p in layer.parameters()]))
+        groups.append((name, [index[id(p)] for p in layer.parameters() if p is not layer.weight_b]))
+        if layer.weight_b is not None:
+            groups.append((f"{name}_b", [index[id(layer.weight_b)]]))
     if model.readout is not None:
         groups.append(("readout", [index[id(p)] for p in model.readout.parameters()]))
     return groups

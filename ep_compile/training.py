@@ -18,7 +18,8 @@ import torch
 from .model import ConfigError, EPNet, ModelConfig
 
 CHECKPOINT_VERSION = 1
-MODEL_KEYS = ("in_shape", "channels", "kernels", "paddings", "pools", "fc", "n_classes", "loss", "activation", "dropout")
+MODEL_KEYS = ("in_shape", "channels", "kernels", "paddings", "pools", "fc", "n_classes", "loss", "activation", "dropout",
+              "asymmetric")
 
 
 def model_from_config(config: dict) -> EPNet:
@@ -161,6 +162,26 @@ def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
     ax.plot(ep, [100 * m["test_error"] for m in metrics], "b-", label="test")
     ax.set_xlabel("epoch")
     ax.set_ylabel("error (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_alignment(metrics: list[dict], path: Path, title: str = "") -> None:
+    """Angle between forward and backward weights per layer over epochs (Eq. 52, Fig. 7 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name in metrics[-1]["alignment_deg"]:
+        ax.plot([m["epoch"] for m in metrics], [m["alignment_deg"][name] for m in metrics], label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("angle (degrees)")
     ax.set_title(title, fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)

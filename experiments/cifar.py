@@ -39,6 +39,7 @@ from ep_compile.training import (
     load_checkpoint,
     make_optimizer,
     model_from_config,
+    plot_alignment,
     plot_curves,
     set_epoch_lr,
     step_generator,
@@ -71,14 +72,20 @@ PRESETS = {
     "ce-symmetric-dropout": {**PAPER, **CROSS_ENT, "estimator": "symmetric", "dropout": [0, 0, 0, 0.1]},
     "ce-bptt": {**PAPER, **CROSS_ENT, "estimator": "bptt"},
     "ce-bptt-dropout": {**PAPER, **CROSS_ENT, "estimator": "bptt", "dropout": [0, 0, 0, 0.1]},
+    # Table 2, distinct forward and backward weights (App. D.3), cross-entropy
+    "ce-vf": {**PAPER, **CROSS_ENT, "asymmetric": True, "estimator": "vf"},
+    "ce-kpvf": {**PAPER, **CROSS_ENT, "asymmetric": True, "estimator": "kp-vf"},
+    "ce-bptt-asym": {**PAPER, **CROSS_ENT, "asymmetric": True, "estimator": "bptt"},
     # small presets for CPUs and tests
     "digits-ce-symmetric": {**DIGITS, "estimator": "symmetric"},
     "digits-mse-symmetric": {**DIGITS, "loss": "mse", "estimator": "symmetric"},
     "digits-ce-bptt": {**DIGITS, "estimator": "bptt"},
+    "digits-ce-kpvf": {**DIGITS, "asymmetric": True, "estimator": "kp-vf"},
+    "digits-ce-vf": {**DIGITS, "asymmetric": True, "estimator": "vf"},
     "fashion-ce-symmetric": {**DIGITS, "dataset": "fashion-mnist", "in_shape": [1, 28, 28], "paddings": [1, 1],
                              "channels": [32, 64], "T": 40, "K": 12, "batch_size": 128, "augment": False},
 }
-RUN_DEFAULTS = dict(bptt_steps=None, seed=0, val_size=None, train_subset=None, test_subset=None, data_root=None,
+RUN_DEFAULTS = dict(asymmetric=False, bptt_steps=None, seed=0, val_size=None, train_subset=None, test_subset=None, data_root=None,
                     cache_dir=None, std_scale=3.0, checkpoint_every=0, compile=False, eval_batch_size=500,
                     dtype="float32", out=None)
 
@@ -249,6 +256,8 @@ def training_function(config, args):
             (out / "ranks.json").write_text(json.dumps({"processes": world, "max_abs_weight_diff": diff}))
     if accelerator.is_main_process and history:
         plot_curves(history, out / "curves.png", f"{config['estimator']} on {config['dataset']}")
+        if "alignment_deg" in history[-1]:
+            plot_alignment(history, out / "alignment.png", f"{config['estimator']}: angle between w^f and w^b")
     if args.with_tracking:
         accelerator.end_training()
     last = history[-1] if history else {}
@@ -307,6 +316,8 @@ def build_config(args) -> dict:
             config[key] = v
     if args.compile is not None:
         config["compile"] = args.compile
+    if args.asymmetric:
+        config["asymmetric"] = True
     if args.no_augment:
         config["augment"] = False
     if config["out"] is None:
@@ -315,7 +326,9 @@ def build_config(args) -> dict:
         raise ConfigError(f"unknown estimator {config['estimator']!r}; valid: {', '.join(ESTIMATORS)}")
     if config["dataset"] not in DATASETS:
         raise ConfigError(f"unknown dataset {config['dataset']!r}; valid: {', '.join(DATASETS)}")
-    model_from_config(config)  # validates the architecture with a clear message
+    from ep_compile.estimators import check_compatible
+
+    check_compatible(config["estimator"], model_from_config(config))  # clear messages for bad combinations
     return config
 
 
@@ -326,6 +339,7 @@ def main(argv=None):
     for flag, (key, typ, hlp) in CONFIG_FLAGS.items():
         parser.add_argument(flag, dest=key, type=typ, nargs="+" if key in LIST_KEYS else None, default=None, help=hlp)
     parser.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    parser.add_argument("--asymmetric", action="store_true", help="separate backward weights (for vf, kp-vf, bptt)")
     parser.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the step")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="run the step eagerly")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")

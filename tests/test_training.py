@@ -141,3 +141,23 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert "non-finite gradient estimate or loss at epoch 2, batch 1" in err and "is intact" in err
     assert (out / "last.pt").read_bytes() == good
+
+
+def test_kp_vf_learns_digits_and_aligns_while_vf_logs_its_angle(tmp_path):
+    """Table 2 on digits: KP-VF reaches >= 90% and its w^f / w^b angle falls; VF runs and logs it."""
+    run_script(["--preset", "digits-ce-kpvf", "--no-compile", "--cpu", "--out", str(tmp_path / "kp")])
+    rows = [json.loads(line) for line in (tmp_path / "kp" / "metrics.jsonl").read_text().splitlines()]
+    assert 1 - rows[-1]["test_error"] >= 0.90, rows[-1]
+    first, last = rows[0]["alignment_deg"]["layer2"], rows[-1]["alignment_deg"]["layer2"]
+    assert last < first - 20, (first, last)
+    assert (tmp_path / "kp" / "alignment.png").exists()
+    run_script(["--preset", "digits-ce-vf", "--epochs", "2", "--no-compile", "--cpu", "--out", str(tmp_path / "vf")])
+    rows = [json.loads(line) for line in (tmp_path / "vf" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(0 <= r["alignment_deg"]["layer2"] <= 180 for r in rows)
+
+
+def test_bad_estimator_model_combination(capsys):
+    assert cifar.main(["--preset", "digits-ce-symmetric", "--estimator", "kp-vf", "--cpu"]) == 2
+    assert "estimator 'kp-vf' needs an asymmetric model" in capsys.readouterr().err
+    assert cifar.main(["--preset", "digits-ce-kpvf", "--estimator", "symmetric", "--cpu"]) == 2
+    assert "assumes symmetric weights" in capsys.readouterr().err
