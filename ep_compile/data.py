@@ -29,7 +29,18 @@ from .model import ConfigError
 
 DATASETS = ("digits", "cifar10", "fashion-mnist")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -200,8 +211,9 @@ def load_source(name: str, data_root: str | None = None, cache_dir: Path | None 
         raise ConfigError(f"data root {root} is neither a folder nor a .tar.gz archive")
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y,
-                "classes": train.classes}, tmp)
+    torch.save(
+        {"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y, "classes": train.classes}, tmp
+    )
     os.replace(tmp, cache)
     return train, test
 
@@ -209,8 +221,9 @@ def load_source(name: str, data_root: str | None = None, cache_dir: Path | None 
 # ----------------------------------------------------------------------------- splits and batches
 
 
-def make_splits(name, data_root=None, val_size=None, train_subset=None, test_subset=None, seed=0,
-                cache_dir=None, log=print) -> Splits:
+def make_splits(
+    name, data_root=None, val_size=None, train_subset=None, test_subset=None, seed=0, cache_dir=None, log=print
+) -> Splits:
     """Train/validation/test. The validation set is held out of the training set by a seeded
     permutation (the best checkpoint is chosen on it, never on the test set)."""
     train, test = load_source(name, data_root, cache_dir, log)
@@ -233,8 +246,13 @@ def make_splits(name, data_root=None, val_size=None, train_subset=None, test_sub
     xf = tr.x.double() / 255
     mean = xf.mean(dim=(0, 2, 3)).tolist()
     std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    return Splits(tr, Dataset(train.x[val_idx], train.y[val_idx], train.classes),
-                  Dataset(test.x[test_idx], test.y[test_idx], test.classes), mean, std)
+    return Splits(
+        tr,
+        Dataset(train.x[val_idx], train.y[val_idx], train.classes),
+        Dataset(test.x[test_idx], test.y[test_idx], test.classes),
+        mean,
+        std,
+    )
 
 
 def normalize(x_uint8: torch.Tensor, mean, std, std_scale: float, dtype=torch.float32) -> torch.Tensor:

@@ -97,8 +97,11 @@ def kp_vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, m
 
         def phi_b(x_, s, m):  # sum over layers of s^n . P(w^b * s^{n-1}), per example (B,)
             layers = [x_] + model.apply_masks(s, m)
-            return sum(layer.phi_b(layers[n], layers[n + 1]) for n, layer in enumerate(model.layers)
-                       if layer.weight_b is not None)
+            return sum(
+                layer.phi_b(layers[n], layers[n + 1])
+                for n, layer in enumerate(model.layers)
+                if layer.weight_b is not None
+            )
 
         fa = phi_b(x, [t.detach() for t in s_a], masks).mean()
         fb = phi_b(x, [t.detach() for t in s_b], masks).mean()
@@ -154,15 +157,20 @@ def check_compatible(name: str, model: EPNet) -> None:
     """Symmetric-weight estimators need w^b = w^f; VF and KP-VF need separate backward weights."""
     rule = SPECS[name][0] if name in SPECS else None
     if rule == "ep" and model.cfg.asymmetric:
-        raise ConfigError(f"estimator {name!r} assumes symmetric weights but the model is asymmetric; "
-                          "use vf, kp-vf (or their -one-sided forms) or bptt")
+        raise ConfigError(
+            f"estimator {name!r} assumes symmetric weights but the model is asymmetric; "
+            "use vf, kp-vf (or their -one-sided forms) or bptt"
+        )
     if rule in ("vf", "kp-vf") and not model.cfg.asymmetric:
-        raise ConfigError(f"estimator {name!r} needs an asymmetric model (separate backward weights: "
-                          "asymmetric=True, --asymmetric); a symmetric model uses one-sided, random-sign or symmetric")
+        raise ConfigError(
+            f"estimator {name!r} needs an asymmetric model (separate backward weights: "
+            "asymmetric=True, --asymmetric); a symmetric model uses one-sided, random-sign or symmetric"
+        )
 
 
-def nudged_states(model: EPNet, x, y, s_free, K: int, beta: float, two_sided: bool, masks=None, step_fn=step,
-                  callback=None):
+def nudged_states(
+    model: EPNet, x, y, s_free, K: int, beta: float, two_sided: bool, masks=None, step_fn=step, callback=None
+):
     """The nudged phases from s*: s^beta, and s^-beta (restarted from s*, Alg. 2) when two-sided."""
     with torch.no_grad():
         cb = None if callback is None else (lambda t, s: callback(t, "pos", s))
@@ -198,7 +206,8 @@ def _make(name: str):
 
     estimator.__name__ = name.replace("-", "_")
     estimator.__doc__ = f"{name}: rule {rule!r}, {'three' if two_sided else 'two'} phases" + (
-        ", random sign of beta" if random else "")
+        ", random sign of beta" if random else ""
+    )
     return estimator
 
 

@@ -55,8 +55,9 @@ def ep_per_step(model: EPNet, x, y, s_free, K: int, beta: float, name: str, mask
     for one-sided forms. Also returns the final nudged states [s^beta_K, s^-beta_K (two-sided)]."""
     check_compatible(name, model)
     seen = {"pos": [], "neg": []}
-    s_pos, s_neg = nudged_states(model, x, y, s_free, K, beta, SPECS[name][1], masks, step_fn,
-                                 callback=lambda t, which, s: seen[which].append(s))
+    s_pos, s_neg = nudged_states(
+        model, x, y, s_free, K, beta, SPECS[name][1], masks, step_fn, callback=lambda t, which, s: seen[which].append(s)
+    )
     negs = seen["neg"] or [None] * K
     ests = [rule_gradient(name, model, x, y, s_free, p, n, beta, masks) for p, n in zip(seen["pos"], negs)]
     return ests, [s for s in (s_pos, s_neg) if s is not None]
@@ -205,8 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--T", type=int, default=200, help="free-phase steps")
     p.add_argument("--K", type=int, default=30, help="nudged-phase steps (and BPTT truncation)")
     p.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.01], help="nudging strengths (> 0)")
-    p.add_argument("--estimators", nargs="+", default=["one-sided", "random-sign", "symmetric"],
-                   help=f"EP estimators to check: {', '.join(GRADCHECK_ESTIMATORS)}")
+    p.add_argument(
+        "--estimators",
+        nargs="+",
+        default=["one-sided", "random-sign", "symmetric"],
+        help=f"EP estimators to check: {', '.join(GRADCHECK_ESTIMATORS)}",
+    )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="floating point precision")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data and random signs")
     p.add_argument("--json", default=None, help="write the report here")

@@ -18,8 +18,19 @@ import torch
 from .model import ConfigError, EPNet, ModelConfig
 
 CHECKPOINT_VERSION = 1
-MODEL_KEYS = ("in_shape", "channels", "kernels", "paddings", "pools", "fc", "n_classes", "loss", "activation", "dropout",
-              "asymmetric")
+MODEL_KEYS = (
+    "in_shape",
+    "channels",
+    "kernels",
+    "paddings",
+    "pools",
+    "fc",
+    "n_classes",
+    "loss",
+    "activation",
+    "dropout",
+    "asymmetric",
+)
 
 
 def model_from_config(config: dict) -> EPNet:
@@ -45,7 +56,9 @@ def make_optimizer(model: EPNet, config: dict) -> torch.optim.SGD:
         )
     return torch.optim.SGD(
         [{"params": g, "lr": lr, "initial_lr": lr} for g, lr in zip(groups, lrs)],
-        lr=lrs[0], momentum=config["momentum"], weight_decay=config["weight_decay"],
+        lr=lrs[0],
+        momentum=config["momentum"],
+        weight_decay=config["weight_decay"],
     )
 
 
@@ -122,7 +135,9 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConfigError(f"checkpoint {p} is corrupt or not a checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+        raise ConfigError(
+            f"checkpoint {p} is corrupt or not a checkpoint ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
     if not isinstance(ck, dict) or ck.get("format") != "ep_compile-checkpoint":
         raise ConfigError(f"{p} is not an ep_compile checkpoint")
     if ck.get("version") != CHECKPOINT_VERSION:

@@ -49,17 +49,50 @@ from ep_compile.training import (
 # ----------------------------------------------------------------------------- presets (data)
 
 PAPER = dict(  # App. E.1 and Table 3
-    dataset="cifar10", in_shape=[3, 32, 32], channels=[128, 256, 512, 512], kernels=3, paddings=[1, 1, 1, 0],
-    pools=["max"] * 4, fc=[], n_classes=10, activation="hard-sigmoid", dropout=[],
-    T=250, batch_size=128, lrs=[0.25, 0.15, 0.1, 0.08, 0.05], momentum=0.9, weight_decay=3e-4,
-    lr_min=1e-5, decay_epochs=100, epochs=120, augment=True,
+    dataset="cifar10",
+    in_shape=[3, 32, 32],
+    channels=[128, 256, 512, 512],
+    kernels=3,
+    paddings=[1, 1, 1, 0],
+    pools=["max"] * 4,
+    fc=[],
+    n_classes=10,
+    activation="hard-sigmoid",
+    dropout=[],
+    T=250,
+    batch_size=128,
+    lrs=[0.25, 0.15, 0.1, 0.08, 0.05],
+    momentum=0.9,
+    weight_decay=3e-4,
+    lr_min=1e-5,
+    decay_epochs=100,
+    epochs=120,
+    augment=True,
 )
 SQUARED, CROSS_ENT = dict(loss="mse", K=30, beta=0.5), dict(loss="ce", K=25, beta=1.0)
 DIGITS = dict(  # seconds per epoch on a laptop CPU; no download
-    dataset="digits", in_shape=[1, 8, 8], channels=[32, 64], kernels=3, paddings=[1, 1], pools=["max"] * 2,
-    fc=[], n_classes=10, activation="hard-sigmoid", dropout=[], T=30, K=10, beta=0.5, batch_size=64,
-    lrs=[0.2, 0.1, 0.05], momentum=0.9, weight_decay=3e-4, lr_min=1e-4, decay_epochs=15, epochs=15,
-    augment=False, loss="ce",
+    dataset="digits",
+    in_shape=[1, 8, 8],
+    channels=[32, 64],
+    kernels=3,
+    paddings=[1, 1],
+    pools=["max"] * 2,
+    fc=[],
+    n_classes=10,
+    activation="hard-sigmoid",
+    dropout=[],
+    T=30,
+    K=10,
+    beta=0.5,
+    batch_size=64,
+    lrs=[0.2, 0.1, 0.05],
+    momentum=0.9,
+    weight_decay=3e-4,
+    lr_min=1e-4,
+    decay_epochs=15,
+    epochs=15,
+    augment=False,
+    loss="ce",
 )
 PRESETS = {
     # Table 1, squared error (output layer inside the dynamics)
@@ -82,12 +115,34 @@ PRESETS = {
     "digits-ce-bptt": {**DIGITS, "estimator": "bptt"},
     "digits-ce-kpvf": {**DIGITS, "asymmetric": True, "estimator": "kp-vf"},
     "digits-ce-vf": {**DIGITS, "asymmetric": True, "estimator": "vf"},
-    "fashion-ce-symmetric": {**DIGITS, "dataset": "fashion-mnist", "in_shape": [1, 28, 28], "paddings": [1, 1],
-                             "channels": [32, 64], "T": 40, "K": 12, "batch_size": 128, "augment": False},
+    "fashion-ce-symmetric": {
+        **DIGITS,
+        "dataset": "fashion-mnist",
+        "in_shape": [1, 28, 28],
+        "paddings": [1, 1],
+        "channels": [32, 64],
+        "T": 40,
+        "K": 12,
+        "batch_size": 128,
+        "augment": False,
+    },
 }
-RUN_DEFAULTS = dict(asymmetric=False, bptt_steps=None, seed=0, val_size=None, train_subset=None, test_subset=None, data_root=None,
-                    cache_dir=None, std_scale=3.0, checkpoint_every=0, compile=False, eval_batch_size=500,
-                    dtype="float32", out=None)
+RUN_DEFAULTS = dict(
+    asymmetric=False,
+    bptt_steps=None,
+    seed=0,
+    val_size=None,
+    train_subset=None,
+    test_subset=None,
+    data_root=None,
+    cache_dir=None,
+    std_scale=3.0,
+    checkpoint_every=0,
+    compile=False,
+    eval_batch_size=500,
+    dtype="float32",
+    out=None,
+)
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -111,8 +166,16 @@ def training_function(config, args):
     dtype = DTYPES[config["dtype"]]
 
     # --- data (uint8 in memory; every process holds it, each computes on its slice of the batch)
-    splits = make_splits(config["dataset"], config["data_root"], config["val_size"], config["train_subset"],
-                         config["test_subset"], config["seed"], config["cache_dir"], log=log)
+    splits = make_splits(
+        config["dataset"],
+        config["data_root"],
+        config["val_size"],
+        config["train_subset"],
+        config["test_subset"],
+        config["seed"],
+        config["cache_dir"],
+        log=log,
+    )
     config.setdefault("mean", splits.mean)
     config.setdefault("std", splits.std)
     config.setdefault("classes", splits.train.classes)
@@ -122,8 +185,10 @@ def training_function(config, args):
     if B % world:
         raise ConfigError(f"--batch-size {B} must be divisible by the number of processes ({world})")
     if tuple(splits.train.x.shape[1:]) != tuple(config["in_shape"]):
-        raise ConfigError(f"{config['dataset']} images are {tuple(splits.train.x.shape[1:])}, the model "
-                          f"expects in_shape {tuple(config['in_shape'])}")
+        raise ConfigError(
+            f"{config['dataset']} images are {tuple(splits.train.x.shape[1:])}, the model "
+            f"expects in_shape {tuple(config['in_shape'])}"
+        )
 
     def prep(x_uint8):
         return normalize(x_uint8, config["mean"], config["std"], config["std_scale"], dtype)
@@ -171,8 +236,10 @@ def training_function(config, args):
         if not args.resume:
             raise ConfigError("--eval-only needs --resume DIR (the run to evaluate)")
         err = evaluate(splits.test)
-        log(f"test error {100 * err:.2f}% (accuracy {100 * (1 - err):.2f}%) on {len(splits.test.y)} images, "
-            f"{phases.T} free-phase steps")
+        log(
+            f"test error {100 * err:.2f}% (accuracy {100 * (1 - err):.2f}%) on {len(splits.test.y)} images, "
+            f"{phases.T} free-phase steps"
+        )
         return {"test_error": err}
 
     out.mkdir(parents=True, exist_ok=True)
@@ -196,8 +263,13 @@ def training_function(config, args):
         order = epoch_order(config["seed"], epoch, n_train)
         stats = carry if epoch == start_epoch else [0.0, 0.0, 0.0]  # wrong, loss sum, count (local)
         t0 = time.time()
-        bar = tqdm(total=steps_per_epoch, initial=start_step if epoch == start_epoch else 0,
-                   disable=not accelerator.is_local_main_process, mininterval=2.0, desc=f"epoch {epoch + 1}/{config['epochs']}")
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=start_step if epoch == start_epoch else 0,
+            disable=not accelerator.is_local_main_process,
+            mininterval=2.0,
+            desc=f"epoch {epoch + 1}/{config['epochs']}",
+        )
         for step in range(start_step if epoch == start_epoch else 0, steps_per_epoch):
             idx = order[step * B : (step + 1) * B]
             gen = step_generator(config["seed"], epoch, step)
@@ -222,7 +294,11 @@ def training_function(config, args):
             bar.update(1)
             bar.set_postfix(err=f"{stats[0] / max(stats[2], 1):.3f}", lr=f"{lr:.3g}")
             done_steps += 1
-            if config["checkpoint_every"] and (step + 1) % config["checkpoint_every"] == 0 and step + 1 < steps_per_epoch:
+            if (
+                config["checkpoint_every"]
+                and (step + 1) % config["checkpoint_every"] == 0
+                and step + 1 < steps_per_epoch
+            ):
                 save(epoch, step + 1, stats)
             if args.simulate_crash_at_step and done_steps == args.simulate_crash_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # testing: a real kill, mid-epoch
@@ -230,8 +306,15 @@ def training_function(config, args):
         start_step = 0
         tot = accelerator.reduce(torch.tensor(stats, dtype=torch.float64, device=device), reduction="sum")
         val_err, test_err = evaluate(splits.val), evaluate(splits.test)
-        row = {"epoch": epoch + 1, "train_error": (tot[0] / tot[2]).item(), "train_loss": (tot[1] / tot[2]).item(),
-               "val_error": val_err, "test_error": test_err, "lr": lr, "epoch_seconds": time.time() - t0}
+        row = {
+            "epoch": epoch + 1,
+            "train_error": (tot[0] / tot[2]).item(),
+            "train_loss": (tot[1] / tot[2]).item(),
+            "val_error": val_err,
+            "test_error": test_err,
+            "lr": lr,
+            "epoch_seconds": time.time() - t0,
+        }
         angles = alignment_angles(model)
         if angles:
             row["alignment_deg"] = angles
@@ -262,8 +345,10 @@ def training_function(config, args):
         accelerator.end_training()
     last = history[-1] if history else {}
     if last:
-        log(f"final test accuracy {100 * (1 - last['test_error']):.2f}% (test error {100 * last['test_error']:.2f}%), "
-            f"best validation error {100 * best_val:.2f}%; run folder {out}")
+        log(
+            f"final test accuracy {100 * (1 - last['test_error']):.2f}% (test error {100 * last['test_error']:.2f}%), "
+            f"best validation error {100 * best_val:.2f}%; run folder {out}"
+        )
     return last
 
 
@@ -310,7 +395,7 @@ def build_config(args) -> dict:
     if args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}")
     config = {**RUN_DEFAULTS, **PRESETS[args.preset], "preset": args.preset}
-    for flag, (key, _, _) in CONFIG_FLAGS.items():
+    for key, _, _ in CONFIG_FLAGS.values():
         v = getattr(args, key)
         if v is not None:
             config[key] = v
@@ -346,13 +431,19 @@ def main(argv=None):
     parser.add_argument("--resume", default=None, help="continue (or evaluate) the run in this folder")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint on the test set")
     parser.add_argument("--with-tracking", action="store_true", help="also log to TensorBoard through accelerate")
-    parser.add_argument("--simulate-crash-at-step", type=int, default=0,
-                        help="testing: SIGKILL this process after N optimizer steps, to check exact resume")
+    parser.add_argument(
+        "--simulate-crash-at-step",
+        type=int,
+        default=0,
+        help="testing: SIGKILL this process after N optimizer steps, to check exact resume",
+    )
     args = parser.parse_args(argv)
     if args.list_presets:
         for name, p in PRESETS.items():
-            print(f"{name:<22} {p['dataset']:<14} loss={p['loss']:<4} estimator={p['estimator']:<12} "
-                  f"T={p['T']} K={p['K']} beta={p['beta']} epochs={p['epochs']} dropout={p['dropout'] or 0}")
+            print(
+                f"{name:<22} {p['dataset']:<14} loss={p['loss']:<4} estimator={p['estimator']:<12} "
+                f"T={p['T']} K={p['K']} beta={p['beta']} epochs={p['epochs']} dropout={p['dropout'] or 0}"
+            )
         return 0
     try:
         if args.resume:

@@ -45,8 +45,10 @@ def test_backward_weights_everywhere_but_the_first_conv():
     assert 30 < alignment_angles(m)["layer2"] < 150
 
 
-@pytest.mark.parametrize("loss,pools,fc,dropout", [("ce", ["max", "max"], [], False), ("mse", ["avg", "max"], [5], True),
-                                                   ("ce", ["none", "max"], [5], True)])
+@pytest.mark.parametrize(
+    "loss,pools,fc,dropout",
+    [("ce", ["max", "max"], [], False), ("mse", ["avg", "max"], [5], True), ("ce", ["none", "max"], [5], True)],
+)
 def test_explicit_equals_autograd_of_phi_tilde(f64, loss, pools, fc, dropout):
     torch.manual_seed(1)
     nh = 2 + len(fc)
@@ -66,7 +68,9 @@ def test_asymmetric_with_equal_weights_is_the_symmetric_model(f64):
     x, y = batch()
     states = [torch.rand(4, *s) for s in sym.state_shapes]
     for beta in (None, 0.3):
-        for a, b in zip(preactivations(asym, x, states, None, y, beta)[0], preactivations(sym, x, states, None, y, beta)[0]):
+        for a, b in zip(
+            preactivations(asym, x, states, None, y, beta)[0], preactivations(sym, x, states, None, y, beta)[0]
+        ):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
@@ -98,7 +102,7 @@ def test_vf_forward_plus_backward_equals_symmetric_ep_up_to_beta_squared(f64):
         ga = split(asym, vf(asym, x, y, ph).grads)
         gs = dict(zip([n for n, _ in sym.named_parameters()], symmetric(sym, x, y, ph).grads))
         summed = []
-        for name, g in gs.items():
+        for name in gs:
             back = name.rsplit(".", 2)[0] + ".weight_b"
             summed.append(ga[name] + ga[back] if back in ga and name.endswith(".weight") else ga[name])
         ref = flat(gs.values())
@@ -133,14 +137,38 @@ def test_estimator_model_mismatch_errors():
     x, y = batch()
     with pytest.raises(ConfigError, match="estimator 'vf' needs an asymmetric model"):
         vf(sym, x, y, Phases(T=2, K=2, beta=0.1))
-    with pytest.raises(ConfigError, match="estimator 'symmetric' assumes symmetric weights but the model is asymmetric"):
+    with pytest.raises(
+        ConfigError, match="estimator 'symmetric' assumes symmetric weights but the model is asymmetric"
+    ):
         symmetric(asym, x, y, Phases(T=2, K=2, beta=0.1))
 
 
 def test_gradcheck_accepts_asymmetric_models(tmp_path, capsys):
     out = tmp_path / "gc.json"
-    assert gradcheck.main(["--asymmetric", "--estimators", "vf", "kp-vf", "kp-vf-one-sided", "--T", "60", "--K", "15",
-                           "--betas", "0.05", "--batch", "3", "--json", str(out), "--plot", str(tmp_path / "p.png")]) == 0
+    assert (
+        gradcheck.main(
+            [
+                "--asymmetric",
+                "--estimators",
+                "vf",
+                "kp-vf",
+                "kp-vf-one-sided",
+                "--T",
+                "60",
+                "--K",
+                "15",
+                "--betas",
+                "0.05",
+                "--batch",
+                "3",
+                "--json",
+                str(out),
+                "--plot",
+                str(tmp_path / "p.png"),
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
     assert '"conv2_b"' in text and '"kp-vf"' in text
     assert gradcheck.main(["--asymmetric", "--estimators", "symmetric", "--T", "5", "--K", "2"]) == 2

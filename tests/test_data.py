@@ -20,7 +20,9 @@ def write_tree(root: Path, n=3, classes=("cat", "dog")):
         for c in classes:
             (root / split / c).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i:04d}.png")
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    root / split / c / f"{i:04d}.png"
+                )
 
 
 def test_image_folder_and_archive_give_the_same_tensors_and_cache(tmp_path):

@@ -38,8 +38,20 @@ def test_two_processes_match_one(tmp_path, dtype, tol):
     ranks, equal to the 1-process run with the same global batch up to rounding. In float32 the
     half-batch means round differently and the fixed-point iteration amplifies it (measured ~1.1e-5
     after 8 steps), so the 1e-5 check runs in float64 and float32 gets its own bound."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     run_script(SMALL + ["--dtype", dtype, "--out", str(tmp_path / "two")], launcher=launch)
     run_script(SMALL + ["--dtype", dtype, "--out", str(tmp_path / "one")])
     ranks = json.loads((tmp_path / "two" / "ranks.json").read_text())
@@ -110,8 +122,10 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, args, message):
 def test_bad_data_and_resume_dirs(tmp_path, capsys):
     empty = tmp_path / "empty"
     (empty / "train" / "cat").mkdir(parents=True)
-    assert cifar.main(["--preset", "ce-symmetric", "--data-root", str(empty), "--cache-dir", str(tmp_path / "c"),
-                       "--cpu"]) == 2
+    assert (
+        cifar.main(["--preset", "ce-symmetric", "--data-root", str(empty), "--cache-dir", str(tmp_path / "c"), "--cpu"])
+        == 2
+    )
     assert "holds no images" in capsys.readouterr().err
     assert cifar.main(["--resume", str(tmp_path)]) == 2
     assert f"no checkpoint at {tmp_path}/last.pt" in capsys.readouterr().err
