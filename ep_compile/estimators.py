@@ -19,29 +19,43 @@ EP phases run under no_grad: memory does not grow with T or K.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
-from .dynamics import relax, step
+from .dynamics import relax, relax_until, step
 from .model import ConfigError, EPNet
 
 
 @dataclass
 class Phases:
-    """Lengths of the phases and the nudging strength. bptt_steps truncates BPTT to the last k steps
-    of the free phase (None: all T)."""
+    """Lengths of the phases and the nudging strength, and how to run them.
+    bptt_steps: truncate BPTT to the last k steps of the free phase (None: all T).
+    tol, check_every: stop the free phase early once a step changes no state by more than tol
+        (measured every check_every steps; tol=0: always T steps).
+    fused: run the +beta and -beta phases as one batch of 2B (one kernel launch instead of two).
+    amp: 'bf16' runs the phases under bfloat16 autocast; the estimate itself is taken in the
+        parameters' dtype."""
 
     T: int = 250
     K: int = 25
     beta: float = 1.0
     bptt_steps: int | None = None
+    tol: float = 0.0
+    check_every: int = 10
+    fused: bool = False
+    amp: str | None = None
 
     def __post_init__(self):
         for name in ("T", "K"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.amp not in (None, "bf16"):
+            raise ConfigError(f"amp must be None or 'bf16', got {self.amp!r}")
+        if self.tol < 0 or not isinstance(self.check_every, int) or self.check_every < 1:
+            raise ConfigError(f"tol must be >= 0 and check_every >= 1, got {self.tol!r}, {self.check_every!r}")
         if self.bptt_steps is not None and not 1 <= self.bptt_steps <= self.T:
             raise ConfigError(f"bptt_steps must lie in [1, T={self.T}], got {self.bptt_steps!r}")
         self.beta = float(self.beta)
@@ -140,11 +154,22 @@ def vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, mask
 RULES = {"ep": ep_gradient, "vf": vf_gradient, "kp-vf": kp_vf_gradient}
 
 
+def _autocast(phases: Phases, x):
+    if phases.amp == "bf16":
+        return torch.autocast(x.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _free(model, x, phases, masks, step_fn):
+    """The free phase from s = 0: T steps, or fewer with the residual stop. Info: steps used."""
     model.check_input(x)
-    with torch.no_grad():
-        s = relax(model, x, model.init_states(x.shape[0], x), phases.T, masks, step_fn=step_fn)
-    return s
+    with torch.no_grad(), _autocast(phases, x):
+        s0 = model.init_states(x.shape[0], x)
+        if phases.tol > 0:
+            s, steps, _ = relax_until(model, x, s0, phases.T, phases.tol, phases.check_every, masks, step_fn=step_fn)
+        else:
+            s, steps = relax(model, x, s0, phases.T, masks, step_fn=step_fn), phases.T
+    return [t.to(x.dtype) for t in s], steps
 
 
 def _estimate(model, x, y, grads, s_free, masks, **info) -> Estimate:
@@ -169,9 +194,21 @@ def check_compatible(name: str, model: EPNet) -> None:
 
 
 def nudged_states(
-    model: EPNet, x, y, s_free, K: int, beta: float, two_sided: bool, masks=None, step_fn=step, callback=None
+    model: EPNet, x, y, s_free, K: int, beta: float, two_sided: bool, masks=None, step_fn=step, callback=None,
+    fused=False,
 ):
-    """The nudged phases from s*: s^beta, and s^-beta (restarted from s*, Alg. 2) when two-sided."""
+    """The nudged phases from s*: s^beta, and s^-beta (restarted from s*, Alg. 2) when two-sided.
+    fused: both phases as one batch of 2B, beta = (+beta, ..., -beta, ...) per example."""
+    if fused and two_sided and callback is None:
+        B = x.shape[0]
+
+        def cat(ts):
+            return None if ts is None else [None if t is None else torch.cat([t, t]) for t in ts]
+
+        with torch.no_grad():
+            betas = torch.cat([x.new_full((B,), beta), x.new_full((B,), -beta)])
+            s = relax(model, torch.cat([x, x]), cat(s_free), K, cat(masks), torch.cat([y, y]), betas, step_fn=step_fn)
+        return [t[:B] for t in s], [t[B:] for t in s]
     with torch.no_grad():
         cb = None if callback is None else (lambda t, s: callback(t, "pos", s))
         s_pos = relax(model, x, s_free, K, masks, y, beta, step_fn=step_fn, callback=cb)
@@ -199,10 +236,14 @@ def _make(name: str):
         if random:  # Alg. 1: the sign of beta drawn from the (seeded) generator
             sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
         beta = sign * phases.beta
-        s_free = _free(model, x, phases, masks, step_fn)
-        s_pos, s_neg = nudged_states(model, x, y, s_free, phases.K, beta, two_sided, masks, step_fn)
+        s_free, steps = _free(model, x, phases, masks, step_fn)
+        with _autocast(phases, x):
+            s_pos, s_neg = nudged_states(model, x, y, s_free, phases.K, beta, two_sided, masks, step_fn,
+                                         fused=phases.fused)
+        s_pos = [t.to(x.dtype) for t in s_pos]
+        s_neg = None if s_neg is None else [t.to(x.dtype) for t in s_neg]
         grads = rule_gradient(name, model, x, y, s_free, s_pos, s_neg, beta, masks)
-        return _estimate(model, x, y, grads, s_free, masks, beta=beta)
+        return _estimate(model, x, y, grads, s_free, masks, beta=beta, free_steps=steps)
 
     estimator.__name__ = name.replace("-", "_")
     estimator.__doc__ = f"{name}: rule {rule!r}, {'three' if two_sided else 'two'} phases" + (
@@ -230,10 +271,12 @@ def bptt(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step
     model.check_input(x)
     k = phases.bptt_steps or phases.T
     params = list(model.parameters())
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(phases, x):
         s = relax(model, x, model.init_states(x.shape[0], x), phases.T - k, masks, step_fn=step_fn)
     with torch.enable_grad():
-        s_T = relax(model, x, s, k, masks, step_fn=step_fn)
+        with _autocast(phases, x):
+            s_T = relax(model, x, s, k, masks, step_fn=step_fn)
+        s_T = [t.to(x.dtype) for t in s_T]
         loss = model.loss(s_T, y, masks)
         grads = torch.autograd.grad(loss.mean(), params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]

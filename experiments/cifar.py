@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ep_compile.data import DATASETS, augment, make_splits, normalize
-from ep_compile.dynamics import make_step
+from ep_compile.dynamics import make_step, relax_until
 from ep_compile.estimators import ESTIMATORS, Phases, get_estimator, set_grads
 from ep_compile.model import ConfigError
 from ep_compile.training import (
@@ -142,6 +142,13 @@ RUN_DEFAULTS = dict(
     eval_batch_size=500,
     dtype="float32",
     out=None,
+    schedule="sync",
+    tol=0.0,
+    check_every=10,
+    fused=False,
+    amp=None,
+    channels_last=False,
+    compile_mode=None,
 )
 
 
@@ -191,17 +198,21 @@ def training_function(config, args):
         )
 
     def prep(x_uint8):
-        return normalize(x_uint8, config["mean"], config["std"], config["std_scale"], dtype)
+        x = normalize(x_uint8, config["mean"], config["std"], config["std_scale"], dtype)
+        return x.contiguous(memory_format=torch.channels_last) if config["channels_last"] else x
 
     # --- model, optimizer, estimator
     torch.manual_seed(config["seed"])
     model = model_from_config(config).to(device=device, dtype=dtype)
     optimizer = make_optimizer(model, config)
     estimator = get_estimator(config["estimator"])
-    phases = Phases(T=config["T"], K=config["K"], beta=config["beta"], bptt_steps=config["bptt_steps"])
+    phases = Phases(T=config["T"], K=config["K"], beta=config["beta"], bptt_steps=config["bptt_steps"],
+                    tol=config["tol"], check_every=config["check_every"], fused=config["fused"], amp=config["amp"])
     if config["estimator"] != "bptt":
         phases.require_beta(config["estimator"])
-    step_fn = make_step(config["compile"])
+    step_fn = make_step(config["compile"], config["schedule"], config["compile_mode"])
+    fmt = torch.channels_last if config["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     start_epoch, start_step, best_val, history, carry = 0, 0, None, [], [0.0, 0.0, 0.0]
     if args.resume:
         ck = load_checkpoint(args.resume)
@@ -214,33 +225,32 @@ def training_function(config, args):
 
     @torch.no_grad()
     def evaluate(ds):
+        """Test error of the free fixed point over a whole split (gathered across processes), and the
+        mean number of free-phase steps used (T, or fewer with --tol)."""
         if len(ds.y) == 0:
-            return None
+            return None, 0
         loader = accelerator.prepare(DataLoader(TensorDataset(ds.x, ds.y), batch_size=config["eval_batch_size"]))
         model.eval()
-        wrong = []
+        wrong, steps = [], []
         for xb, yb in loader:
             x = prep(xb).to(device)
-            s = phase_free(x)
+            s0 = model.init_states(x.shape[0], x)
+            s, n, _ = relax_until(model, x, s0, phases.T, phases.tol, phases.check_every, step_fn=step_fn)
             pred = model.logits(s).argmax(1)
             wrong.append(accelerator.gather_for_metrics(pred != yb.to(device)))
+            steps.append(n)
         model.train()
-        return torch.cat(wrong).float().mean().item()
-
-    def phase_free(x):
-        from ep_compile.dynamics import relax
-
-        return relax(model, x, model.init_states(x.shape[0], x), phases.T, step_fn=step_fn)
+        return torch.cat(wrong).float().mean().item(), sum(steps) / len(steps)
 
     if args.eval_only:
         if not args.resume:
             raise ConfigError("--eval-only needs --resume DIR (the run to evaluate)")
-        err = evaluate(splits.test)
+        err, steps = evaluate(splits.test)
         log(
             f"test error {100 * err:.2f}% (accuracy {100 * (1 - err):.2f}%) on {len(splits.test.y)} images, "
-            f"{phases.T} free-phase steps"
+            f"{steps:g} free-phase steps (T={phases.T}, tol={phases.tol:g})"
         )
-        return {"test_error": err}
+        return {"test_error": err, "free_steps": steps}
 
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
@@ -305,7 +315,7 @@ def training_function(config, args):
         bar.close()
         start_step = 0
         tot = accelerator.reduce(torch.tensor(stats, dtype=torch.float64, device=device), reduction="sum")
-        val_err, test_err = evaluate(splits.val), evaluate(splits.test)
+        (val_err, _), (test_err, eval_steps) = evaluate(splits.val), evaluate(splits.test)
         row = {
             "epoch": epoch + 1,
             "train_error": (tot[0] / tot[2]).item(),
@@ -314,6 +324,7 @@ def training_function(config, args):
             "test_error": test_err,
             "lr": lr,
             "epoch_seconds": time.time() - t0,
+            "eval_free_steps": eval_steps,
         }
         angles = alignment_angles(model)
         if angles:
@@ -387,6 +398,11 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--checkpoint-every": ("checkpoint_every", int, "also checkpoint every N steps within an epoch (0: per epoch)"),
     "--eval-batch-size": ("eval_batch_size", int, "batch size of the evaluation passes"),
     "--dtype": ("dtype", str, "float32, or float64 for checks that need rounding out of the way"),
+    "--schedule": ("schedule", str, "sync (all layers from s_t) or evenodd (asynchronous, fewer steps)"),
+    "--tol": ("tol", float, "stop the free phase once no state changes by more than tol in a step (0: run T)"),
+    "--check-every": ("check_every", int, "measure the state change every N steps (fewer host syncs)"),
+    "--amp": ("amp", str, "bf16: run the phases under bfloat16 autocast (estimate taken in float32)"),
+    "--compile-mode": ("compile_mode", str, "torch.compile mode, e.g. reduce-overhead (CUDA graphs on a GPU)"),
 }
 LIST_KEYS = {"lrs", "channels", "kernels", "paddings", "pools", "fc", "dropout"}
 
@@ -401,8 +417,9 @@ def build_config(args) -> dict:
             config[key] = v
     if args.compile is not None:
         config["compile"] = args.compile
-    if args.asymmetric:
-        config["asymmetric"] = True
+    for flag in ("asymmetric", "fused", "channels_last"):
+        if getattr(args, flag):
+            config[flag] = True
     if args.no_augment:
         config["augment"] = False
     if config["out"] is None:
@@ -425,6 +442,8 @@ def main(argv=None):
         parser.add_argument(flag, dest=key, type=typ, nargs="+" if key in LIST_KEYS else None, default=None, help=hlp)
     parser.add_argument("--no-augment", action="store_true", help="no random crop / flip")
     parser.add_argument("--asymmetric", action="store_true", help="separate backward weights (for vf, kp-vf, bptt)")
+    parser.add_argument("--fused", action="store_true", help="run the +beta and -beta phases as one batch of 2B")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster convs)")
     parser.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the step")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="run the step eagerly")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")

@@ -1,0 +1,225 @@
+"""Speed and memory of every estimator, eager vs compiled, and of the explicit dynamics vs the
+autograd-of-Phi reference (the paper's formulation). Prints tables, writes JSON.
+
+    python benchmarks/bench.py                                   # paper's CIFAR-10 net, batch 16, T=250, K=25
+    python benchmarks/bench.py --arch digits --batch 64 --T 30 --K 10 --json bench.json
+    python benchmarks/bench.py --device cuda --batch 128         # adds achieved TFLOP/s
+
+Sections:
+  estimators  ms per dynamics step, samples x steps / s, s per training iteration, peak memory
+  memory      EP vs BPTT peak memory for T = 25, 50, 100, 250 (fresh process per point on the CPU)
+  reference   explicit (eager, compiled, channels_last) vs autograd-of-Phi per step and per iteration
+Ratios are taken within one run, side by side; the machine is noisy, so each timing is the median
+of --repeats.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ep_compile.dynamics import make_step, relax, step_autograd  # noqa: E402
+from ep_compile.estimators import ESTIMATORS, SPECS, Phases  # noqa: E402
+from ep_compile.model import EPNet, model_config  # noqa: E402
+
+BENCH_ESTIMATORS = ["one-sided", "symmetric", "kp-vf", "c-ep", "spiking", "bptt"]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build(args, estimator, channels_last=False):
+    asym = SPECS.get(estimator, ("",))[0] in ("vf", "kp-vf") or estimator in ("c-vf", "c-kpvf")
+    torch.manual_seed(0)
+    model = EPNet(model_config(args.arch, loss=args.loss, asymmetric=asym or None)).to(args.device)
+    x = torch.randn(args.batch, *model.cfg.in_shape, device=args.device) * 0.3
+    y = torch.randint(0, model.cfg.n_classes, (args.batch,), device=args.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model, x, y
+
+
+def step_flops(model) -> int:
+    """Multiply-adds x 2 of one synchronous step per example: every conv / linear forward, plus the
+    transposed op of every layer above the first (the feedback)."""
+    total = 0
+    for n, layer in enumerate(model.layers):
+        if hasattr(layer, "conv"):
+            c = layer.conv
+            hc, wc = layer.conv_hw
+            f = 2 * c.out_channels * hc * wc * c.in_channels * c.kernel_size[0] * c.kernel_size[1]
+        else:
+            f = 2 * layer.lin.in_features * layer.lin.out_features
+        total += f * (2 if n > 0 else 1)
+    return total
+
+
+def timed(fn, device, repeats):
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+
+
+def bench_estimator(args, name, compiled):
+    if name not in ESTIMATORS:
+        return None
+    model, x, y = build(args, name, channels_last=args.channels_last)
+    step_fn = make_step(compiled)
+    ph = Phases(T=args.T, K=args.K, beta=0.5)
+    est = ESTIMATORS[name]
+    gen = torch.Generator().manual_seed(0)
+    est(model, x, y, Phases(T=2, K=2, beta=0.5), step_fn=step_fn, generator=gen)  # compile / warm up
+    with torch.no_grad():
+        s = relax(model, x, model.init_states(args.batch, x), 3, step_fn=step_fn)
+        per_step = timed(lambda: relax(model, x, s, args.steps, step_fn=step_fn), args.device, args.repeats) / args.steps
+    if args.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    before = peak_mb(args.device)
+    it = timed(lambda: est(model, x, y, ph, step_fn=step_fn, generator=gen), args.device, max(1, args.repeats // 2))
+    return {
+        "estimator": name, "compiled": compiled, "ms_per_step": 1e3 * per_step,
+        "samples_steps_per_s": args.batch / per_step, "s_per_iteration": it,
+        "peak_mb": peak_mb(args.device) - (0 if args.device.type == "cuda" else before),
+        "tflops": step_flops(model) * args.batch / per_step / 1e12,
+    }
+
+
+def memory_point(args, name, T):
+    """Peak memory of one training iteration at T, in a fresh process on the CPU (ru_maxrss only
+    grows, so each point needs its own process)."""
+    if args.device.type == "cuda":
+        model, x, y = build(args, name)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ESTIMATORS[name](model, x, y, Phases(T=T, K=args.K, beta=0.5))
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    cmd = [sys.executable, __file__, "--child-memory", name, str(T), "--arch", args.arch, "--batch", str(args.batch),
+           "--K", str(args.K)] + (["--loss", args.loss] if args.loss else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])["extra_mb"]
+
+
+def child_memory(args, name, T):
+    model, x, y = build(args, name)
+    before = peak_mb(args.device)  # the process with model and data, before any iteration
+    ESTIMATORS[name](model, x, y, Phases(T=T, K=args.K, beta=0.5))
+    print(json.dumps({"extra_mb": peak_mb(args.device) - before, "total_mb": peak_mb(args.device)}))
+
+
+def reference_vs_explicit(args):
+    """Per step and per symmetric-EP training iteration: autograd-of-Phi (eager, as the paper's code
+    runs it) vs the explicit path eager, compiled, and compiled + channels_last."""
+    rows = []
+    variants = [("autograd-of-Phi (reference)", step_autograd, False), ("explicit eager", make_step(False), False),
+                ("explicit compiled", make_step(True), False), ("explicit compiled + channels_last", make_step(True), True),
+                ("autograd-of-Phi + channels_last", step_autograd, True)]
+    ph = Phases(T=args.T, K=args.K, beta=0.5)
+    for label, fn, cl in variants:
+        model, x, y = build(args, "symmetric", channels_last=cl)
+        ESTIMATORS["symmetric"](model, x, y, Phases(T=2, K=2, beta=0.5), step_fn=fn)  # warm up / compile
+        with torch.no_grad():
+            s = relax(model, x, model.init_states(args.batch, x), 3, step_fn=fn)
+            per_step = timed(lambda: relax(model, x, s, args.steps, step_fn=fn), args.device, args.repeats) / args.steps
+        it = timed(lambda: ESTIMATORS["symmetric"](model, x, y, ph, step_fn=fn), args.device, max(1, args.repeats // 2))
+        rows.append({"variant": label, "ms_per_step": 1e3 * per_step, "s_per_iteration": it})
+    ref = rows[0]
+    for r in rows:
+        r["speedup_per_iteration_vs_reference"] = ref["s_per_iteration"] / r["s_per_iteration"]
+        r["speedup_per_step_vs_reference"] = ref["ms_per_step"] / r["ms_per_step"]
+    return rows
+
+
+def table(rows, cols):
+    widths = [max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(fmt(r.get(c)).ljust(w) for c, w in zip(cols, widths)))
+
+
+def fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "n/a" if v is None else str(v)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="cifar10", help="preset or JSON architecture (default: the paper's CIFAR-10 net)")
+    p.add_argument("--loss", default=None, help="ce or mse (default: the preset's)")
+    p.add_argument("--batch", type=int, default=16, help="batch size")
+    p.add_argument("--T", type=int, default=250, help="free-phase steps of a training iteration")
+    p.add_argument("--K", type=int, default=25, help="nudged-phase steps")
+    p.add_argument("--steps", type=int, default=20, help="steps timed for ms per step")
+    p.add_argument("--repeats", type=int, default=3, help="timings per number (median)")
+    p.add_argument("--memory-T", type=int, nargs="+", default=[25, 50, 100, 250], help="T values of the memory table")
+    p.add_argument("--sections", nargs="+", default=["estimators", "memory", "reference"], help="what to run")
+    p.add_argument("--estimators", nargs="+", default=BENCH_ESTIMATORS, help="estimators of the first table")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--channels-last", action="store_true", help="channels_last in the estimator table")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", default="benchmarks/results.json", help="write the results here")
+    p.add_argument("--child-memory", nargs=2, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child_memory:
+        return child_memory(args, args.child_memory[0], int(args.child_memory[1]))
+    results = {"config": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
+               "threads": torch.get_num_threads()}
+    if "estimators" in args.sections:
+        rows = []
+        for name in args.estimators:
+            for compiled in (False, True):
+                r = bench_estimator(args, name, compiled)
+                rows.append(r or {"estimator": name, "compiled": compiled})
+        print(f"\n== estimators ({args.arch}, batch {args.batch}, T={args.T}, K={args.K}, {args.device})")
+        table(rows, ["estimator", "compiled", "ms_per_step", "samples_steps_per_s", "s_per_iteration", "peak_mb", "tflops"])
+        results["estimators"] = rows
+    if "memory" in args.sections:
+        rows = []
+        for T in args.memory_T:
+            rows.append({"T": T, "ep_symmetric_mb": memory_point(args, "symmetric", T), "bptt_mb": memory_point(args, "bptt", T)})
+        print(f"\n== peak memory of one iteration (MiB above the model and data), batch {args.batch}")
+        table(rows, ["T", "ep_symmetric_mb", "bptt_mb"])
+        ep = [r["ep_symmetric_mb"] for r in rows]
+        growth = ep[-1] / ep[0] - 1 if ep[0] > 0 else None
+        results["memory"] = {"rows": rows, "ep_growth_first_to_last": growth}
+        if growth is not None:
+            print(f"EP growth from T={args.memory_T[0]} to T={args.memory_T[-1]}: {100 * growth:.1f}%")
+    if "reference" in args.sections:
+        rows = reference_vs_explicit(args)
+        print(f"\n== explicit vs autograd-of-Phi (symmetric EP iteration, T={args.T}, K={args.K}, batch {args.batch})")
+        table(rows, ["variant", "ms_per_step", "s_per_iteration", "speedup_per_step_vs_reference", "speedup_per_iteration_vs_reference"])
+        results["reference"] = rows
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
