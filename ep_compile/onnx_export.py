@@ -1,0 +1,241 @@
+"""Export a settled EP network to ONNX: the free phase as an ONNX Loop over one step of the dynamics.
+
+The graph is written node by node with onnx.helper from the model's layers (standard ops, opset 17):
+Conv, MaxPool (with indices), MaxUnpool, AveragePool, ConvTranspose, Gemm, MatMul, HardSigmoid.
+That sidesteps the exporters' traps (the TorchScript exporter has no max_unpool2d; the dynamo
+exporter unrolls the 250-step loop) and keeps every initializer named as in the contract below.
+
+Graph inputs:  x (float32, N x C x H x W, N dynamic), max_steps (int64 scalar), tol (float32 scalar)
+Graph outputs: scores (N x n_classes: read-out logits for 'ce', the output layer for 'mse'),
+               steps (int64 scalar: steps run), residual (float32 scalar: max |s_t - s_{t-1}| of the
+               last step; +inf if no step ran)
+The loop stops after the first step whose largest state change is below tol (tol = 0: max_steps).
+
+Initializers: layer{n}.weight, layer{n}.bias (n = 1..L), layer{n}.weight_b (backward weights of an
+asymmetric layer), readout.weight, readout.bias ('ce'). Metadata (metadata_props):
+  ep_compile.format_version  FORMAT_VERSION
+  ep_compile.architecture    JSON: layers (kind, in/out/conv shapes, kernel, padding, pool, has
+                             weight_b), activation slope, loss, n_classes, state shapes
+  ep_compile.preprocessing   JSON: mean, std, std_scale, input_shape: x = (img/255 - mean) / (std_scale*std)
+  ep_compile.classes         JSON list of class names
+  ep_compile.training_config JSON of the run's config
+  ep_compile.default_T       free-phase steps used in training
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .model import ConfigError, ConvPool, EPNet
+
+FORMAT_VERSION = 1
+OPSET = 17
+
+
+class _Graph:
+    """A tiny node builder: unique names, constants as initializers."""
+
+    def __init__(self, prefix: str):
+        self.nodes, self.inits, self.prefix, self.n = [], [], prefix, 0
+
+    def name(self, hint: str) -> str:
+        self.n += 1
+        return f"{self.prefix}{hint}_{self.n}"
+
+    def op(self, op_type: str, inputs, hint: str = "", n_out: int = 1, **attrs):
+        outs = [self.name(hint or op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.name("n"), **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, value, dtype=np.float32, hint="c") -> str:
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+
+def layer_info(model: EPNet) -> list[dict]:
+    """Per layer: what the C++ runtime and the ONNX builder need to know."""
+    info, prev = [], tuple(model.cfg.in_shape)
+    for n, (layer, shape) in enumerate(zip(model.layers, model.state_shapes)):
+        d = {"index": n + 1, "in_shape": list(prev), "out_shape": list(shape), "has_weight_b": layer.weight_b is not None}
+        if isinstance(layer, ConvPool):
+            c = layer.conv
+            d.update(kind="conv", kernel=c.kernel_size[0], padding=layer.padding, pool=layer.pool,
+                     conv_shape=[c.out_channels, *layer.conv_hw])
+        else:
+            d.update(kind="dense")
+        info.append(d)
+        prev = tuple(shape)
+    return info
+
+
+def architecture(model: EPNet) -> dict:
+    return {
+        "layers": layer_info(model), "slope": model.slope, "activation": model.cfg.activation,
+        "loss": model.cfg.loss, "n_classes": model.cfg.n_classes, "in_shape": list(model.cfg.in_shape),
+        "state_shapes": [list(s) for s in model.state_shapes], "asymmetric": model.cfg.asymmetric,
+        "readout": model.readout is not None,
+    }
+
+
+def _step_nodes(g: _Graph, model: EPNet, x: str, states: list[str]) -> list[str]:
+    """Nodes of one synchronous step (the explicit dynamics of dynamics.step, inference: no nudge,
+    no dropout); returns the names of the new states."""
+    info = layer_info(model)
+    pre = [x] + states
+    fwd, ctx, conv_out = [], [], []
+    for n, d in enumerate(info):
+        w, b = f"layer{n + 1}.weight", f"layer{n + 1}.bias"
+        if d["kind"] == "conv":
+            k, p = d["kernel"], d["padding"]
+            u = g.op("Conv", [pre[n], w, b], f"conv{n + 1}", kernel_shape=[k, k], pads=[p] * 4)
+            conv_out.append(u)
+            if d["pool"] == "max":
+                y, idx = g.op("MaxPool", [u], f"pool{n + 1}", n_out=2, kernel_shape=[2, 2], strides=[2, 2])
+                fwd.append(y)
+                ctx.append(idx)
+            elif d["pool"] == "avg":
+                fwd.append(g.op("AveragePool", [u], f"pool{n + 1}", kernel_shape=[2, 2], strides=[2, 2]))
+                ctx.append(None)
+            else:
+                fwd.append(u)
+                ctx.append(None)
+        else:
+            flat = g.op("Flatten", [pre[n]], axis=1)
+            fwd.append(g.op("Gemm", [flat, w, b], f"fc{n + 1}", transB=1))
+            ctx.append(None)
+            conv_out.append(None)
+    new = []
+    for n in range(len(states)):
+        u = fwd[n]
+        if n + 1 < len(states):
+            u = g.op("Add", [u, _feedback(g, model, info[n + 1], n + 1, pre[n + 1], states[n + 1], ctx[n + 1], conv_out[n + 1])])
+        new.append(g.op("HardSigmoid", [u], f"s{n + 1}", alpha=model.slope, beta=0.0))
+    return new
+
+
+def _feedback(g: _Graph, model, d: dict, n: int, pre: str, post: str, fwd_idx, fwd_conv) -> str:
+    """Adjoint of layer n (0-based) applied to its post-synaptic state, into its pre-synaptic shape."""
+    w = f"layer{n + 1}.weight_b" if d["has_weight_b"] else f"layer{n + 1}.weight"
+    if d["kind"] == "dense":
+        back = g.op("MatMul", [post, w])  # (N, in)
+        if len(d["in_shape"]) > 1:
+            back = g.op("Reshape", [back, g.const([-1, *d["in_shape"]], np.int64)])
+        return back
+    k, p = d["kernel"], d["padding"]
+    if d["pool"] == "max":
+        idx, conv_shape = fwd_idx, fwd_conv
+        if d["has_weight_b"]:  # each weight unpools with the indices of its own convolution (Eq. 45-47)
+            conv_shape = g.op("Conv", [pre, w], f"convb{n + 1}", kernel_shape=[k, k], pads=[p] * 4)
+            idx = g.op("MaxPool", [conv_shape], n_out=2, kernel_shape=[2, 2], strides=[2, 2])[1]
+        post = g.op("MaxUnpool", [post, idx, g.op("Shape", [conv_shape])], f"unpool{n + 1}", kernel_shape=[2, 2], strides=[2, 2])
+    elif d["pool"] == "avg":
+        c, hc, wc = d["conv_shape"]
+        spread = g.const(np.full((c, 1, 2, 2), 0.25), hint="avg_adjoint")
+        post = g.op("ConvTranspose", [post, spread], f"unavg{n + 1}", kernel_shape=[2, 2], strides=[2, 2], group=c)
+        h2, w2 = d["out_shape"][1] * 2, d["out_shape"][2] * 2
+        if (hc, wc) != (h2, w2):  # odd conv output: the last row / column got no pooling window
+            post = g.op("Pad", [post, g.const([0, 0, 0, 0, 0, 0, hc - h2, wc - w2], np.int64)])
+    return g.op("ConvTranspose", [post, w], f"convT{n + 1}", kernel_shape=[k, k], pads=[p] * 4)
+
+
+def build_onnx(model: EPNet, metadata: dict | None = None) -> onnx.ModelProto:
+    """The ONNX model of the free phase of `model` (weights as float32 initializers)."""
+    if getattr(model, "spiking", False):
+        raise ConfigError("spiking models export their rate (non-spiking) network: export the rate model instead")
+    model = model.float().eval()
+    L = len(model.state_shapes)
+    inits = [numpy_helper.from_array(v.detach().cpu().contiguous().numpy().astype(np.float32), _init_name(k))
+             for k, v in model.state_dict().items()]
+
+    # --- the loop body: (iter, cond, s_1..s_L, residual, count) -> (cond, s'_1..s'_L, residual', count')
+    body = _Graph("body/")
+    s_in = [f"s{n + 1}_in" for n in range(L)]
+    new = _step_nodes(body, model, "x", s_in)
+    changes = [body.op("ReduceMax", [body.op("Abs", [body.op("Sub", [a, b])])], keepdims=0) for a, b in zip(new, s_in)]
+    res = body.op("Max", changes, "residual") if len(changes) > 1 else changes[0]
+    cond = body.op("Not", [body.op("Less", [res, "tol"])], "cond")
+    count = body.op("Add", ["count_in", body.const(1, np.int64, "one")], "count")
+    outs = [body.op("Identity", [v], f"s{n + 1}_out") for n, v in enumerate(new)]
+    f32 = TensorProto.FLOAT
+    body_graph = helper.make_graph(
+        body.nodes, "ep_step",
+        [helper.make_tensor_value_info("iter", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])]
+        + [helper.make_tensor_value_info(s, f32, None) for s in s_in]
+        + [helper.make_tensor_value_info("res_in", f32, []), helper.make_tensor_value_info("count_in", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info(cond, TensorProto.BOOL, [])]
+        + [helper.make_tensor_value_info(o, f32, None) for o in outs]
+        + [helper.make_tensor_value_info(res, f32, []), helper.make_tensor_value_info(count, TensorProto.INT64, [])],
+        initializer=body.inits,
+    )
+
+    # --- the main graph: zero states, the Loop, the read-out
+    g = _Graph("")
+    batch = g.op("Shape", ["x"], "batch", start=0, end=1)  # (1,) int64
+    zeros = [g.op("ConstantOfShape", [g.op("Concat", [batch, g.const(list(shape), np.int64)], axis=0)],
+                  f"s{n + 1}_0", value=numpy_helper.from_array(np.zeros(1, np.float32)))
+             for n, shape in enumerate(model.state_shapes)]
+    loop_out = [f"s{n + 1}_final" for n in range(L)] + ["residual", "steps"]
+    g.nodes.append(helper.make_node("Loop", ["max_steps", g.const(True, np.bool_, "true")] + zeros
+                                    + [g.const(np.inf, np.float32, "inf"), g.const(0, np.int64, "zero")],
+                                    loop_out, name="free_phase", body=body_graph))
+    last = loop_out[L - 1]
+    if model.readout is not None:
+        scores = g.op("Gemm", [g.op("Flatten", [last], axis=1), "readout.weight", "readout.bias"], transB=1)
+    else:
+        scores = last
+    g.nodes.append(helper.make_node("Identity", [scores], ["scores"], name="scores_out"))
+    graph = helper.make_graph(
+        g.nodes, "ep_compile_free_phase",
+        [helper.make_tensor_value_info("x", f32, ["N", *model.cfg.in_shape]),
+         helper.make_tensor_value_info("max_steps", TensorProto.INT64, []),
+         helper.make_tensor_value_info("tol", f32, [])],
+        [helper.make_tensor_value_info("scores", f32, ["N", model.cfg.n_classes]),
+         helper.make_tensor_value_info("steps", TensorProto.INT64, []),
+         helper.make_tensor_value_info("residual", f32, [])],
+        initializer=inits + g.inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ep_compile")
+    m.ir_version = 8
+    meta = {"ep_compile.format_version": str(FORMAT_VERSION), "ep_compile.architecture": json.dumps(architecture(model))}
+    for k, v in (metadata or {}).items():
+        meta[f"ep_compile.{k}"] = v if isinstance(v, str) else json.dumps(v)
+    helper.set_model_props(m, meta)
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _init_name(state_key: str) -> str:
+    """state_dict key -> contract name: layers.0.conv.weight -> layer1.weight, layers.1.weight_b ->
+    layer2.weight_b, readout.weight stays."""
+    if state_key.startswith("readout."):
+        return state_key
+    parts = state_key.split(".")
+    n = int(parts[1]) + 1
+    return f"layer{n}.{parts[-1]}"
+
+
+def export_checkpoint(ck: dict, path: str, T: int | None = None) -> onnx.ModelProto:
+    """Build and save the ONNX file of a training checkpoint (see training.load_checkpoint)."""
+    from .training import model_from_config
+
+    config = ck["config"]
+    if config.get("neuron", "rate") == "spiking":
+        raise ConfigError("a spiking checkpoint cannot export its spiking dynamics to ONNX; export with "
+                          "--rate to run its rate (non-spiking) network, documented in docs/onnx.md")
+    model = model_from_config(config)
+    model.load_state_dict(ck["model"])
+    meta = {
+        "preprocessing": {"mean": config.get("mean"), "std": config.get("std"), "std_scale": config.get("std_scale", 1.0),
+                          "input_shape": list(model.cfg.in_shape)},
+        "classes": config.get("classes") or [str(i) for i in range(model.cfg.n_classes)],
+        "training_config": config,
+        "default_T": str(T or config.get("T", 250)),
+    }
+    m = build_onnx(model, meta)
+    onnx.save(m, path)
+    return m

@@ -1,0 +1,38 @@
+"""Export a trained checkpoint to ONNX: the free phase as an ONNX Loop over one step.
+
+    python export/to_onnx.py runs/digits-ce-symmetric --out model.onnx
+    python export/to_onnx.py runs/ce-symmetric/best.pt --out cifar.onnx --T 250
+
+The file's contract (inputs, outputs, initializer names, metadata) is in docs/onnx.md; the C++
+runtime in runtime_cpp/ reads the same file.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ep_compile.model import ConfigError  # noqa: E402
+from ep_compile.onnx_export import export_checkpoint  # noqa: E402
+from ep_compile.training import load_checkpoint  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Export an ep_compile checkpoint to ONNX.")
+    p.add_argument("checkpoint", help="run folder (its last.pt) or a .pt checkpoint file")
+    p.add_argument("--out", required=True, help="path of the .onnx file to write")
+    p.add_argument("--T", type=int, default=None, help="default free-phase steps stored in the metadata (default: training T)")
+    args = p.parse_args(argv)
+    try:
+        ck = load_checkpoint(args.checkpoint)
+        m = export_checkpoint(ck, args.out, args.T)
+    except ConfigError as e:
+        print(f"to_onnx.py: error: {e}", file=sys.stderr)
+        return 2
+    n = sum(int(__import__("numpy").prod(t.dims)) for t in m.graph.initializer)
+    print(f"wrote {args.out}: opset {m.opset_import[0].version}, {n} weights, inputs x/max_steps/tol, outputs scores/steps/residual")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""ONNX export: onnxruntime runs the free phase as PyTorch does, for every model kind."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import small_cfg
+
+from ep_compile.dynamics import relax_until
+from ep_compile.model import EPNet
+from ep_compile.onnx_export import FORMAT_VERSION, build_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = {
+    "sym-ce-max": dict(),
+    "sym-mse-max-fc": dict(loss="mse", fc=[5]),
+    "sym-ce-avg-odd": dict(pools=["avg", "max"], in_shape=(1, 9, 9)),
+    "sym-ce-none-avg-fc": dict(pools=["none", "avg"], fc=[7]),
+    "asym-ce-max-fc": dict(asymmetric=True, fc=[5]),
+    "asym-mse-avg": dict(asymmetric=True, loss="mse", pools=["max", "avg"]),
+}
+
+
+def session(model):
+    return ort.InferenceSession(build_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def run_ort(sess, x, steps, tol):
+    return sess.run(None, {"x": x.numpy(), "max_steps": np.array(steps, np.int64), "tol": np.array(tol, np.float32)})
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_onnxruntime_equals_pytorch(kind):
+    torch.manual_seed(0)
+    model = EPNet(small_cfg(**KINDS[kind]))
+    sess = session(model)
+    for B in (1, 7):
+        x = torch.rand(B, *model.cfg.in_shape, generator=torch.Generator().manual_seed(B))
+        for steps, tol in ((40, 0.0), (300, 1e-4)):
+            with torch.no_grad():
+                s, n, res = relax_until(model, x, model.init_states(B, x), steps, tol, 1)
+                ref = model.logits(s).numpy()
+            scores, n_ort, res_ort = run_ort(sess, x, steps, tol)
+            assert scores.shape == (B, model.cfg.n_classes)
+            assert np.abs(scores - ref).max() < 1e-5
+            assert int(n_ort) == n  # the same stopping step
+            if tol > 0:
+                assert n < steps and res_ort < tol
+            assert abs(float(res_ort) - res) < 1e-5
+
+
+def test_contract_names_and_metadata(tmp_path):
+    torch.manual_seed(0)
+    m = build_onnx(EPNet(small_cfg(asymmetric=True, fc=[5])), {"classes": ["a", "b", "c", "d"], "default_T": "30"})
+    onnx.checker.check_model(m, full_check=True)
+    assert m.opset_import[0].version >= 17
+    names = {t.name for t in m.graph.initializer}
+    assert {"layer1.weight", "layer1.bias", "layer2.weight_b", "layer3.weight_b", "readout.weight"} <= names
+    assert "layer1.weight_b" not in names
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["ep_compile.format_version"] == str(FORMAT_VERSION)
+    arch = json.loads(meta["ep_compile.architecture"])
+    assert [layer["kind"] for layer in arch["layers"]] == ["conv", "conv", "dense"] and arch["slope"] == 0.5
+    assert json.loads(meta["ep_compile.classes"]) == ["a", "b", "c", "d"]
+    loop = next(n for n in m.graph.node if n.op_type == "Loop")
+    body_ops = {n.op_type for n in loop.attribute[0].g.node}
+    assert {"Conv", "MaxPool", "MaxUnpool", "ConvTranspose", "HardSigmoid"} <= body_ops
+
+
+def test_trained_digits_model_same_accuracy_in_onnxruntime(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, str(ROOT / "experiments/cifar.py"), "--epochs", "4", "--no-compile", "--cpu",
+                    "--out", str(run)], check=True, env=env, capture_output=True)
+    onx = tmp_path / "digits.onnx"
+    p = subprocess.run([sys.executable, str(ROOT / "export/to_onnx.py"), str(run), "--out", str(onx)],
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    from ep_compile.data import make_splits, normalize
+    from ep_compile.training import load_checkpoint, model_from_config
+
+    ck = load_checkpoint(run)
+    cfg = ck["config"]
+    model = model_from_config(cfg)
+    model.load_state_dict(ck["model"])
+    test = make_splits("digits", val_size=cfg["val_size"], seed=cfg["seed"]).test
+    x = normalize(test.x, cfg["mean"], cfg["std"], cfg["std_scale"])
+    with torch.no_grad():
+        s, _, _ = relax_until(model, x, model.init_states(len(x), x), cfg["T"], 0.0)
+        pred_torch = model.logits(s).argmax(1).numpy()
+    sess = ort.InferenceSession(str(onx), providers=["CPUExecutionProvider"])
+    scores, steps, _ = run_ort(sess, x, cfg["T"], 0.0)
+    acc_torch = (pred_torch == test.y.numpy()).mean()
+    acc_ort = (scores.argmax(1) == test.y.numpy()).mean()
+    assert acc_ort == acc_torch and acc_torch > 0.8 and int(steps) == cfg["T"]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert abs((1 - metrics[-1]["test_error"]) - acc_torch) < 1e-6  # the script's own test accuracy
+    meta = {p.key: p.value for p in onnx.load(str(onx)).metadata_props}
+    pre = json.loads(meta["ep_compile.preprocessing"])
+    assert pre["mean"] == cfg["mean"] and pre["std_scale"] == 3.0 and meta["ep_compile.default_T"] == "30"
+
+
+def test_export_bad_checkpoint(tmp_path):
+    script = str(ROOT / "export/to_onnx.py")
+    p = subprocess.run([sys.executable, script, str(tmp_path / "nothing"), "--out", str(tmp_path / "m.onnx")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "no checkpoint at" in p.stderr and "Traceback" not in p.stderr
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    p = subprocess.run([sys.executable, script, str(tmp_path / "bad.pt"), "--out", str(tmp_path / "m.onnx")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "is corrupt or not a checkpoint" in p.stderr
