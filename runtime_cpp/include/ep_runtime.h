@@ -1,0 +1,96 @@
+// ep_runtime: the free phase of a trained Equilibrium Propagation ConvNet, from the .onnx file that
+// ep_compile's export/to_onnx.py writes, in plain C++17 with no dependency beyond the standard library.
+//
+// Embedded use: no exceptions, no RTTI, no heap. The caller owns every buffer:
+//   size_t n = 0;   ep::required_arena(buf, len, &n);          // floats needed for the weights
+//   ep::Model m;    ep::load(buf, len, arena, n, &m);            // parse, check version and shapes
+//   size_t ws = ep::workspace_bytes(m, batch);                   // run-time buffers, once
+//   ep::run(m, x, batch, max_steps, tol, work, ws, scores, &steps, &residual);
+// run() allocates nothing: the fixed-point loop works inside the caller's workspace.
+// Every function returns a Status; on failure Model::error holds a one-line explanation.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ep {
+
+constexpr int FORMAT_VERSION = 1;  // the ep_compile.format_version this runtime reads
+constexpr int MAX_LAYERS = 16;
+constexpr int MAX_CLASSES = 1000;
+constexpr std::int64_t MAX_ELEMENTS = std::int64_t(1) << 28;  // per tensor; larger files are rejected
+
+enum Status : int {
+  OK = 0,
+  ERR_ARGUMENT = 1,     // a null pointer, a zero batch, a buffer too small
+  ERR_IO = 2,           // the file cannot be read
+  ERR_PARSE = 3,        // not a well-formed protobuf / ONNX model / JSON metadata
+  ERR_VERSION = 4,      // a format version this runtime does not read
+  ERR_SHAPE = 5,        // an initializer or layer shape that does not fit the architecture
+  ERR_UNSUPPORTED = 6,  // a layer kind, pooling or option this runtime does not implement
+  ERR_MISSING = 7,      // a required initializer or metadata entry is absent
+};
+
+const char* status_name(Status s);
+
+enum class Kind : std::uint8_t { Conv, Dense };
+enum class Pool : std::uint8_t { None, Max, Avg };
+
+struct Layer {
+  Kind kind = Kind::Conv;
+  Pool pool = Pool::None;
+  int kernel = 0, padding = 0;
+  int in_c = 0, in_h = 0, in_w = 0;        // pre-synaptic state (or input), dense: in_c = features
+  int conv_c = 0, conv_h = 0, conv_w = 0;  // conv output before pooling
+  int out_c = 0, out_h = 0, out_w = 0;     // post-synaptic state; dense: out_c = features
+  const float* weight = nullptr;           // conv: (out, in, k, k); dense: (out, in)
+  const float* bias = nullptr;             // (out)
+  const float* weight_b = nullptr;         // backward weights, same shape as weight, or nullptr
+  std::int64_t in_size() const { return std::int64_t(in_c) * in_h * in_w; }
+  std::int64_t out_size() const { return std::int64_t(out_c) * out_h * out_w; }
+  std::int64_t conv_size() const { return std::int64_t(conv_c) * conv_h * conv_w; }
+};
+
+struct Model {
+  int n_layers = 0;
+  Layer layers[MAX_LAYERS];
+  int n_classes = 0;
+  int in_c = 0, in_h = 0, in_w = 0;
+  float slope = 0.5f;                  // hard sigmoid clamp(slope * u, 0, 1)
+  bool readout = false;                // 'ce': scores = readout_w . s^L + readout_b
+  const float* readout_w = nullptr;    // (n_classes, size of the last state)
+  const float* readout_b = nullptr;
+  int default_steps = 0;               // ep_compile.default_T
+  float mean[4] = {0, 0, 0, 0};        // preprocessing: (img/255 - mean) / (std_scale * std)
+  float std[4] = {1, 1, 1, 1};
+  float std_scale = 1.0f;
+  char error[256] = {0};               // why the last call failed
+};
+
+// Floats of weight storage that load() will need for this file. On failure, diagnostics->error
+// (when given) says why.
+Status required_arena(const std::uint8_t* buf, std::size_t len, std::size_t* n_floats, Model* diagnostics = nullptr);
+// Parse an ep_compile .onnx file held in memory; weights are copied into `arena` (aligned, so a
+// model linked into flash as bytes works on cores that fault on unaligned float loads).
+Status load(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t arena_floats, Model* m);
+// Bytes of workspace run() needs for `batch` images.
+std::size_t workspace_bytes(const Model& m, int batch);
+// The free phase: from s = 0, at most max_steps synchronous steps, stopping after the first step
+// whose largest state change is below tol (tol = 0: always max_steps). x: (batch, C, H, W)
+// preprocessed; scores: (batch, n_classes). Deterministic, single-threaded, no allocation.
+Status run(const Model& m, const float* x, int batch, int max_steps, float tol, void* workspace,
+           std::size_t workspace_len, float* scores, int* steps, float* residual);
+
+// --- kernels: free functions with explicit buffers and dimensions (one image: no batch index)
+void conv2d(float* out, const float* in, const float* w, const float* b, int cin, int h, int wd,
+            int cout, int k, int pad, float* col);
+void conv2d_transpose(float* out, const float* in, const float* w, int cout, int hc, int wc, int cin,
+                      int h, int wd, int k, int pad, float* col);
+void maxpool2x2(float* out, std::int32_t* idx, const float* in, int c, int h, int w);
+void maxunpool2x2(float* out, const float* in, const std::int32_t* idx, int c, int h, int w);
+void avgpool2x2(float* out, const float* in, int c, int h, int w);
+void avgunpool2x2(float* out, const float* in, int c, int h, int w);
+void dense(float* out, const float* in, const float* w, const float* b, int n_in, int n_out);
+void dense_transpose(float* out, const float* in, const float* w, int n_in, int n_out);
+
+}  // namespace ep

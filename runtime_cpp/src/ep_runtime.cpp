@@ -1,0 +1,809 @@
+// ep_runtime: loader (a strict protobuf reader for the parts of ONNX it needs, a small JSON reader for
+// the metadata), the kernels, and the fixed-point iteration. See ep_runtime.h and docs/onnx.md.
+#include "ep_runtime.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace ep {
+
+const char* status_name(Status s) {
+  switch (s) {
+    case OK: return "ok";
+    case ERR_ARGUMENT: return "bad argument";
+    case ERR_IO: return "I/O error";
+    case ERR_PARSE: return "parse error";
+    case ERR_VERSION: return "format version mismatch";
+    case ERR_SHAPE: return "shape mismatch";
+    case ERR_UNSUPPORTED: return "unsupported";
+    case ERR_MISSING: return "missing entry";
+  }
+  return "unknown status";
+}
+
+namespace {
+
+const char* const REEXPORT = "re-export it with: python export/to_onnx.py CHECKPOINT --out model.onnx";
+
+Status fail(Model* m, Status s, const char* fmt, ...) {
+  if (m != nullptr) {
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(m->error, sizeof(m->error), fmt, ap);
+    va_end(ap);
+  }
+  return s;
+}
+
+// ------------------------------------------------------------------------------- protobuf reader
+
+struct Span {
+  const std::uint8_t* p = nullptr;
+  std::size_t n = 0;
+  bool eq(const char* s) const { return std::strlen(s) == n && std::memcmp(p, s, n) == 0; }
+};
+
+struct Reader {
+  const std::uint8_t* p;
+  const std::uint8_t* end;
+  bool done() const { return p >= end; }
+  bool varint(std::uint64_t* v) {
+    std::uint64_t r = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (p >= end) return false;
+      std::uint8_t b = *p++;
+      r |= std::uint64_t(b & 0x7f) << shift;
+      if ((b & 0x80) == 0) {
+        *v = r;
+        return true;
+      }
+    }
+    return false;  // more than 10 bytes
+  }
+  bool key(std::uint32_t* field, std::uint32_t* wire) {
+    std::uint64_t k;
+    if (!varint(&k) || (k >> 3) == 0 || (k >> 3) > 0x1fffffff) return false;
+    *field = std::uint32_t(k >> 3);
+    *wire = std::uint32_t(k & 7);
+    return true;
+  }
+  bool bytes(Span* s) {
+    std::uint64_t n;
+    if (!varint(&n) || n > std::uint64_t(end - p)) return false;
+    s->p = p;
+    s->n = std::size_t(n);
+    p += n;
+    return true;
+  }
+  bool skip(std::uint32_t wire) {
+    std::uint64_t v;
+    Span s;
+    switch (wire) {
+      case 0: return varint(&v);
+      case 1: if (end - p < 8) return false; p += 8; return true;
+      case 2: return bytes(&s);
+      case 5: if (end - p < 4) return false; p += 4; return true;
+      default: return false;  // groups (3, 4) and reserved wire types
+    }
+  }
+};
+
+constexpr int MAX_DIMS = 8;
+
+struct Tensor {
+  Span name;
+  std::int64_t dims[MAX_DIMS] = {0};
+  int ndim = 0;
+  std::uint64_t data_type = 0;
+  Span raw, floats;  // raw_data, or packed float_data
+  bool external = false;
+  std::int64_t numel() const {
+    std::int64_t n = 1;
+    for (int i = 0; i < ndim; ++i) n *= dims[i];
+    return n;
+  }
+};
+
+bool parse_tensor(Span s, Tensor* t) {
+  Reader r{s.p, s.p + s.n};
+  while (!r.done()) {
+    std::uint32_t f, w;
+    if (!r.key(&f, &w)) return false;
+    if (f == 1 && w == 0) {  // dims, unpacked
+      std::uint64_t d;
+      if (!r.varint(&d) || t->ndim >= MAX_DIMS || d > std::uint64_t(MAX_ELEMENTS)) return false;
+      t->dims[t->ndim++] = std::int64_t(d);
+    } else if (f == 1 && w == 2) {  // dims, packed
+      Span ps;
+      if (!r.bytes(&ps)) return false;
+      Reader pr{ps.p, ps.p + ps.n};
+      while (!pr.done()) {
+        std::uint64_t d;
+        if (!pr.varint(&d) || t->ndim >= MAX_DIMS || d > std::uint64_t(MAX_ELEMENTS)) return false;
+        t->dims[t->ndim++] = std::int64_t(d);
+      }
+    } else if (f == 2 && w == 0) {
+      if (!r.varint(&t->data_type)) return false;
+    } else if (f == 8 && w == 2) {
+      if (!r.bytes(&t->name)) return false;
+    } else if (f == 9 && w == 2) {
+      if (!r.bytes(&t->raw)) return false;
+    } else if (f == 4 && w == 2) {
+      if (!r.bytes(&t->floats)) return false;
+    } else if (f == 14 && w == 0) {
+      std::uint64_t loc;
+      if (!r.varint(&loc)) return false;
+      t->external = loc == 1;
+    } else if (!r.skip(w)) {
+      return false;
+    }
+  }
+  std::int64_t n = 1;
+  for (int i = 0; i < t->ndim; ++i) {
+    if (t->dims[i] > MAX_ELEMENTS || n * std::max<std::int64_t>(t->dims[i], 1) > MAX_ELEMENTS) return false;
+    n *= t->dims[i];
+  }
+  return true;
+}
+
+// ------------------------------------------------------------------------------- JSON reader
+// Scans the metadata text in place: no tree, no allocation, depth-limited.
+
+struct Json {
+  const char* p = nullptr;
+  const char* end = nullptr;
+  bool ok() const { return p != nullptr; }
+};
+
+const char* ws(const char* p, const char* e) {
+  while (p < e && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) ++p;
+  return p;
+}
+
+const char* skip_value(const char* p, const char* e, int depth) {
+  p = ws(p, e);
+  if (p >= e || depth > 32) return nullptr;
+  if (*p == '"') {
+    for (++p; p < e; ++p) {
+      if (*p == '\\') { ++p; continue; }
+      if (*p == '"') return p + 1;
+    }
+    return nullptr;
+  }
+  if (*p == '{' || *p == '[') {
+    char close = *p == '{' ? '}' : ']';
+    p = ws(p + 1, e);
+    if (p < e && *p == close) return p + 1;
+    while (p < e) {
+      if (close == '}') {
+        p = skip_value(p, e, depth + 1);  // key
+        if (p == nullptr) return nullptr;
+        p = ws(p, e);
+        if (p >= e || *p != ':') return nullptr;
+        ++p;
+      }
+      p = skip_value(p, e, depth + 1);
+      if (p == nullptr) return nullptr;
+      p = ws(p, e);
+      if (p < e && *p == ',') { ++p; continue; }
+      if (p < e && *p == close) return p + 1;
+      return nullptr;
+    }
+    return nullptr;
+  }
+  const char* q = p;  // number, true, false, null
+  while (q < e && (std::strchr("+-.eE0123456789", *q) != nullptr || (*q >= 'a' && *q <= 'z'))) ++q;
+  return q > p ? q : nullptr;
+}
+
+Json value_span(const char* p, const char* e) {
+  p = ws(p, e);
+  const char* q = skip_value(p, e, 0);
+  return q == nullptr ? Json{} : Json{p, q};
+}
+
+Json get(Json obj, const char* key) {
+  if (!obj.ok() || obj.p >= obj.end || *obj.p != '{') return Json{};
+  const char* p = ws(obj.p + 1, obj.end);
+  std::size_t klen = std::strlen(key);
+  while (p < obj.end && *p == '"') {
+    const char* kend = skip_value(p, obj.end, 0);
+    if (kend == nullptr) return Json{};
+    bool match = std::size_t(kend - p) == klen + 2 && std::memcmp(p + 1, key, klen) == 0;
+    p = ws(kend, obj.end);
+    if (p >= obj.end || *p != ':') return Json{};
+    Json v = value_span(p + 1, obj.end);
+    if (!v.ok()) return Json{};
+    if (match) return v;
+    p = ws(v.end, obj.end);
+    if (p < obj.end && *p == ',') p = ws(p + 1, obj.end);
+  }
+  return Json{};
+}
+
+Json at(Json arr, int i) {
+  if (!arr.ok() || arr.p >= arr.end || *arr.p != '[') return Json{};
+  const char* p = ws(arr.p + 1, arr.end);
+  for (int k = 0; p < arr.end && *p != ']'; ++k) {
+    Json v = value_span(p, arr.end);
+    if (!v.ok()) return Json{};
+    if (k == i) return v;
+    p = ws(v.end, arr.end);
+    if (p < arr.end && *p == ',') p = ws(p + 1, arr.end);
+  }
+  return Json{};
+}
+
+int length(Json arr) {
+  int n = 0;
+  while (at(arr, n).ok()) ++n;
+  return n;
+}
+
+// A JSON number, parsed by hand: newlib's strtod allocates, and the runtime must not.
+bool number(Json v, double* out) {
+  const char* p = v.p;
+  const char* e = v.end;
+  if (!v.ok() || p >= e) return false;
+  const bool neg = *p == '-';
+  if (neg || *p == '+') ++p;
+  double mant = 0;
+  int exp10 = 0, digits = 0;
+  for (; p < e && *p >= '0' && *p <= '9'; ++p, ++digits) mant = mant * 10 + (*p - '0');
+  if (p < e && *p == '.')
+    for (++p; p < e && *p >= '0' && *p <= '9'; ++p, ++digits, --exp10) mant = mant * 10 + (*p - '0');
+  if (digits == 0 || digits > 40) return false;
+  if (p < e && (*p == 'e' || *p == 'E')) {
+    ++p;
+    const bool eneg = p < e && *p == '-';
+    if (p < e && (*p == '-' || *p == '+')) ++p;
+    int ev = 0, ed = 0;
+    for (; p < e && *p >= '0' && *p <= '9' && ed < 4; ++p, ++ed) ev = ev * 10 + (*p - '0');
+    if (ed == 0) return false;
+    exp10 += eneg ? -ev : ev;
+  }
+  if (p != e || exp10 < -300 || exp10 > 300) return false;
+  double scale = 1;
+  for (int i = 0; i < (exp10 < 0 ? -exp10 : exp10); ++i) scale *= 10;
+  *out = (neg ? -1 : 1) * (exp10 < 0 ? mant / scale : mant * scale);
+  return std::isfinite(*out);
+}
+
+bool integer(Json v, int lo, int hi, int* out) {
+  double d;
+  if (!number(v, &d) || d != std::floor(d) || d < lo || d > hi) return false;
+  *out = int(d);
+  return true;
+}
+
+bool is_str(Json v, const char* s) {
+  std::size_t n = std::strlen(s);
+  return v.ok() && std::size_t(v.end - v.p) == n + 2 && *v.p == '"' && std::memcmp(v.p + 1, s, n) == 0;
+}
+
+bool is_true(Json v) { return v.ok() && v.end - v.p == 4 && std::memcmp(v.p, "true", 4) == 0; }
+
+bool shape3(Json v, int* c, int* h, int* w) {
+  int n = length(v);
+  *h = *w = 1;
+  if (n == 1) return integer(at(v, 0), 1, 1 << 24, c);
+  return n == 3 && integer(at(v, 0), 1, 1 << 16, c) && integer(at(v, 1), 1, 1 << 16, h) &&
+         integer(at(v, 2), 1, 1 << 16, w);
+}
+
+// ------------------------------------------------------------------------------- the loader
+
+struct Found {
+  Span meta_version, meta_arch, meta_pre, meta_T;
+  Tensor weight[MAX_LAYERS], bias[MAX_LAYERS], weight_b[MAX_LAYERS], ro_w, ro_b;
+  bool has_w[MAX_LAYERS] = {false}, has_b[MAX_LAYERS] = {false}, has_wb[MAX_LAYERS] = {false};
+  bool has_ro_w = false, has_ro_b = false;
+  bool want_b[MAX_LAYERS] = {false};  // the architecture says the layer has backward weights
+};
+
+void note_tensor(const Tensor& t, Found* f) {
+  if (t.name.eq("readout.weight")) { f->ro_w = t; f->has_ro_w = true; return; }
+  if (t.name.eq("readout.bias")) { f->ro_b = t; f->has_ro_b = true; return; }
+  char name[32];
+  for (int n = 0; n < MAX_LAYERS; ++n) {
+    std::snprintf(name, sizeof(name), "layer%d.weight", n + 1);
+    if (t.name.eq(name)) { f->weight[n] = t; f->has_w[n] = true; return; }
+    std::snprintf(name, sizeof(name), "layer%d.bias", n + 1);
+    if (t.name.eq(name)) { f->bias[n] = t; f->has_b[n] = true; return; }
+    std::snprintf(name, sizeof(name), "layer%d.weight_b", n + 1);
+    if (t.name.eq(name)) { f->weight_b[n] = t; f->has_wb[n] = true; return; }
+  }
+}
+
+Status scan(const std::uint8_t* buf, std::size_t len, Found* f, Model* m) {
+  if (buf == nullptr || len == 0) return fail(m, ERR_ARGUMENT, "empty model buffer");
+  Reader r{buf, buf + len};
+  Span graph;
+  bool has_graph = false;
+  while (!r.done()) {
+    std::uint32_t fld, w;
+    if (!r.key(&fld, &w)) return fail(m, ERR_PARSE, "not an ONNX protobuf (bad field key at byte %ld)", long(r.p - buf));
+    if (fld == 7 && w == 2) {
+      if (!r.bytes(&graph)) return fail(m, ERR_PARSE, "truncated graph");
+      has_graph = true;
+    } else if (fld == 14 && w == 2) {
+      Span entry, key, value;
+      if (!r.bytes(&entry)) return fail(m, ERR_PARSE, "truncated metadata entry");
+      Reader er{entry.p, entry.p + entry.n};
+      while (!er.done()) {
+        std::uint32_t ef, ew;
+        if (!er.key(&ef, &ew)) return fail(m, ERR_PARSE, "bad metadata entry");
+        if (ef == 1 && ew == 2) { if (!er.bytes(&key)) return fail(m, ERR_PARSE, "bad metadata key"); }
+        else if (ef == 2 && ew == 2) { if (!er.bytes(&value)) return fail(m, ERR_PARSE, "bad metadata value"); }
+        else if (!er.skip(ew)) return fail(m, ERR_PARSE, "bad metadata entry");
+      }
+      if (key.eq("ep_compile.format_version")) f->meta_version = value;
+      if (key.eq("ep_compile.architecture")) f->meta_arch = value;
+      if (key.eq("ep_compile.preprocessing")) f->meta_pre = value;
+      if (key.eq("ep_compile.default_T")) f->meta_T = value;
+    } else if (!r.skip(w)) {
+      return fail(m, ERR_PARSE, "not an ONNX protobuf (truncated or corrupt at byte %ld)", long(r.p - buf));
+    }
+  }
+  if (!has_graph) return fail(m, ERR_PARSE, "no graph in the file: not an ONNX model");
+  Reader g{graph.p, graph.p + graph.n};
+  while (!g.done()) {
+    std::uint32_t fld, w;
+    if (!g.key(&fld, &w)) return fail(m, ERR_PARSE, "corrupt graph");
+    if (fld == 5 && w == 2) {
+      Span ts;
+      Tensor t;
+      if (!g.bytes(&ts) || !parse_tensor(ts, &t)) return fail(m, ERR_PARSE, "corrupt initializer in the graph");
+      note_tensor(t, f);
+    } else if (!g.skip(w)) {
+      return fail(m, ERR_PARSE, "corrupt graph");
+    }
+  }
+  return OK;
+}
+
+Status check_tensor(const Tensor& t, const std::int64_t* want, int ndim, const char* what, Model* m) {
+  if (t.external) return fail(m, ERR_UNSUPPORTED, "%s: external data is not supported; %s", what, REEXPORT);
+  if (t.data_type != 1) return fail(m, ERR_UNSUPPORTED, "%s: data type %d, expected float32; %s", what, int(t.data_type), REEXPORT);
+  bool same = t.ndim == ndim;
+  for (int i = 0; same && i < ndim; ++i) same = t.dims[i] == want[i];
+  if (!same) {
+    char got[96] = {0}, exp[96] = {0};
+    for (int i = 0; i < t.ndim; ++i) std::snprintf(got + std::strlen(got), sizeof(got) - std::strlen(got), "%s%lld", i ? "x" : "", (long long)t.dims[i]);
+    for (int i = 0; i < ndim; ++i) std::snprintf(exp + std::strlen(exp), sizeof(exp) - std::strlen(exp), "%s%lld", i ? "x" : "", (long long)want[i]);
+    return fail(m, ERR_SHAPE, "%s has shape %s, the architecture needs %s; %s", what, got, exp, REEXPORT);
+  }
+  std::size_t bytes = std::size_t(t.numel()) * 4;
+  if (!(t.raw.n == bytes || (t.raw.n == 0 && t.floats.n == bytes)))
+    return fail(m, ERR_SHAPE, "%s holds %zu bytes of data for %lld floats; %s", what, t.raw.n ? t.raw.n : t.floats.n, (long long)t.numel(), REEXPORT);
+  return OK;
+}
+
+const float* place(const Tensor& t, float* arena, std::size_t* used) {
+  const Span& s = t.raw.n ? t.raw : t.floats;
+  float* dst = arena + *used;
+  if (arena != nullptr) std::memcpy(dst, s.p, s.n);  // little-endian float32 on every target here
+  *used += std::size_t(t.numel());
+  return dst;
+}
+
+Status parse_architecture(Found& f, Model* m) {
+  if (f.meta_version.n == 0) return fail(m, ERR_MISSING, "no ep_compile.format_version metadata: not an ep_compile export; %s", REEXPORT);
+  char v[16] = {0};
+  std::memcpy(v, f.meta_version.p, f.meta_version.n < 15 ? f.meta_version.n : 15);
+  if (std::atoi(v) != FORMAT_VERSION || f.meta_version.n > 15)
+    return fail(m, ERR_VERSION, "file has format version '%s', this runtime reads %d; %s (or rebuild the runtime from the same ep_compile)", v, FORMAT_VERSION, REEXPORT);
+  if (f.meta_arch.n == 0) return fail(m, ERR_MISSING, "no ep_compile.architecture metadata; %s", REEXPORT);
+  Json arch = value_span(reinterpret_cast<const char*>(f.meta_arch.p), reinterpret_cast<const char*>(f.meta_arch.p) + f.meta_arch.n);
+  Json layers = get(arch, "layers");
+  int n_layers = length(layers);
+  double slope;
+  if (!arch.ok() || n_layers < 1 || n_layers > MAX_LAYERS || !number(get(arch, "slope"), &slope) || slope <= 0 ||
+      !integer(get(arch, "n_classes"), 2, MAX_CLASSES, &m->n_classes) || !shape3(get(arch, "in_shape"), &m->in_c, &m->in_h, &m->in_w))
+    return fail(m, ERR_PARSE, "architecture metadata is malformed or has %d layers (1..%d supported)", n_layers, MAX_LAYERS);
+  m->slope = float(slope);
+  m->readout = is_true(get(arch, "readout"));
+  m->n_layers = n_layers;
+  int c = m->in_c, h = m->in_h, w = m->in_w;
+  for (int n = 0; n < n_layers; ++n) {
+    Json d = at(layers, n);
+    Layer& L = m->layers[n];
+    int ic, ih, iw;
+    if (!shape3(get(d, "in_shape"), &ic, &ih, &iw) || !shape3(get(d, "out_shape"), &L.out_c, &L.out_h, &L.out_w))
+      return fail(m, ERR_PARSE, "layer %d: malformed shapes in the metadata", n + 1);
+    if (ic != c || ih != h || iw != w) return fail(m, ERR_SHAPE, "layer %d input %dx%dx%d does not follow the previous layer's %dx%dx%d; %s", n + 1, ic, ih, iw, c, h, w, REEXPORT);
+    L.in_c = c; L.in_h = h; L.in_w = w;
+    bool wb = is_true(get(d, "has_weight_b"));
+    if (wb && n == 0) return fail(m, ERR_SHAPE, "layer 1 reads the static input and cannot have backward weights");
+    f.want_b[n] = wb;
+    if (is_str(get(d, "kind"), "conv")) {
+      L.kind = Kind::Conv;
+      Json pool = get(d, "pool");
+      L.pool = is_str(pool, "max") ? Pool::Max : is_str(pool, "avg") ? Pool::Avg : is_str(pool, "none") ? Pool::None : Pool(255);
+      if (L.pool == Pool(255)) return fail(m, ERR_UNSUPPORTED, "layer %d: unknown pooling", n + 1);
+      if (!integer(get(d, "kernel"), 1, 15, &L.kernel) || !integer(get(d, "padding"), 0, 15, &L.padding))
+        return fail(m, ERR_PARSE, "layer %d: kernel / padding missing or out of range", n + 1);
+      L.conv_c = L.out_c;
+      L.conv_h = h + 2 * L.padding - L.kernel + 1;
+      L.conv_w = w + 2 * L.padding - L.kernel + 1;
+      int ph = L.pool == Pool::None ? L.conv_h : L.conv_h / 2, pw = L.pool == Pool::None ? L.conv_w : L.conv_w / 2;
+      if (L.conv_h < 1 || L.conv_w < 1 || ph != L.out_h || pw != L.out_w || length(get(d, "out_shape")) != 3)
+        return fail(m, ERR_SHAPE, "layer %d: conv %dx%d pad %d on %dx%d gives no %dx%d state; %s", n + 1, L.kernel, L.kernel, L.padding, h, w, L.out_h, L.out_w, REEXPORT);
+      const std::int64_t wd[4] = {L.out_c, c, L.kernel, L.kernel}, bd[1] = {L.out_c};
+      if (!f.has_w[n] || !f.has_b[n]) return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
+      char what[40];
+      std::snprintf(what, sizeof(what), "layer%d.weight", n + 1);
+      if (Status s = check_tensor(f.weight[n], wd, 4, what, m)) return s;
+      std::snprintf(what, sizeof(what), "layer%d.bias", n + 1);
+      if (Status s = check_tensor(f.bias[n], bd, 1, what, m)) return s;
+      if (wb) {
+        std::snprintf(what, sizeof(what), "layer%d.weight_b", n + 1);
+        if (!f.has_wb[n]) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
+        if (Status s = check_tensor(f.weight_b[n], wd, 4, what, m)) return s;
+      }
+    } else if (is_str(get(d, "kind"), "dense")) {
+      L.kind = Kind::Dense;
+      if (length(get(d, "out_shape")) != 1) return fail(m, ERR_SHAPE, "layer %d: a dense layer has a flat output", n + 1);
+      std::int64_t n_in = std::int64_t(c) * h * w;
+      const std::int64_t wd[2] = {L.out_c, n_in}, bd[1] = {L.out_c};
+      char what[40];
+      std::snprintf(what, sizeof(what), "layer%d.weight", n + 1);
+      if (!f.has_w[n] || !f.has_b[n]) return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
+      if (Status s = check_tensor(f.weight[n], wd, 2, what, m)) return s;
+      std::snprintf(what, sizeof(what), "layer%d.bias", n + 1);
+      if (Status s = check_tensor(f.bias[n], bd, 1, what, m)) return s;
+      if (wb) {
+        std::snprintf(what, sizeof(what), "layer%d.weight_b", n + 1);
+        if (!f.has_wb[n]) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
+        if (Status s = check_tensor(f.weight_b[n], wd, 2, what, m)) return s;
+      }
+    } else {
+      return fail(m, ERR_UNSUPPORTED, "layer %d: unknown kind (conv and dense are supported)", n + 1);
+    }
+    if (L.out_size() > MAX_ELEMENTS || L.conv_size() > MAX_ELEMENTS) return fail(m, ERR_SHAPE, "layer %d is too large", n + 1);
+    c = L.out_c; h = L.out_h; w = L.out_w;
+  }
+  const Layer& last = m->layers[n_layers - 1];
+  if (m->readout) {
+    const std::int64_t wd[2] = {m->n_classes, last.out_size()}, bd[1] = {m->n_classes};
+    if (!f.has_ro_w || !f.has_ro_b) return fail(m, ERR_MISSING, "readout.weight or readout.bias is missing; %s", REEXPORT);
+    if (Status s = check_tensor(f.ro_w, wd, 2, "readout.weight", m)) return s;
+    if (Status s = check_tensor(f.ro_b, bd, 1, "readout.bias", m)) return s;
+  } else if (last.out_size() != m->n_classes) {
+    return fail(m, ERR_SHAPE, "the output layer has %lld units for %d classes; %s", (long long)last.out_size(), m->n_classes, REEXPORT);
+  }
+  if (f.meta_T.n > 0 && f.meta_T.n < 12) {
+    char t[12] = {0};
+    std::memcpy(t, f.meta_T.p, f.meta_T.n);
+    m->default_steps = std::atoi(t);
+  }
+  if (f.meta_pre.n > 0) {  // optional: only the CLI's help uses it
+    Json pre = value_span(reinterpret_cast<const char*>(f.meta_pre.p), reinterpret_cast<const char*>(f.meta_pre.p) + f.meta_pre.n);
+    double v;
+    if (number(get(pre, "std_scale"), &v)) m->std_scale = float(v);
+    for (int i = 0; i < 4 && i < m->in_c; ++i) {
+      if (number(at(get(pre, "mean"), i), &v)) m->mean[i] = float(v);
+      if (number(at(get(pre, "std"), i), &v)) m->std[i] = float(v);
+    }
+  }
+  return OK;
+}
+
+Status build(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t arena_floats, Model* m, std::size_t* needed) {
+  static Found f;  // large (tensor descriptors): static, so no stack burst on small cores
+  f = Found();
+  if (Status s = scan(buf, len, &f, m)) return s;
+  if (Status s = parse_architecture(f, m)) return s;
+  std::size_t used = 0;
+  for (int n = 0; n < m->n_layers; ++n)
+    used += std::size_t(f.weight[n].numel() * (f.want_b[n] ? 2 : 1) + f.bias[n].numel());
+  if (m->readout) used += std::size_t(f.ro_w.numel() + f.ro_b.numel());
+  *needed = used;
+  if (arena == nullptr) return OK;
+  if (arena_floats < used) return fail(m, ERR_ARGUMENT, "weight arena holds %zu floats, the model needs %zu", arena_floats, used);
+  used = 0;
+  for (int n = 0; n < m->n_layers; ++n) {
+    Layer& L = m->layers[n];
+    L.weight = place(f.weight[n], arena, &used);
+    L.bias = place(f.bias[n], arena, &used);
+    L.weight_b = f.want_b[n] ? place(f.weight_b[n], arena, &used) : nullptr;
+  }
+  if (m->readout) {
+    m->readout_w = place(f.ro_w, arena, &used);
+    m->readout_b = place(f.ro_b, arena, &used);
+  }
+  return OK;
+}
+
+}  // namespace
+
+Status required_arena(const std::uint8_t* buf, std::size_t len, std::size_t* n_floats, Model* diagnostics) {
+  static Model scratch;
+  Model* m = diagnostics != nullptr ? diagnostics : &scratch;
+  *m = Model();
+  if (n_floats == nullptr) return ERR_ARGUMENT;
+  Status s = build(buf, len, nullptr, 0, m, n_floats);
+  m->n_layers = 0;  // weights are not placed: the model is not runnable
+  return s;
+}
+
+Status load(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t arena_floats, Model* m) {
+  if (m == nullptr) return ERR_ARGUMENT;
+  *m = Model();
+  if (arena == nullptr) return fail(m, ERR_ARGUMENT, "no weight arena (see required_arena)");
+  std::size_t needed = 0;
+  Status s = build(buf, len, arena, arena_floats, m, &needed);
+  if (s != OK) m->n_layers = 0;
+  return s;
+}
+
+// ------------------------------------------------------------------------------- kernels
+
+void conv2d(float* out, const float* in, const float* w, const float* b, int cin, int h, int wd, int cout, int k, int pad, float* col) {
+  const int hc = h + 2 * pad - k + 1, wc = wd + 2 * pad - k + 1, npix = hc * wc, rows = cin * k * k;
+  for (int ci = 0; ci < cin; ++ci)  // im2col: col (cin*k*k, hc*wc)
+    for (int kh = 0; kh < k; ++kh)
+      for (int kw = 0; kw < k; ++kw) {
+        float* c = col + std::size_t((ci * k + kh) * k + kw) * npix;
+        for (int oh = 0; oh < hc; ++oh) {
+          const int ih = oh + kh - pad;
+          for (int ow = 0; ow < wc; ++ow) {
+            const int iw = ow + kw - pad;
+            c[oh * wc + ow] = (ih >= 0 && ih < h && iw >= 0 && iw < wd) ? in[(std::size_t(ci) * h + ih) * wd + iw] : 0.0f;
+          }
+        }
+      }
+  for (int co = 0; co < cout; ++co) {  // out (cout, npix) = w (cout, rows) . col
+    float* o = out + std::size_t(co) * npix;
+    const float bias = b != nullptr ? b[co] : 0.0f;
+    for (int j = 0; j < npix; ++j) o[j] = 0.0f;
+    const float* wr = w + std::size_t(co) * rows;
+    for (int r = 0; r < rows; ++r) {
+      const float a = wr[r];
+      const float* c = col + std::size_t(r) * npix;
+      for (int j = 0; j < npix; ++j) o[j] += a * c[j];
+    }
+    for (int j = 0; j < npix; ++j) o[j] += bias;
+  }
+}
+
+void conv2d_transpose(float* out, const float* in, const float* w, int cout, int hc, int wc, int cin, int h, int wd, int k, int pad, float* col) {
+  const int npix = hc * wc, rows = cin * k * k;
+  for (int r = 0; r < rows; ++r) {  // col (rows, npix) = w^T . in
+    float* c = col + std::size_t(r) * npix;
+    for (int j = 0; j < npix; ++j) c[j] = 0.0f;
+    for (int co = 0; co < cout; ++co) {
+      const float a = w[std::size_t(co) * rows + r];
+      const float* x = in + std::size_t(co) * npix;
+      for (int j = 0; j < npix; ++j) c[j] += a * x[j];
+    }
+  }
+  for (std::size_t i = 0; i < std::size_t(cin) * h * wd; ++i) out[i] = 0.0f;
+  for (int ci = 0; ci < cin; ++ci)  // col2im: scatter-add into (cin, h, wd)
+    for (int kh = 0; kh < k; ++kh)
+      for (int kw = 0; kw < k; ++kw) {
+        const float* c = col + std::size_t((ci * k + kh) * k + kw) * npix;
+        for (int oh = 0; oh < hc; ++oh) {
+          const int ih = oh + kh - pad;
+          if (ih < 0 || ih >= h) continue;
+          for (int ow = 0; ow < wc; ++ow) {
+            const int iw = ow + kw - pad;
+            if (iw >= 0 && iw < wd) out[(std::size_t(ci) * h + ih) * wd + iw] += c[oh * wc + ow];
+          }
+        }
+      }
+}
+
+void maxpool2x2(float* out, std::int32_t* idx, const float* in, int c, int h, int w) {
+  const int ph = h / 2, pw = w / 2;
+  for (int ch = 0; ch < c; ++ch)
+    for (int oh = 0; oh < ph; ++oh)
+      for (int ow = 0; ow < pw; ++ow) {
+        const float* plane = in + std::size_t(ch) * h * w;
+        int best = (2 * oh) * w + 2 * ow;
+        for (int i = 0; i < 2; ++i)
+          for (int j = 0; j < 2; ++j) {  // the first maximum in row-major order wins ties, as in torch
+            const int p = (2 * oh + i) * w + 2 * ow + j;
+            if (plane[p] > plane[best]) best = p;
+          }
+        out[(std::size_t(ch) * ph + oh) * pw + ow] = plane[best];
+        idx[(std::size_t(ch) * ph + oh) * pw + ow] = best;
+      }
+}
+
+void maxunpool2x2(float* out, const float* in, const std::int32_t* idx, int c, int h, int w) {
+  const int ph = h / 2, pw = w / 2;
+  for (std::size_t i = 0; i < std::size_t(c) * h * w; ++i) out[i] = 0.0f;
+  for (int ch = 0; ch < c; ++ch)
+    for (int p = 0; p < ph * pw; ++p) out[std::size_t(ch) * h * w + idx[std::size_t(ch) * ph * pw + p]] = in[std::size_t(ch) * ph * pw + p];
+}
+
+void avgpool2x2(float* out, const float* in, int c, int h, int w) {
+  const int ph = h / 2, pw = w / 2;
+  for (int ch = 0; ch < c; ++ch)
+    for (int oh = 0; oh < ph; ++oh)
+      for (int ow = 0; ow < pw; ++ow) {
+        const float* q = in + (std::size_t(ch) * h + 2 * oh) * w + 2 * ow;
+        out[(std::size_t(ch) * ph + oh) * pw + ow] = (q[0] + q[1] + q[w] + q[w + 1]) / 4.0f;
+      }
+}
+
+void avgunpool2x2(float* out, const float* in, int c, int h, int w) {
+  const int ph = h / 2, pw = w / 2;
+  for (std::size_t i = 0; i < std::size_t(c) * h * w; ++i) out[i] = 0.0f;
+  for (int ch = 0; ch < c; ++ch)
+    for (int oh = 0; oh < ph; ++oh)
+      for (int ow = 0; ow < pw; ++ow) {
+        const float v = in[(std::size_t(ch) * ph + oh) * pw + ow] / 4.0f;
+        float* q = out + (std::size_t(ch) * h + 2 * oh) * w + 2 * ow;
+        q[0] = v; q[1] = v; q[w] = v; q[w + 1] = v;
+      }
+}
+
+void dense(float* out, const float* in, const float* w, const float* b, int n_in, int n_out) {
+  for (int o = 0; o < n_out; ++o) {
+    float acc = 0.0f;
+    const float* wr = w + std::size_t(o) * n_in;
+    for (int i = 0; i < n_in; ++i) acc += wr[i] * in[i];
+    out[o] = acc + (b != nullptr ? b[o] : 0.0f);
+  }
+}
+
+void dense_transpose(float* out, const float* in, const float* w, int n_in, int n_out) {
+  for (int i = 0; i < n_in; ++i) out[i] = 0.0f;
+  for (int o = 0; o < n_out; ++o) {
+    const float a = in[o];
+    const float* wr = w + std::size_t(o) * n_in;
+    for (int i = 0; i < n_in; ++i) out[i] += a * wr[i];
+  }
+}
+
+// ------------------------------------------------------------------------------- the iteration
+
+namespace {
+
+struct Work {  // views into the caller's workspace, laid out by carve()
+  float* cur[MAX_LAYERS];
+  float* next[MAX_LAYERS];
+  float* drive[MAX_LAYERS];
+  std::int32_t* idx[MAX_LAYERS];
+  std::int32_t* idx_b[MAX_LAYERS];
+  float *conv, *col, *unpool, *fb;
+};
+
+std::size_t col_rows(const Layer& L) { return L.kind == Kind::Conv ? std::size_t(L.in_c) * L.kernel * L.kernel : 0; }
+
+std::size_t carve(const Model& m, int batch, std::uint8_t* base, Work* w) {
+  std::size_t off = 0, conv = 1, col = 1, fb = 1;
+  auto take = [&](std::size_t bytes) {
+    std::uint8_t* p = base ? base + off : nullptr;
+    off += (bytes + 15) & ~std::size_t(15);
+    return p;
+  };
+  for (int n = 0; n < m.n_layers; ++n) {
+    const Layer& L = m.layers[n];
+    const std::size_t s = std::size_t(L.out_size()) * batch;
+    w->cur[n] = reinterpret_cast<float*>(take(4 * s));
+    w->next[n] = reinterpret_cast<float*>(take(4 * s));
+    w->drive[n] = reinterpret_cast<float*>(take(4 * s));
+    w->idx[n] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max ? 4 * s : 0));
+    w->idx_b[n] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max && L.weight_b ? 4 * s : 0));
+    if (L.kind == Kind::Conv) {
+      conv = std::max(conv, std::size_t(L.conv_size()));
+      col = std::max(col, col_rows(L) * L.conv_h * L.conv_w);
+    }
+    fb = std::max(fb, std::size_t(L.in_size()));
+  }
+  w->conv = reinterpret_cast<float*>(take(4 * conv));
+  w->col = reinterpret_cast<float*>(take(4 * col));
+  w->unpool = reinterpret_cast<float*>(take(4 * conv));
+  w->fb = reinterpret_cast<float*>(take(4 * fb));
+  return off;
+}
+
+// P(w * pre) for one image; max-pool indices into idx (when pooling is max).
+void forward(const Layer& L, const float* pre, const float* weight, const float* bias, float* out, std::int32_t* idx, const Work& w) {
+  if (L.kind == Kind::Dense) {
+    dense(out, pre, weight, bias, int(L.in_size()), L.out_c);
+    return;
+  }
+  float* u = L.pool == Pool::None ? out : w.conv;
+  conv2d(u, pre, weight, bias, L.in_c, L.in_h, L.in_w, L.conv_c, L.kernel, L.padding, w.col);
+  if (L.pool == Pool::Max) maxpool2x2(out, idx, u, L.conv_c, L.conv_h, L.conv_w);
+  if (L.pool == Pool::Avg) avgpool2x2(out, u, L.conv_c, L.conv_h, L.conv_w);
+}
+
+// The adjoint of layer L applied to its post-synaptic state, into w.fb (the pre-synaptic shape).
+void feedback(const Layer& L, const float* post, const std::int32_t* idx, const Work& w) {
+  const float* wt = L.weight_b ? L.weight_b : L.weight;
+  if (L.kind == Kind::Dense) {
+    dense_transpose(w.fb, post, wt, int(L.in_size()), L.out_c);
+    return;
+  }
+  const float* g = post;
+  if (L.pool == Pool::Max) {
+    maxunpool2x2(w.unpool, post, idx, L.conv_c, L.conv_h, L.conv_w);
+    g = w.unpool;
+  } else if (L.pool == Pool::Avg) {
+    avgunpool2x2(w.unpool, post, L.conv_c, L.conv_h, L.conv_w);
+    g = w.unpool;
+  }
+  conv2d_transpose(w.fb, g, wt, L.conv_c, L.conv_h, L.conv_w, L.in_c, L.in_h, L.in_w, L.kernel, L.padding, w.col);
+}
+
+}  // namespace
+
+std::size_t workspace_bytes(const Model& m, int batch) {
+  Work w;
+  return batch > 0 && m.n_layers > 0 ? carve(m, batch, nullptr, &w) : 0;
+}
+
+Status run(const Model& m, const float* x, int batch, int max_steps, float tol, void* workspace, std::size_t workspace_len,
+           float* scores, int* steps, float* residual) {
+  if (m.n_layers < 1 || x == nullptr || batch < 1 || max_steps < 0 || !(tol >= 0.0f) || workspace == nullptr ||
+      scores == nullptr || steps == nullptr || residual == nullptr)
+    return ERR_ARGUMENT;
+  if ((reinterpret_cast<std::uintptr_t>(workspace) & 15) != 0 || workspace_len < workspace_bytes(m, batch)) return ERR_ARGUMENT;
+  Work w;
+  carve(m, batch, static_cast<std::uint8_t*>(workspace), &w);
+  const int L = m.n_layers;
+  for (int n = 0; n < L; ++n)
+    for (std::size_t i = 0; i < std::size_t(m.layers[n].out_size()) * batch; ++i) w.cur[n][i] = 0.0f;
+  const std::size_t in_size = std::size_t(m.in_c) * m.in_h * m.in_w;
+  float res = INFINITY;
+  int t = 0;
+  while (t < max_steps) {
+    for (int b = 0; b < batch; ++b) {  // bottom-up drives and pooling indices, from s_t
+      for (int n = 0; n < L; ++n) {
+        const Layer& Ly = m.layers[n];
+        const std::size_t os = std::size_t(Ly.out_size()) * b, is = std::size_t(Ly.in_size()) * b;
+        const float* pre = n == 0 ? x + in_size * b : w.cur[n - 1] + is;
+        forward(Ly, pre, Ly.weight, Ly.bias, w.drive[n] + os, Ly.pool == Pool::Max ? w.idx[n] + os : nullptr, w);
+        if (Ly.weight_b != nullptr && Ly.pool == Pool::Max)  // the backward conv's own indices
+          forward(Ly, pre, Ly.weight_b, nullptr, w.unpool, w.idx_b[n] + os, w);
+      }
+    }
+    res = 0.0f;
+    for (int b = 0; b < batch; ++b) {
+      for (int n = 0; n < L; ++n) {
+        const Layer& Ly = m.layers[n];
+        const std::size_t sz = std::size_t(Ly.out_size()), os = sz * b;
+        const float* fb = nullptr;
+        if (n + 1 < L) {  // top-down drive through the next layer's adjoint
+          const Layer& up = m.layers[n + 1];
+          const std::size_t us = std::size_t(up.out_size()) * b;
+          const std::int32_t* idx = up.pool == Pool::Max ? (up.weight_b ? w.idx_b[n + 1] : w.idx[n + 1]) + us : nullptr;
+          feedback(up, w.cur[n + 1] + us, idx, w);
+          fb = w.fb;
+        }
+        for (std::size_t i = 0; i < sz; ++i) {
+          float u = w.drive[n][os + i];
+          if (fb != nullptr) u = u + fb[i];
+          float s = u * m.slope;
+          s = s < 0.0f ? 0.0f : (s > 1.0f ? 1.0f : s);
+          const float d = std::fabs(s - w.cur[n][os + i]);
+          if (d > res) res = d;
+          w.next[n][os + i] = s;
+        }
+      }
+    }
+    for (int n = 0; n < L; ++n) std::memcpy(w.cur[n], w.next[n], 4 * std::size_t(m.layers[n].out_size()) * batch);
+    ++t;
+    if (res < tol) break;
+  }
+  const Layer& last = m.layers[L - 1];
+  for (int b = 0; b < batch; ++b) {
+    const float* s = w.cur[L - 1] + std::size_t(last.out_size()) * b;
+    if (m.readout) dense(scores + std::size_t(m.n_classes) * b, s, m.readout_w, m.readout_b, int(last.out_size()), m.n_classes);
+    else std::memcpy(scores + std::size_t(m.n_classes) * b, s, 4 * std::size_t(m.n_classes));
+  }
+  *steps = t;
+  *residual = res;
+  return OK;
+}
+
+}  // namespace ep

@@ -1,0 +1,164 @@
+"""Write the golden cases for runtime_cpp's ctest: exported models of every kind, real images (digits,
+CIFAR-10 JPEGs when the shared archive is there), the scores and step counts PyTorch computes (checked
+against onnxruntime here), and corrupted files with the status the loader must return.
+
+    python runtime_cpp/tests/make_golden.py OUT_DIR [--cifar ../shared/data/cifar10-jpeg.tar.gz]
+
+OUT_DIR/cases.txt: model input expected max_steps tol expected_steps atol   (one case per line)
+OUT_DIR/bad.txt:   file expected_status
+"""
+
+import argparse
+import io
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from ep_compile.data import load_digits_set, normalize  # noqa: E402
+from ep_compile.dynamics import relax_until  # noqa: E402
+from ep_compile.estimators import Phases, get_estimator, set_grads  # noqa: E402
+from ep_compile.model import EPNet, ModelConfig  # noqa: E402
+from ep_compile.onnx_export import build_onnx  # noqa: E402
+
+ATOL = 1e-4  # scores: C++ sums in another order than oneDNN / MLAS
+
+
+def digits_images(n=16):
+    train, test = load_digits_set()
+    x = normalize(test.x[:n], [0.3], [0.37], 3.0)
+    return x, test.y[:n], train
+
+
+def cifar_images(path, n=8):
+    """The first n test JPEGs of the shared archive, normalised as the CIFAR presets do."""
+    from PIL import Image
+
+    imgs = []
+    with tarfile.open(path, "r:gz") as tar:
+        for m in tar:
+            if m.isfile() and "/test/" in f"/{m.name}" and m.name.lower().endswith(".jpg"):
+                imgs.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB")))
+                if len(imgs) == n:
+                    break
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    return normalize(x, [0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261], 3.0)
+
+
+def trained_digits_model(train, asymmetric=False, iters=150):
+    """Symmetric EP / KP-VF on real digits with the digits preset's recipe: a model whose fixed
+    points are those of a trained network, not of random weights."""
+    from ep_compile.training import make_optimizer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_shape=(1, 8, 8), channels=[8, 16], paddings=[1, 1], pools=["max", "max"], asymmetric=asymmetric)
+    model = EPNet(cfg)
+    opt = make_optimizer(model, {"lrs": [0.2, 0.1, 0.05], "momentum": 0.9, "weight_decay": 3e-4})
+    est = get_estimator("kp-vf" if asymmetric else "symmetric")
+    x_all = normalize(train.x, [0.3], [0.37], 3.0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(iters):
+        idx = torch.randint(0, len(train.y), (64,), generator=gen)
+        set_grads(model, est(model, x_all[idx], train.y[idx], Phases(T=30, K=10, beta=0.5)).grads)
+        opt.step()
+    return model
+
+
+def expected(model, x, steps, tol):
+    with torch.no_grad():
+        s, n, _ = relax_until(model, x, model.init_states(len(x), x), steps, tol, 1)
+        return model.logits(s).numpy().astype(np.float32), n
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out", help="folder to write the golden cases into")
+    p.add_argument("--cifar", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"), help="CIFAR-10 JPEG archive")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    xd, yd, train = digits_images()
+    inputs = {"digits": xd}
+    if Path(args.cifar).exists():
+        inputs["cifar"] = cifar_images(args.cifar)
+    torch.manual_seed(1)
+    small = dict(in_shape=(1, 8, 8), channels=[8, 16], paddings=[1, 1])
+    cifar = dict(in_shape=(3, 32, 32), channels=[16, 32, 32], paddings=[1, 1, 0], pools=["max"] * 3)
+    models = {
+        "digits_sym_ce_trained": ("digits", trained_digits_model(train)),
+        "digits_asym_ce_trained": ("digits", trained_digits_model(train, asymmetric=True)),
+        "digits_sym_mse_avg_fc": ("digits", EPNet(ModelConfig(**small, pools=["avg", "max"], fc=[20], loss="mse"))),
+        "digits_asym_mse": ("digits", EPNet(ModelConfig(**small, pools=["max", "max"], loss="mse", asymmetric=True))),
+        "cifar_sym_ce": ("cifar", EPNet(ModelConfig(**cifar))),
+        "cifar_asym_ce": ("cifar", EPNet(ModelConfig(**cifar, asymmetric=True))),
+        "cifar_sym_mse_none_avg": ("cifar", EPNet(ModelConfig(**{**cifar, "pools": ["none", "max", "avg"], "paddings": [0, 1, 1]}, loss="mse", fc=[24]))),
+    }
+    lines = []
+    for name, (data, model) in models.items():
+        if data not in inputs:
+            continue
+        x = inputs[data]
+        m = build_onnx(model, {"default_T": "40"})
+        if name.endswith("_trained"):
+            acc = (expected(model, x, 40, 0.0)[0].argmax(1) == yd.numpy()).mean()
+            print(f"{name}: accuracy {acc:.2f} on the {len(yd)} golden digits")
+        onnx.save(m, out / f"{name}.onnx")
+        np.save(out / f"{data}.npy", x.numpy().astype(np.float32))
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        for steps, tol in ((40, 0.0), (400, 1e-5)):
+            want, n = expected(model, x, steps, tol)
+            sc, n_ort, _ = sess.run(None, {"x": x.numpy(), "max_steps": np.array(steps, np.int64), "tol": np.array(tol, np.float32)})
+            assert np.abs(sc - want).max() < 1e-5 and int(n_ort) == n, (name, np.abs(sc - want).max(), n_ort, n)
+            exp = f"{name}_{steps}.expected.npy"
+            np.save(out / exp, want)
+            lines.append(f"{name}.onnx {data}.npy {exp} {steps} {tol:g} {n} {ATOL:g}")
+    (out / "cases.txt").write_text("\n".join(lines) + "\n")
+
+    # corrupted files: each must give an error code, never a crash
+    good = (out / "digits_sym_ce_trained.onnx").read_bytes()
+    bad = []
+
+    codes = {"any": -1, "bad argument": 1, "parse error": 3, "format version mismatch": 4, "shape mismatch": 5, "missing entry": 7}
+
+    def put(fname, data, status):
+        (out / fname).write_bytes(data)
+        bad.append(f"{fname} {codes[status]}")
+
+    put("bad_empty.onnx", b"", "bad argument")
+    for frac in (0.1, 0.5, 0.9, 0.999):
+        put(f"bad_truncated_{int(frac * 1000)}.onnx", good[: int(len(good) * frac)], "parse error")
+    m = onnx.load_from_string(good)
+    for prop in m.metadata_props:
+        if prop.key == "ep_compile.format_version":
+            prop.value = "2"
+    put("bad_version.onnx", m.SerializeToString(), "format version mismatch")
+    m = onnx.load_from_string(good)
+    w = next(t for t in m.graph.initializer if t.name == "layer2.weight")
+    w.dims[0] = 1 << 40
+    put("bad_huge_dim.onnx", m.SerializeToString(), "parse error")
+    m = onnx.load_from_string(good)
+    w = next(t for t in m.graph.initializer if t.name == "layer2.weight")
+    w.dims[1] = 9  # a wrong but small shape, with matching data: the shape check must catch it
+    w.raw_data = np.zeros(int(np.prod(w.dims)), np.float32).tobytes()
+    put("bad_shape.onnx", m.SerializeToString(), "shape mismatch")
+    m = onnx.load_from_string(good)
+    m.graph.initializer.remove(next(t for t in m.graph.initializer if t.name == "readout.bias"))
+    put("bad_missing.onnx", m.SerializeToString(), "missing entry")
+    rng = np.random.default_rng(0)
+    for i in range(40):  # bit flips anywhere: any status, but the loader must return
+        flipped = bytearray(good)
+        pos = int(rng.integers(len(flipped)))
+        flipped[pos] ^= 1 << int(rng.integers(8))
+        put(f"bad_flip_{i}.onnx", bytes(flipped), "any")
+    (out / "bad.txt").write_text("\n".join(bad) + "\n")
+    print(f"wrote {len(lines)} golden cases and {len(bad)} corrupted files to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+// ctest: kernel adjoint identities, loader error paths, and (with --golden DIR) the golden cases that
+// tests/make_golden.py writes from PyTorch / onnxruntime, each with its explicit tolerance.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "ep_runtime.h"
+#include "npy.h"
+
+static int failures = 0;
+#define CHECK(cond, ...)                                      \
+  do {                                                        \
+    if (!(cond)) {                                            \
+      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+      std::fprintf(stderr, __VA_ARGS__);                      \
+      std::fprintf(stderr, "\n");                             \
+      ++failures;                                             \
+    }                                                         \
+  } while (0)
+
+static std::vector<float> rnd(std::size_t n, unsigned seed) {
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    seed = seed * 1664525u + 1013904223u;
+    x = float(seed >> 8) / float(1 << 24) - 0.5f;
+  }
+  return v;
+}
+
+static double dot(const std::vector<float>& a, const std::vector<float>& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) s += double(a[i]) * b[i];
+  return s;
+}
+
+static void test_adjoints() {
+  const int cin = 3, h = 7, w = 6, cout = 4, k = 3, pad = 1, hc = h + 2 * pad - k + 1, wc = w + 2 * pad - k + 1;
+  auto x = rnd(cin * h * w, 1), y = rnd(cout * hc * wc, 2), wt = rnd(cout * cin * k * k, 3);
+  std::vector<float> cx(cout * hc * wc), ty(cin * h * w), col(cin * k * k * hc * wc);
+  ep::conv2d(cx.data(), x.data(), wt.data(), nullptr, cin, h, w, cout, k, pad, col.data());
+  ep::conv2d_transpose(ty.data(), y.data(), wt.data(), cout, hc, wc, cin, h, w, k, pad, col.data());
+  CHECK(std::fabs(dot(cx, y) - dot(x, ty)) < 1e-4, "conv adjoint: %g vs %g", dot(cx, y), dot(x, ty));
+
+  const int c = 2, ph = 7, pw = 5;  // odd sizes: the last row / column is outside every window
+  auto u = rnd(c * ph * pw, 4), v = rnd(c * (ph / 2) * (pw / 2), 5);
+  std::vector<float> pooled(v.size()), un(u.size());
+  std::vector<std::int32_t> idx(v.size());
+  ep::maxpool2x2(pooled.data(), idx.data(), u.data(), c, ph, pw);
+  ep::maxunpool2x2(un.data(), v.data(), idx.data(), c, ph, pw);
+  CHECK(std::fabs(dot(pooled, v) - dot(u, un)) < 1e-5, "max pool: selection and unpool are not adjoint");
+  ep::avgpool2x2(pooled.data(), u.data(), c, ph, pw);
+  ep::avgunpool2x2(un.data(), v.data(), c, ph, pw);
+  CHECK(std::fabs(dot(pooled, v) - dot(u, un)) < 1e-5, "avg pool adjoint");
+  std::vector<float> ties(4, 0.25f), one(1);
+  std::int32_t ti = -1;
+  ep::maxpool2x2(one.data(), &ti, ties.data(), 1, 2, 2);
+  CHECK(ti == 0, "ties go to the first element in row-major order, got %d", ti);
+
+  auto a = rnd(5, 6), bvec = rnd(3, 7), wd = rnd(15, 8);
+  std::vector<float> da(3), tb(5);
+  ep::dense(da.data(), a.data(), wd.data(), nullptr, 5, 3);
+  ep::dense_transpose(tb.data(), bvec.data(), wd.data(), 5, 3);
+  CHECK(std::fabs(dot(da, bvec) - dot(a, tb)) < 1e-5, "dense adjoint");
+}
+
+static void test_garbage() {
+  std::size_t n = 0;
+  CHECK(ep::required_arena(nullptr, 0, &n) == ep::ERR_ARGUMENT, "null buffer");
+  const std::uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
+  CHECK(ep::required_arena(junk, sizeof(junk), &n) == ep::ERR_PARSE, "overlong varint");
+  const std::uint8_t no_graph[] = {0x08, 0x08};  // ir_version = 8 and nothing else
+  CHECK(ep::required_arena(no_graph, sizeof(no_graph), &n) == ep::ERR_PARSE, "no graph");
+  const std::uint8_t group[] = {0x0b};  // field 1, wire type 3 (group): refused
+  CHECK(ep::required_arena(group, sizeof(group), &n) == ep::ERR_PARSE, "groups");
+  const std::uint8_t len_past_end[] = {0x3a, 0x7f, 0x00};  // graph of 127 bytes in a 3-byte file
+  CHECK(ep::required_arena(len_past_end, sizeof(len_past_end), &n) == ep::ERR_PARSE, "length past the end");
+  static ep::Model m;
+  float arena[4];
+  CHECK(ep::load(no_graph, sizeof(no_graph), arena, 4, &m) == ep::ERR_PARSE && m.error[0] != 0, "error message");
+}
+
+static void run_golden(const std::string& dir) {
+  std::FILE* f = std::fopen((dir + "/cases.txt").c_str(), "r");
+  CHECK(f != nullptr, "no %s/cases.txt", dir.c_str());
+  if (f == nullptr) return;
+  char model[256], input[256], expected[256];
+  int max_steps, want_steps, n_cases = 0;
+  float tol, atol;
+  while (std::fscanf(f, "%255s %255s %255s %d %f %d %f", model, input, expected, &max_steps, &tol, &want_steps, &atol) == 7) {
+    ++n_cases;
+    bool ok = false;
+    auto file = npy::read_file((dir + "/" + model).c_str(), &ok);
+    std::size_t nf = 0;
+    CHECK(ok && ep::required_arena(file.data(), file.size(), &nf) == ep::OK, "%s: arena", model);
+    std::vector<float> arena(nf + 1);
+    static ep::Model m;
+    ep::Status s = ep::load(file.data(), file.size(), arena.data(), arena.size(), &m);
+    CHECK(s == ep::OK, "%s: load: %s", model, m.error);
+    if (s != ep::OK) continue;
+    npy::Array x, want;
+    CHECK(npy::read((dir + "/" + input).c_str(), &x).empty() && npy::read((dir + "/" + expected).c_str(), &want).empty(), "%s: npy", input);
+    const int batch = int(x.shape[0]);
+    std::vector<unsigned char> work(ep::workspace_bytes(m, batch) + 16);
+    void* w = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(work.data()) + 15) & ~std::uintptr_t(15));
+    std::vector<float> scores(std::size_t(batch) * m.n_classes);
+    int steps = -1;
+    float res = 0;
+    s = ep::run(m, x.data.data(), batch, max_steps, tol, w, work.size() - 16, scores.data(), &steps, &res);
+    CHECK(s == ep::OK, "%s: run", model);
+    float worst = 0;
+    int same_pred = 1;
+    for (int b = 0; b < batch; ++b) {
+      int p1 = 0, p2 = 0;
+      for (int c = 0; c < m.n_classes; ++c) {
+        const std::size_t i = std::size_t(b) * m.n_classes + c;
+        worst = std::fmax(worst, std::fabs(scores[i] - want.data[i]));
+        if (scores[i] > scores[std::size_t(b) * m.n_classes + p1]) p1 = c;
+        if (want.data[i] > want.data[std::size_t(b) * m.n_classes + p2]) p2 = c;
+      }
+      same_pred &= p1 == p2;
+    }
+    CHECK(worst <= atol, "%s on %s: max |scores - expected| = %g > %g", model, input, worst, atol);
+    CHECK(same_pred, "%s on %s: a prediction differs", model, input);
+    CHECK(steps == want_steps, "%s on %s: %d steps, expected %d", model, input, steps, want_steps);
+    std::printf("golden %-28s %-24s max_steps=%-4d tol=%-8g steps=%-4d max_abs_diff=%.3g (atol %g)\n", model, input, max_steps, double(tol), steps, double(worst), double(atol));
+  }
+  std::fclose(f);
+  CHECK(n_cases > 0, "no golden cases");
+  f = std::fopen((dir + "/bad.txt").c_str(), "r");  // corrupted files and the status each must give
+  int n_bad = 0;
+  char name[256];
+  int want = 0;
+  while (f != nullptr && std::fscanf(f, "%255s %d", name, &want) == 2) {
+    ++n_bad;
+    bool ok = false;
+    auto file = npy::read_file((dir + "/" + name).c_str(), &ok);
+    std::size_t nf = 0;
+    ep::Status s = ep::required_arena(file.data(), file.size(), &nf);
+    static ep::Model m;
+    std::vector<float> arena(nf + 1);
+    if (s == ep::OK) s = ep::load(file.data(), file.size(), arena.data(), arena.size(), &m);
+    if (want >= 0) CHECK(int(s) == want, "%s: got '%s', expected '%s' (%s)", name, ep::status_name(s), ep::status_name(ep::Status(want)), m.error);
+  }
+  if (f != nullptr) std::fclose(f);
+  std::printf("golden: %d cases, %d corrupted files\n", n_cases, n_bad);
+}
+
+int main(int argc, char** argv) {
+  test_adjoints();
+  test_garbage();
+  if (argc == 3 && !std::strcmp(argv[1], "--golden")) run_golden(argv[2]);
+  if (failures) std::fprintf(stderr, "%d check(s) failed\n", failures);
+  else std::printf("all checks passed\n");
+  return failures ? 1 : 0;
+}
