@@ -82,26 +82,31 @@ def peak_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
 
 
+def measure(args, model, x, y, name, step_fn):
+    """(seconds per dynamics step, seconds per training iteration) of estimator `name`."""
+    est, gen = ESTIMATORS[name], torch.Generator().manual_seed(0)
+    est(model, x, y, Phases(T=2, K=2, beta=0.5), step_fn=step_fn, generator=gen)  # compile / warm up
+    with torch.no_grad():
+        s = relax(model, x, model.init_states(args.batch, x), 3, step_fn=step_fn)
+        per_step = (
+            timed(lambda: relax(model, x, s, args.steps, step_fn=step_fn), args.device, args.repeats) / args.steps
+        )
+    ph = Phases(T=args.T, K=args.K, beta=0.5)
+    it = timed(lambda: est(model, x, y, ph, step_fn=step_fn, generator=gen), args.device, max(1, args.repeats // 2))
+    return per_step, it
+
+
 def bench_estimator(args, name, compiled):
     if name not in ESTIMATORS:
         return None
     model, x, y = build(args, name, channels_last=args.channels_last)
-    step_fn = make_step(compiled)
-    ph = Phases(T=args.T, K=args.K, beta=0.5)
-    est = ESTIMATORS[name]
-    gen = torch.Generator().manual_seed(0)
-    est(model, x, y, Phases(T=2, K=2, beta=0.5), step_fn=step_fn, generator=gen)  # compile / warm up
-    with torch.no_grad():
-        s = relax(model, x, model.init_states(args.batch, x), 3, step_fn=step_fn)
-        per_step = timed(lambda: relax(model, x, s, args.steps, step_fn=step_fn), args.device, args.repeats) / args.steps
-    if args.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    before = peak_mb(args.device)
-    it = timed(lambda: est(model, x, y, ph, step_fn=step_fn, generator=gen), args.device, max(1, args.repeats // 2))
+    per_step, it = measure(args, model, x, y, name, make_step(compiled))
     return {
-        "estimator": name, "compiled": compiled, "ms_per_step": 1e3 * per_step,
-        "samples_steps_per_s": args.batch / per_step, "s_per_iteration": it,
-        "peak_mb": peak_mb(args.device) - (0 if args.device.type == "cuda" else before),
+        "estimator": name,
+        "compiled": compiled,
+        "ms_per_step": 1e3 * per_step,
+        "samples_steps_per_s": args.batch / per_step,
+        "s_per_iteration": it,
         "tflops": step_flops(model) * args.batch / per_step / 1e12,
     }
 
@@ -116,8 +121,19 @@ def memory_point(args, name, T):
         base = torch.cuda.memory_allocated()
         ESTIMATORS[name](model, x, y, Phases(T=T, K=args.K, beta=0.5))
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    cmd = [sys.executable, __file__, "--child-memory", name, str(T), "--arch", args.arch, "--batch", str(args.batch),
-           "--K", str(args.K)] + (["--loss", args.loss] if args.loss else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child-memory",
+        name,
+        str(T),
+        "--arch",
+        args.arch,
+        "--batch",
+        str(args.batch),
+        "--K",
+        str(args.K),
+    ] + (["--loss", args.loss] if args.loss else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])["extra_mb"]
 
@@ -133,17 +149,16 @@ def reference_vs_explicit(args):
     """Per step and per symmetric-EP training iteration: autograd-of-Phi (eager, as the paper's code
     runs it) vs the explicit path eager, compiled, and compiled + channels_last."""
     rows = []
-    variants = [("autograd-of-Phi (reference)", step_autograd, False), ("explicit eager", make_step(False), False),
-                ("explicit compiled", make_step(True), False), ("explicit compiled + channels_last", make_step(True), True),
-                ("autograd-of-Phi + channels_last", step_autograd, True)]
-    ph = Phases(T=args.T, K=args.K, beta=0.5)
+    variants = [
+        ("autograd-of-Phi (reference)", step_autograd, False),
+        ("explicit eager", make_step(False), False),
+        ("explicit compiled", make_step(True), False),
+        ("explicit compiled + channels_last", make_step(True), True),
+        ("autograd-of-Phi + channels_last", step_autograd, True),
+    ]
     for label, fn, cl in variants:
         model, x, y = build(args, "symmetric", channels_last=cl)
-        ESTIMATORS["symmetric"](model, x, y, Phases(T=2, K=2, beta=0.5), step_fn=fn)  # warm up / compile
-        with torch.no_grad():
-            s = relax(model, x, model.init_states(args.batch, x), 3, step_fn=fn)
-            per_step = timed(lambda: relax(model, x, s, args.steps, step_fn=fn), args.device, args.repeats) / args.steps
-        it = timed(lambda: ESTIMATORS["symmetric"](model, x, y, ph, step_fn=fn), args.device, max(1, args.repeats // 2))
+        per_step, it = measure(args, model, x, y, "symmetric", fn)
         rows.append({"variant": label, "ms_per_step": 1e3 * per_step, "s_per_iteration": it})
     ref = rows[0]
     for r in rows:
@@ -188,21 +203,35 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.child_memory:
         return child_memory(args, args.child_memory[0], int(args.child_memory[1]))
-    results = {"config": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
-               "threads": torch.get_num_threads()}
+    results = {
+        "config": {k: str(v) for k, v in vars(args).items()},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     if "estimators" in args.sections:
         rows = []
         for name in args.estimators:
             for compiled in (False, True):
                 r = bench_estimator(args, name, compiled)
+                if r is not None and not compiled:  # one iteration at T in a fresh process (eager)
+                    r["peak_mb"] = memory_point(args, name, args.T)
                 rows.append(r or {"estimator": name, "compiled": compiled})
         print(f"\n== estimators ({args.arch}, batch {args.batch}, T={args.T}, K={args.K}, {args.device})")
-        table(rows, ["estimator", "compiled", "ms_per_step", "samples_steps_per_s", "s_per_iteration", "peak_mb", "tflops"])
+        table(
+            rows,
+            ["estimator", "compiled", "ms_per_step", "samples_steps_per_s", "s_per_iteration", "peak_mb", "tflops"],
+        )
         results["estimators"] = rows
     if "memory" in args.sections:
         rows = []
         for T in args.memory_T:
-            rows.append({"T": T, "ep_symmetric_mb": memory_point(args, "symmetric", T), "bptt_mb": memory_point(args, "bptt", T)})
+            rows.append(
+                {
+                    "T": T,
+                    "ep_symmetric_mb": memory_point(args, "symmetric", T),
+                    "bptt_mb": memory_point(args, "bptt", T),
+                }
+            )
         print(f"\n== peak memory of one iteration (MiB above the model and data), batch {args.batch}")
         table(rows, ["T", "ep_symmetric_mb", "bptt_mb"])
         ep = [r["ep_symmetric_mb"] for r in rows]
@@ -213,7 +242,16 @@ def main(argv=None):
     if "reference" in args.sections:
         rows = reference_vs_explicit(args)
         print(f"\n== explicit vs autograd-of-Phi (symmetric EP iteration, T={args.T}, K={args.K}, batch {args.batch})")
-        table(rows, ["variant", "ms_per_step", "s_per_iteration", "speedup_per_step_vs_reference", "speedup_per_iteration_vs_reference"])
+        table(
+            rows,
+            [
+                "variant",
+                "ms_per_step",
+                "s_per_iteration",
+                "speedup_per_step_vs_reference",
+                "speedup_per_iteration_vs_reference",
+            ],
+        )
         results["reference"] = rows
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -97,8 +97,18 @@ def relax(model: EPNet, x, states, steps: int, masks=None, y=None, beta=None, st
     return states
 
 
-def relax_until(model: EPNet, x, states, max_steps: int, tol: float, check_every: int = 1, masks=None, y=None,
-                beta=None, step_fn=step):
+def relax_until(
+    model: EPNet,
+    x,
+    states,
+    max_steps: int,
+    tol: float,
+    check_every: int = 1,
+    masks=None,
+    y=None,
+    beta=None,
+    step_fn=step,
+):
     """Run until the largest state change of one step, max_n |s_{t+1} - s_t|, falls below tol, or
     max_steps. The change is measured every check_every steps only, so the loop synchronises with
     the device that rarely. Returns (states, steps run, last measured change as a float)."""

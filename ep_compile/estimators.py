@@ -194,7 +194,16 @@ def check_compatible(name: str, model: EPNet) -> None:
 
 
 def nudged_states(
-    model: EPNet, x, y, s_free, K: int, beta: float, two_sided: bool, masks=None, step_fn=step, callback=None,
+    model: EPNet,
+    x,
+    y,
+    s_free,
+    K: int,
+    beta: float,
+    two_sided: bool,
+    masks=None,
+    step_fn=step,
+    callback=None,
     fused=False,
 ):
     """The nudged phases from s*: s^beta, and s^-beta (restarted from s*, Alg. 2) when two-sided.
@@ -238,8 +247,9 @@ def _make(name: str):
         beta = sign * phases.beta
         s_free, steps = _free(model, x, phases, masks, step_fn)
         with _autocast(phases, x):
-            s_pos, s_neg = nudged_states(model, x, y, s_free, phases.K, beta, two_sided, masks, step_fn,
-                                         fused=phases.fused)
+            s_pos, s_neg = nudged_states(
+                model, x, y, s_free, phases.K, beta, two_sided, masks, step_fn, fused=phases.fused
+            )
         s_pos = [t.to(x.dtype) for t in s_pos]
         s_neg = None if s_neg is None else [t.to(x.dtype) for t in s_neg]
         grads = rule_gradient(name, model, x, y, s_free, s_pos, s_neg, beta, masks)

@@ -61,11 +61,21 @@ def layer_info(model: EPNet) -> list[dict]:
     """Per layer: what the C++ runtime and the ONNX builder need to know."""
     info, prev = [], tuple(model.cfg.in_shape)
     for n, (layer, shape) in enumerate(zip(model.layers, model.state_shapes)):
-        d = {"index": n + 1, "in_shape": list(prev), "out_shape": list(shape), "has_weight_b": layer.weight_b is not None}
+        d = {
+            "index": n + 1,
+            "in_shape": list(prev),
+            "out_shape": list(shape),
+            "has_weight_b": layer.weight_b is not None,
+        }
         if isinstance(layer, ConvPool):
             c = layer.conv
-            d.update(kind="conv", kernel=c.kernel_size[0], padding=layer.padding, pool=layer.pool,
-                     conv_shape=[c.out_channels, *layer.conv_hw])
+            d.update(
+                kind="conv",
+                kernel=c.kernel_size[0],
+                padding=layer.padding,
+                pool=layer.pool,
+                conv_shape=[c.out_channels, *layer.conv_hw],
+            )
         else:
             d.update(kind="dense")
         info.append(d)
@@ -75,9 +85,14 @@ def layer_info(model: EPNet) -> list[dict]:
 
 def architecture(model: EPNet) -> dict:
     return {
-        "layers": layer_info(model), "slope": model.slope, "activation": model.cfg.activation,
-        "loss": model.cfg.loss, "n_classes": model.cfg.n_classes, "in_shape": list(model.cfg.in_shape),
-        "state_shapes": [list(s) for s in model.state_shapes], "asymmetric": model.cfg.asymmetric,
+        "layers": layer_info(model),
+        "slope": model.slope,
+        "activation": model.cfg.activation,
+        "loss": model.cfg.loss,
+        "n_classes": model.cfg.n_classes,
+        "in_shape": list(model.cfg.in_shape),
+        "state_shapes": [list(s) for s in model.state_shapes],
+        "asymmetric": model.cfg.asymmetric,
         "readout": model.readout is not None,
     }
 
@@ -113,7 +128,10 @@ def _step_nodes(g: _Graph, model: EPNet, x: str, states: list[str]) -> list[str]
     for n in range(len(states)):
         u = fwd[n]
         if n + 1 < len(states):
-            u = g.op("Add", [u, _feedback(g, model, info[n + 1], n + 1, pre[n + 1], states[n + 1], ctx[n + 1], conv_out[n + 1])])
+            u = g.op(
+                "Add",
+                [u, _feedback(g, model, info[n + 1], n + 1, pre[n + 1], states[n + 1], ctx[n + 1], conv_out[n + 1])],
+            )
         new.append(g.op("HardSigmoid", [u], f"s{n + 1}", alpha=model.slope, beta=0.0))
     return new
 
@@ -132,7 +150,9 @@ def _feedback(g: _Graph, model, d: dict, n: int, pre: str, post: str, fwd_idx, f
         if d["has_weight_b"]:  # each weight unpools with the indices of its own convolution (Eq. 45-47)
             conv_shape = g.op("Conv", [pre, w], f"convb{n + 1}", kernel_shape=[k, k], pads=[p] * 4)
             idx = g.op("MaxPool", [conv_shape], n_out=2, kernel_shape=[2, 2], strides=[2, 2])[1]
-        post = g.op("MaxUnpool", [post, idx, g.op("Shape", [conv_shape])], f"unpool{n + 1}", kernel_shape=[2, 2], strides=[2, 2])
+        post = g.op(
+            "MaxUnpool", [post, idx, g.op("Shape", [conv_shape])], f"unpool{n + 1}", kernel_shape=[2, 2], strides=[2, 2]
+        )
     elif d["pool"] == "avg":
         c, hc, wc = d["conv_shape"]
         spread = g.const(np.full((c, 1, 2, 2), 0.25), hint="avg_adjoint")
@@ -149,8 +169,10 @@ def build_onnx(model: EPNet, metadata: dict | None = None) -> onnx.ModelProto:
         raise ConfigError("spiking models export their rate (non-spiking) network: export the rate model instead")
     model = model.float().eval()
     L = len(model.state_shapes)
-    inits = [numpy_helper.from_array(v.detach().cpu().contiguous().numpy().astype(np.float32), _init_name(k))
-             for k, v in model.state_dict().items()]
+    inits = [
+        numpy_helper.from_array(v.detach().cpu().contiguous().numpy().astype(np.float32), _init_name(k))
+        for k, v in model.state_dict().items()
+    ]
 
     # --- the loop body: (iter, cond, s_1..s_L, residual, count) -> (cond, s'_1..s'_L, residual', count')
     body = _Graph("body/")
@@ -163,10 +185,17 @@ def build_onnx(model: EPNet, metadata: dict | None = None) -> onnx.ModelProto:
     outs = [body.op("Identity", [v], f"s{n + 1}_out") for n, v in enumerate(new)]
     f32 = TensorProto.FLOAT
     body_graph = helper.make_graph(
-        body.nodes, "ep_step",
-        [helper.make_tensor_value_info("iter", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])]
+        body.nodes,
+        "ep_step",
+        [
+            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+        ]
         + [helper.make_tensor_value_info(s, f32, None) for s in s_in]
-        + [helper.make_tensor_value_info("res_in", f32, []), helper.make_tensor_value_info("count_in", TensorProto.INT64, [])],
+        + [
+            helper.make_tensor_value_info("res_in", f32, []),
+            helper.make_tensor_value_info("count_in", TensorProto.INT64, []),
+        ],
         [helper.make_tensor_value_info(cond, TensorProto.BOOL, [])]
         + [helper.make_tensor_value_info(o, f32, None) for o in outs]
         + [helper.make_tensor_value_info(res, f32, []), helper.make_tensor_value_info(count, TensorProto.INT64, [])],
@@ -176,13 +205,27 @@ def build_onnx(model: EPNet, metadata: dict | None = None) -> onnx.ModelProto:
     # --- the main graph: zero states, the Loop, the read-out
     g = _Graph("")
     batch = g.op("Shape", ["x"], "batch", start=0, end=1)  # (1,) int64
-    zeros = [g.op("ConstantOfShape", [g.op("Concat", [batch, g.const(list(shape), np.int64)], axis=0)],
-                  f"s{n + 1}_0", value=numpy_helper.from_array(np.zeros(1, np.float32)))
-             for n, shape in enumerate(model.state_shapes)]
+    zeros = [
+        g.op(
+            "ConstantOfShape",
+            [g.op("Concat", [batch, g.const(list(shape), np.int64)], axis=0)],
+            f"s{n + 1}_0",
+            value=numpy_helper.from_array(np.zeros(1, np.float32)),
+        )
+        for n, shape in enumerate(model.state_shapes)
+    ]
     loop_out = [f"s{n + 1}_final" for n in range(L)] + ["residual", "steps"]
-    g.nodes.append(helper.make_node("Loop", ["max_steps", g.const(True, np.bool_, "true")] + zeros
-                                    + [g.const(np.inf, np.float32, "inf"), g.const(0, np.int64, "zero")],
-                                    loop_out, name="free_phase", body=body_graph))
+    g.nodes.append(
+        helper.make_node(
+            "Loop",
+            ["max_steps", g.const(True, np.bool_, "true")]
+            + zeros
+            + [g.const(np.inf, np.float32, "inf"), g.const(0, np.int64, "zero")],
+            loop_out,
+            name="free_phase",
+            body=body_graph,
+        )
+    )
     last = loop_out[L - 1]
     if model.readout is not None:
         scores = g.op("Gemm", [g.op("Flatten", [last], axis=1), "readout.weight", "readout.bias"], transB=1)
@@ -190,18 +233,26 @@ def build_onnx(model: EPNet, metadata: dict | None = None) -> onnx.ModelProto:
         scores = last
     g.nodes.append(helper.make_node("Identity", [scores], ["scores"], name="scores_out"))
     graph = helper.make_graph(
-        g.nodes, "ep_compile_free_phase",
-        [helper.make_tensor_value_info("x", f32, ["N", *model.cfg.in_shape]),
-         helper.make_tensor_value_info("max_steps", TensorProto.INT64, []),
-         helper.make_tensor_value_info("tol", f32, [])],
-        [helper.make_tensor_value_info("scores", f32, ["N", model.cfg.n_classes]),
-         helper.make_tensor_value_info("steps", TensorProto.INT64, []),
-         helper.make_tensor_value_info("residual", f32, [])],
+        g.nodes,
+        "ep_compile_free_phase",
+        [
+            helper.make_tensor_value_info("x", f32, ["N", *model.cfg.in_shape]),
+            helper.make_tensor_value_info("max_steps", TensorProto.INT64, []),
+            helper.make_tensor_value_info("tol", f32, []),
+        ],
+        [
+            helper.make_tensor_value_info("scores", f32, ["N", model.cfg.n_classes]),
+            helper.make_tensor_value_info("steps", TensorProto.INT64, []),
+            helper.make_tensor_value_info("residual", f32, []),
+        ],
         initializer=inits + g.inits,
     )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ep_compile")
     m.ir_version = 8
-    meta = {"ep_compile.format_version": str(FORMAT_VERSION), "ep_compile.architecture": json.dumps(architecture(model))}
+    meta = {
+        "ep_compile.format_version": str(FORMAT_VERSION),
+        "ep_compile.architecture": json.dumps(architecture(model)),
+    }
     for k, v in (metadata or {}).items():
         meta[f"ep_compile.{k}"] = v if isinstance(v, str) else json.dumps(v)
     helper.set_model_props(m, meta)
@@ -225,13 +276,19 @@ def export_checkpoint(ck: dict, path: str, T: int | None = None) -> onnx.ModelPr
 
     config = ck["config"]
     if config.get("neuron", "rate") == "spiking":
-        raise ConfigError("a spiking checkpoint cannot export its spiking dynamics to ONNX; export with "
-                          "--rate to run its rate (non-spiking) network, documented in docs/onnx.md")
+        raise ConfigError(
+            "a spiking checkpoint cannot export its spiking dynamics to ONNX; export with "
+            "--rate to run its rate (non-spiking) network, documented in docs/onnx.md"
+        )
     model = model_from_config(config)
     model.load_state_dict(ck["model"])
     meta = {
-        "preprocessing": {"mean": config.get("mean"), "std": config.get("std"), "std_scale": config.get("std_scale", 1.0),
-                          "input_shape": list(model.cfg.in_shape)},
+        "preprocessing": {
+            "mean": config.get("mean"),
+            "std": config.get("std"),
+            "std_scale": config.get("std_scale", 1.0),
+            "input_shape": list(model.cfg.in_shape),
+        },
         "classes": config.get("classes") or [str(i) for i in range(model.cfg.n_classes)],
         "training_config": config,
         "default_T": str(T or config.get("T", 250)),

@@ -206,8 +206,16 @@ def training_function(config, args):
     model = model_from_config(config).to(device=device, dtype=dtype)
     optimizer = make_optimizer(model, config)
     estimator = get_estimator(config["estimator"])
-    phases = Phases(T=config["T"], K=config["K"], beta=config["beta"], bptt_steps=config["bptt_steps"],
-                    tol=config["tol"], check_every=config["check_every"], fused=config["fused"], amp=config["amp"])
+    phases = Phases(
+        T=config["T"],
+        K=config["K"],
+        beta=config["beta"],
+        bptt_steps=config["bptt_steps"],
+        tol=config["tol"],
+        check_every=config["check_every"],
+        fused=config["fused"],
+        amp=config["amp"],
+    )
     if config["estimator"] != "bptt":
         phases.require_beta(config["estimator"])
     step_fn = make_step(config["compile"], config["schedule"], config["compile_mode"])

@@ -21,7 +21,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Export an ep_compile checkpoint to ONNX.")
     p.add_argument("checkpoint", help="run folder (its last.pt) or a .pt checkpoint file")
     p.add_argument("--out", required=True, help="path of the .onnx file to write")
-    p.add_argument("--T", type=int, default=None, help="default free-phase steps stored in the metadata (default: training T)")
+    p.add_argument(
+        "--T", type=int, default=None, help="default free-phase steps stored in the metadata (default: training T)"
+    )
     args = p.parse_args(argv)
     try:
         ck = load_checkpoint(args.checkpoint)
@@ -30,7 +32,9 @@ def main(argv=None) -> int:
         print(f"to_onnx.py: error: {e}", file=sys.stderr)
         return 2
     n = sum(int(__import__("numpy").prod(t.dims)) for t in m.graph.initializer)
-    print(f"wrote {args.out}: opset {m.opset_import[0].version}, {n} weights, inputs x/max_steps/tol, outputs scores/steps/residual")
+    print(
+        f"wrote {args.out}: opset {m.opset_import[0].version}, {n} weights, inputs x/max_steps/tol, outputs scores/steps/residual"
+    )
     return 0
 
 

@@ -77,11 +77,28 @@ def test_contract_names_and_metadata(tmp_path):
 def test_trained_digits_model_same_accuracy_in_onnxruntime(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     run = tmp_path / "run"
-    subprocess.run([sys.executable, str(ROOT / "experiments/cifar.py"), "--epochs", "4", "--no-compile", "--cpu",
-                    "--out", str(run)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments/cifar.py"),
+            "--epochs",
+            "4",
+            "--no-compile",
+            "--cpu",
+            "--out",
+            str(run),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     onx = tmp_path / "digits.onnx"
-    p = subprocess.run([sys.executable, str(ROOT / "export/to_onnx.py"), str(run), "--out", str(onx)],
-                       env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "export/to_onnx.py"), str(run), "--out", str(onx)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     from ep_compile.data import make_splits, normalize
     from ep_compile.training import load_checkpoint, model_from_config
@@ -109,10 +126,16 @@ def test_trained_digits_model_same_accuracy_in_onnxruntime(tmp_path):
 
 def test_export_bad_checkpoint(tmp_path):
     script = str(ROOT / "export/to_onnx.py")
-    p = subprocess.run([sys.executable, script, str(tmp_path / "nothing"), "--out", str(tmp_path / "m.onnx")],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, script, str(tmp_path / "nothing"), "--out", str(tmp_path / "m.onnx")],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and "no checkpoint at" in p.stderr and "Traceback" not in p.stderr
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    p = subprocess.run([sys.executable, script, str(tmp_path / "bad.pt"), "--out", str(tmp_path / "m.onnx")],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, script, str(tmp_path / "bad.pt"), "--out", str(tmp_path / "m.onnx")],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and "is corrupt or not a checkpoint" in p.stderr

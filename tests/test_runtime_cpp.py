@@ -63,7 +63,19 @@ def test_ctest_kernels_errors_and_golden_cases(build, golden):
 
 def test_ep_infer_cli(build, golden, tmp_path):
     model, x = golden / "digits_sym_ce_trained.onnx", golden / "digits.npy"
-    p = sh([str(build / "ep_infer"), str(model), str(x), "--max-steps", "400", "--tol", "1e-5", "--out", str(tmp_path / "s.npy")])
+    p = sh(
+        [
+            str(build / "ep_infer"),
+            str(model),
+            str(x),
+            "--max-steps",
+            "400",
+            "--tol",
+            "1e-5",
+            "--out",
+            str(tmp_path / "s.npy"),
+        ]
+    )
     preds = [int(v) for v in re.findall(r"image \d+: class (\d+)", p.stdout)]
     want = np.load(golden / "digits_sym_ce_trained_400.expected.npy")
     assert preds == want.argmax(1).tolist()
@@ -71,16 +83,35 @@ def test_ep_infer_cli(build, golden, tmp_path):
     cases = (golden / "cases.txt").read_text().split("\n")
     steps = next(line.split()[5] for line in cases if line.startswith("digits_sym_ce_trained.onnx") and " 400 " in line)
     assert f"steps used: {steps} " in p.stdout
-    bad = subprocess.run([str(build / "ep_infer"), str(golden / "bad_version.onnx"), str(x)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [str(build / "ep_infer"), str(golden / "bad_version.onnx"), str(x)], capture_output=True, text=True
+    )
     assert bad.returncode == 1 and "format version" in bad.stderr and "export/to_onnx.py" in bad.stderr
 
 
 def test_aarch64_build_under_qemu_matches_host(build, golden, tmp_path):
     need("aarch64-linux-gnu-g++", "qemu-aarch64")
     exe = tmp_path / "ep_infer_a64"
-    sh(["aarch64-linux-gnu-g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off", "-static",
-        "-I", str(RT / "include"), "-I", str(RT / "tools"), str(RT / "tools" / "ep_infer.cpp"), str(RT / "src" / "ep_runtime.cpp"),
-        "-o", str(exe)])
+    sh(
+        [
+            "aarch64-linux-gnu-g++",
+            "-std=c++17",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-ffp-contract=off",
+            "-static",
+            "-I",
+            str(RT / "include"),
+            "-I",
+            str(RT / "tools"),
+            str(RT / "tools" / "ep_infer.cpp"),
+            str(RT / "src" / "ep_runtime.cpp"),
+            "-o",
+            str(exe),
+        ]
+    )
     for model, data in (("digits_asym_ce_trained", "digits"), ("cifar_sym_ce", "cifar")):
         if not (golden / f"{data}.npy").exists():
             continue
@@ -99,8 +130,21 @@ def test_cortex_m_firmware_under_qemu_matches_host(build, golden, tmp_path, caps
     p = sh([sys.executable, str(RT / "firmware" / "build_firmware.py"), str(model), str(imgs), str(tmp_path / "fw")])
     size = re.search(r"flash (\d+) B .* static RAM (\d+) B", p.stdout)
     assert size and int(size.group(1)) < 256 * 1024 and int(size.group(2)) < 64 * 1024
-    run = subprocess.run(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-semihosting-config", "enable=on,target=native",
-                          "-kernel", str(tmp_path / "fw" / "firmware.elf")], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            "qemu-system-arm",
+            "-M",
+            "mps2-an386",
+            "-nographic",
+            "-semihosting-config",
+            "enable=on,target=native",
+            "-kernel",
+            str(tmp_path / "fw" / "firmware.elf"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     fw = re.findall(r"image (\d+): class (\d+), steps (\d+)", run.stdout)
     host = sh([str(build / "ep_infer"), str(model), str(imgs), "--max-steps", "40"]).stdout
@@ -121,8 +165,18 @@ def test_fuzz_loader_under_asan_ubsan(build, golden, tmp_path, capsys):
         if not f.name.startswith("bad_"):
             shutil.copy(f, corpus)
     seconds = os.environ.get("EP_FUZZ_SECONDS", "60")
-    p = subprocess.run([str(b / "fuzz_loader"), str(corpus), f"-max_total_time={seconds}", "-rss_limit_mb=2048",
-                        "-print_final_stats=1"], capture_output=True, text=True, cwd=tmp_path)
+    p = subprocess.run(
+        [
+            str(b / "fuzz_loader"),
+            str(corpus),
+            f"-max_total_time={seconds}",
+            "-rss_limit_mb=2048",
+            "-print_final_stats=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr[-4000:]
     runs = int(re.search(r"stat::number_of_executed_units: (\d+)", p.stderr).group(1))
     assert runs > 100

@@ -57,7 +57,9 @@ def trained_digits_model(train, asymmetric=False, iters=150):
     from ep_compile.training import make_optimizer
 
     torch.manual_seed(0)
-    cfg = ModelConfig(in_shape=(1, 8, 8), channels=[8, 16], paddings=[1, 1], pools=["max", "max"], asymmetric=asymmetric)
+    cfg = ModelConfig(
+        in_shape=(1, 8, 8), channels=[8, 16], paddings=[1, 1], pools=["max", "max"], asymmetric=asymmetric
+    )
     model = EPNet(cfg)
     opt = make_optimizer(model, {"lrs": [0.2, 0.1, 0.05], "momentum": 0.9, "weight_decay": 3e-4})
     est = get_estimator("kp-vf" if asymmetric else "symmetric")
@@ -79,7 +81,9 @@ def expected(model, x, steps, tol):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", help="folder to write the golden cases into")
-    p.add_argument("--cifar", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"), help="CIFAR-10 JPEG archive")
+    p.add_argument(
+        "--cifar", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"), help="CIFAR-10 JPEG archive"
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +101,12 @@ def main(argv=None):
         "digits_asym_mse": ("digits", EPNet(ModelConfig(**small, pools=["max", "max"], loss="mse", asymmetric=True))),
         "cifar_sym_ce": ("cifar", EPNet(ModelConfig(**cifar))),
         "cifar_asym_ce": ("cifar", EPNet(ModelConfig(**cifar, asymmetric=True))),
-        "cifar_sym_mse_none_avg": ("cifar", EPNet(ModelConfig(**{**cifar, "pools": ["none", "max", "avg"], "paddings": [0, 1, 1]}, loss="mse", fc=[24]))),
+        "cifar_sym_mse_none_avg": (
+            "cifar",
+            EPNet(
+                ModelConfig(**{**cifar, "pools": ["none", "max", "avg"], "paddings": [0, 1, 1]}, loss="mse", fc=[24])
+            ),
+        ),
     }
     lines = []
     for name, (data, model) in models.items():
@@ -113,7 +122,9 @@ def main(argv=None):
         sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         for steps, tol in ((40, 0.0), (400, 1e-5)):
             want, n = expected(model, x, steps, tol)
-            sc, n_ort, _ = sess.run(None, {"x": x.numpy(), "max_steps": np.array(steps, np.int64), "tol": np.array(tol, np.float32)})
+            sc, n_ort, _ = sess.run(
+                None, {"x": x.numpy(), "max_steps": np.array(steps, np.int64), "tol": np.array(tol, np.float32)}
+            )
             assert np.abs(sc - want).max() < 1e-5 and int(n_ort) == n, (name, np.abs(sc - want).max(), n_ort, n)
             exp = f"{name}_{steps}.expected.npy"
             np.save(out / exp, want)
@@ -124,7 +135,14 @@ def main(argv=None):
     good = (out / "digits_sym_ce_trained.onnx").read_bytes()
     bad = []
 
-    codes = {"any": -1, "bad argument": 1, "parse error": 3, "format version mismatch": 4, "shape mismatch": 5, "missing entry": 7}
+    codes = {
+        "any": -1,
+        "bad argument": 1,
+        "parse error": 3,
+        "format version mismatch": 4,
+        "shape mismatch": 5,
+        "missing entry": 7,
+    }
 
     def put(fname, data, status):
         (out / fname).write_bytes(data)
