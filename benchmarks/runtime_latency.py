@@ -32,10 +32,17 @@ def main(argv=None):
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "runtime_latency.json"), help="write results here")
     args = p.parse_args(argv)
     b = Path(args.build_dir)
-    subprocess.run(["cmake", "-S", str(ROOT / "runtime_cpp"), "-B", str(b), "-DCMAKE_BUILD_TYPE=Release"], check=True, capture_output=True)
+    subprocess.run(
+        ["cmake", "-S", str(ROOT / "runtime_cpp"), "-B", str(b), "-DCMAKE_BUILD_TYPE=Release"],
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(["cmake", "--build", str(b), "--target", "ep_bench", "-j2"], check=True, capture_output=True)
     rows = []
-    for name, arch, steps in (("paper CIFAR-10 net", "cifar10", args.steps_cifar), ("small digits net", "digits", args.steps_small)):
+    for name, arch, steps in (
+        ("paper CIFAR-10 net", "cifar10", args.steps_cifar),
+        ("small digits net", "digits", args.steps_small),
+    ):
         torch.manual_seed(0)
         model = EPNet(model_config(arch))
         path, xpath = b / f"{arch}.onnx", b / f"{arch}_x.npy"
@@ -54,15 +61,29 @@ def main(argv=None):
             sess.run(None, feed)
             times.append(1e3 * (time.perf_counter() - t))
         ort_ms = statistics.median(times)
-        out = subprocess.run([str(b / "ep_bench"), str(path), str(xpath), str(steps), str(args.repeats)],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [str(b / "ep_bench"), str(path), str(xpath), str(steps), str(args.repeats)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         cpp_ms = float(out.stdout.strip())
-        rows.append({"model": name, "steps": steps, "cpp_ms_per_image": cpp_ms, "onnxruntime_ms_per_image": ort_ms,
-                     "cpp_over_ort": cpp_ms / ort_ms, "cpp_ms_per_step": cpp_ms / steps})
+        rows.append(
+            {
+                "model": name,
+                "steps": steps,
+                "cpp_ms_per_image": cpp_ms,
+                "onnxruntime_ms_per_image": ort_ms,
+                "cpp_over_ort": cpp_ms / ort_ms,
+                "cpp_ms_per_step": cpp_ms / steps,
+            }
+        )
     print(f"{'model':<20} {'steps':>5} {'C++ ms':>10} {'ORT ms':>10} {'C++/ORT':>8} {'C++ ms/step':>12}")
     for r in rows:
-        print(f"{r['model']:<20} {r['steps']:>5} {r['cpp_ms_per_image']:>10.2f} {r['onnxruntime_ms_per_image']:>10.2f} "
-              f"{r['cpp_over_ort']:>8.2f} {r['cpp_ms_per_step']:>12.3f}")
+        print(
+            f"{r['model']:<20} {r['steps']:>5} {r['cpp_ms_per_image']:>10.2f} {r['onnxruntime_ms_per_image']:>10.2f} "
+            f"{r['cpp_over_ort']:>8.2f} {r['cpp_ms_per_step']:>12.3f}"
+        )
     Path(args.json).write_text(json.dumps({"rows": rows, "threads": 1}, indent=1))
     print(f"wrote {args.json}")
 

@@ -36,7 +36,8 @@ class Phases:
         (measured every check_every steps; tol=0: always T steps).
     fused: run the +beta and -beta phases as one batch of 2B (one kernel launch instead of two).
     amp: 'bf16' runs the phases under bfloat16 autocast; the estimate itself is taken in the
-        parameters' dtype."""
+        parameters' dtype.
+    lr: the SGD step of the continual estimators (C-EP ...) when no update callback is given."""
 
     T: int = 250
     K: int = 25
@@ -46,6 +47,7 @@ class Phases:
     check_every: int = 10
     fused: bool = False
     amp: str | None = None
+    lr: float = 1e-6  # continual estimators without an update callback: the step size of their SGD
 
     def __post_init__(self):
         for name in ("T", "K"):
@@ -74,14 +76,15 @@ class Estimate:
     info: dict = field(default_factory=dict)
 
 
-def _F_diff(model: EPNet, x, y, s_a, beta_a, s_b, beta_b, masks, phi):
+def _F_diff(model: EPNet, x, y, s_a, beta_a, s_b, beta_b, masks, phi, loss=True):
     """[F(s_b, beta_b) - F(s_a, beta_a)] / (beta_a - beta_b), F = mean_batch(phi - beta l), as a graph
-    in the parameters only (states detached)."""
+    in the parameters only (states detached). loss=False drops the beta l term (F = phi): the
+    per-step increments of the continual estimators."""
 
     def F(s, beta):
         s = [t.detach() for t in s]
         f = phi(x, s, masks)
-        if beta != 0:
+        if beta != 0 and loss:
             f = f - beta * model.loss(s, y, masks)
         return f.mean()
 
@@ -93,21 +96,21 @@ def _grads(f, params):
     return [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
 
 
-def ep_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None):
+def ep_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None, loss=True):
     """EP (Eq. 4, 12): d/dtheta [F(s_b, beta_b) - F(s_a, beta_a)] / (beta_a - beta_b) with
     F = mean_batch(Phi - beta l). Differentiates only the small graph of Phi at two given states."""
     with torch.enable_grad():
-        return _grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi), list(model.parameters()))
+        return _grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi, loss), list(model.parameters()))
 
 
-def kp_vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None):
+def kp_vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None, loss=True):
     """KP-VF (Eq. 43-45, 49): each of w^f and w^b gets its own EP-style estimate, computed with the
     pooling indices of its own convolution, and both receive their average. Biases, the first conv
     and the read-out get the plain estimate. With w^b = w^f this is exactly the symmetric EP estimate."""
     params = list(model.parameters())
     backs = [layer for layer in model.layers if layer.weight_b is not None]
     with torch.enable_grad():
-        g = _grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi), params)
+        g = _grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi, loss), params)
 
         def phi_b(x_, s, m):  # sum over layers of s^n . P(w^b * s^{n-1}), per example (B,)
             layers = [x_] + model.apply_masks(s, m)
@@ -128,7 +131,7 @@ def kp_vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, m
     return g
 
 
-def vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None):
+def vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None, loss=True):
     """Vector Field (Eq. 10, 41-42, 48): -dF/dtheta(x, s*)^T . (s_b - s_a) / (beta_b - beta_a).
     Forward weights: (change of the post-synaptic state) x (pre-synaptic state at s*); backward
     weights: (post-synaptic state at s*) x (change of the pre-synaptic state), each unpooled with the
@@ -145,9 +148,10 @@ def vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, mask
                 ctx = layer.feedback_ctx(layers[n], layer(layers[n])[1])
                 g = g + (layer.feedback(layers[n + 1], ctx) * delta[n - 1]).sum()
         f = -g / x.shape[0]
-        lb = model.loss([t.detach() for t in s_b], y, masks).mean() * beta_b
-        la = model.loss([t.detach() for t in s_a], y, masks).mean() * beta_a if beta_a != 0 else 0
-        f = f + (lb - la) / (beta_b - beta_a)
+        if loss:
+            lb = model.loss([t.detach() for t in s_b], y, masks).mean() * beta_b
+            la = model.loss([t.detach() for t in s_a], y, masks).mean() * beta_a if beta_a != 0 else 0
+            f = f + (lb - la) / (beta_b - beta_a)
         return _grads(f, params)
 
 
@@ -180,7 +184,7 @@ def _estimate(model, x, y, grads, s_free, masks, **info) -> Estimate:
 
 def check_compatible(name: str, model: EPNet) -> None:
     """Symmetric-weight estimators need w^b = w^f; VF and KP-VF need separate backward weights."""
-    rule = SPECS[name][0] if name in SPECS else None
+    rule = SPECS[name][0] if name in SPECS else CONTINUAL[name][0] if name in CONTINUAL else None
     if rule == "ep" and model.cfg.asymmetric:
         raise ConfigError(
             f"estimator {name!r} assumes symmetric weights but the model is asymmetric; "
@@ -316,3 +320,8 @@ def set_grads(model: EPNet, grads: list[torch.Tensor]) -> None:
     """Write an estimate into .grad so any torch optimizer can take the step."""
     for p, g in zip(model.parameters(), grads):
         p.grad = g.detach().to(p.dtype)
+
+
+from .continual import CONTINUAL, continual_estimator  # noqa: E402  (continual builds on the rules above)
+
+ESTIMATORS.update({name: continual_estimator(name) for name in CONTINUAL})

@@ -19,10 +19,11 @@ import sys
 import torch
 
 from .dynamics import count_changes, relax, step
-from .estimators import SPECS, Phases, check_compatible, get_estimator, nudged_states, rule_gradient
+from .continual import CONTINUAL
+from .estimators import ESTIMATORS, SPECS, Phases, check_compatible, get_estimator, nudged_states, rule_gradient
 from .model import ConfigError, EPNet, layer_groups, model_config
 
-GRADCHECK_ESTIMATORS = tuple(SPECS)  # every EP-family estimator; bptt is the reference
+GRADCHECK_ESTIMATORS = tuple(SPECS) + tuple(CONTINUAL)  # every EP-family estimator; bptt is the reference
 
 
 def bptt_per_step(model: EPNet, x, y, T: int, K: int, masks=None, step_fn=step):
@@ -61,6 +62,28 @@ def ep_per_step(model: EPNet, x, y, s_free, K: int, beta: float, name: str, mask
     negs = seen["neg"] or [None] * K
     ests = [rule_gradient(name, model, x, y, s_free, p, n, beta, masks) for p, n in zip(seen["pos"], negs)]
     return ests, [s for s in (s_pos, s_neg) if s is not None]
+
+
+def continual_per_step(model: EPNet, x, y, T: int, K: int, beta: float, name: str, lr: float):
+    """Running sums of a continual estimator's increments after each nudged step (the C-EP form of
+    Eq. 6), taking real SGD steps of size lr; the weights are put back afterwards."""
+    params = list(model.parameters())
+    saved = [p.detach().clone() for p in params]
+    acc, per = [torch.zeros_like(p) for p in params], []
+
+    def update(g, k, K_):
+        nonlocal acc
+        with torch.no_grad():
+            for p, gi in zip(params, g):
+                p.sub_(lr * gi)
+        acc = [a + gi for a, gi in zip(acc, g)]
+        per.append(acc)
+
+    ESTIMATORS[name](model, x, y, Phases(T=T, K=K, beta=beta), apply_update=update)
+    with torch.no_grad():
+        for p, v in zip(params, saved):
+            p.copy_(v)
+    return per
 
 
 def compare(model: EPNet, est, ref) -> list[dict]:
@@ -118,6 +141,15 @@ def run(args) -> dict:
     results, changes, curves = [], [], {}
     for beta in args.betas:
         for name in args.estimators:
+            if name in CONTINUAL:
+                per = continual_per_step(model, x, y, args.T, args.K, beta, name, args.continual_lr)
+                for row in compare(model, per[-1], ref_steps[-1]):
+                    results.append({"estimator": name, "beta": beta, **row})
+                if not CONTINUAL[name][1]:  # one phase: the running sum after t steps vs BPTT(t)
+                    results[-1]["rel_error_per_step"] = [
+                        compare(model, e, r)[-1]["rel_error"] for e, r in zip(per, ref_steps)
+                    ]
+                continue
             kind, b = name, beta
             if name == "random-sign":
                 kind, b = "one-sided", beta * (1 if torch.randint(0, 2, (1,), generator=gen).item() else -1)
@@ -213,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"EP estimators to check: {', '.join(GRADCHECK_ESTIMATORS)}",
     )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="floating point precision")
+    p.add_argument(
+        "--continual-lr", type=float, default=1e-8, help="SGD step of the continual estimators (c-ep, c-vf, ...)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data and random signs")
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--plot", default=None, help="draw the Fig. 2 curves into this PNG")

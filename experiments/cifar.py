@@ -15,6 +15,7 @@ the global batch, so 1 and N processes, and a resumed run, see the same numbers.
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from ep_compile.continual import CONTINUAL
 from ep_compile.data import DATASETS, augment, make_splits, normalize
 from ep_compile.dynamics import make_step, relax_until
 from ep_compile.estimators import ESTIMATORS, Phases, get_estimator, set_grads
@@ -94,6 +96,32 @@ DIGITS = dict(  # seconds per epoch on a laptop CPU; no download
     augment=False,
     loss="ce",
 )
+MLP1 = dict(  # 784-512-10, squared error, plain SGD: momentum accumulates over the K in-phase updates
+    dataset="fashion-mnist",
+    in_shape=[1, 28, 28],
+    channels=[],
+    kernels=[],
+    paddings=[],
+    pools=[],
+    fc=[512],
+    n_classes=10,
+    activation="hard-sigmoid",
+    dropout=[],
+    loss="mse",
+    T=40,
+    K=15,
+    beta=0.2,
+    batch_size=32,
+    lrs=[0.05, 0.02],
+    momentum=0.0,
+    weight_decay=0.0,
+    lr_min=1e-4,
+    decay_epochs=10,
+    epochs=10,
+    augment=False,
+)
+MLP2 = {**MLP1, "fc": [512, 512], "T": 100, "K": 20, "beta": 0.5, "lrs": [0.05, 0.02, 0.01]}
+DIGITS_DATA = dict(dataset="digits", in_shape=[1, 8, 8], epochs=15, decay_epochs=15)
 PRESETS = {
     # Table 1, squared error (output layer inside the dynamics)
     "mse-one-sided": {**PAPER, **SQUARED, "estimator": "one-sided"},
@@ -115,6 +143,18 @@ PRESETS = {
     "digits-ce-bptt": {**DIGITS, "estimator": "bptt"},
     "digits-ce-kpvf": {**DIGITS, "asymmetric": True, "estimator": "kp-vf"},
     "digits-ce-vf": {**DIGITS, "asymmetric": True, "estimator": "vf"},
+    # time-local EP (Ernoult et al. 2020): the MLPs 784-512-10 and 784-512-512-10 on Fashion-MNIST
+    "fashion-cep-784-512-10": {**MLP1, "estimator": "c-ep"},
+    "fashion-cvf-784-512-10": {**MLP1, "estimator": "c-vf", "asymmetric": True},
+    "fashion-ckpvf-784-512-10": {**MLP1, "estimator": "c-kpvf", "asymmetric": True},
+    "fashion-ep-784-512-10": {**MLP1, "estimator": "symmetric"},
+    "fashion-cep-784-512-512-10": {**MLP2, "estimator": "c-ep"},
+    "fashion-cvf-784-512-512-10": {**MLP2, "estimator": "c-vf", "asymmetric": True},
+    # ... the same rules on digits (seconds) and on the digits ConvNet
+    "digits-cep-mlp": {**MLP1, **DIGITS_DATA, "estimator": "c-ep", "lrs": [0.1, 0.05]},
+    "digits-cvf-mlp": {**MLP1, **DIGITS_DATA, "estimator": "c-vf", "asymmetric": True},
+    "digits-cep-conv": {**DIGITS, "estimator": "c-ep", "momentum": 0.0},
+    "digits-cvf-conv": {**DIGITS, "estimator": "c-vf", "asymmetric": True, "momentum": 0.0},
     "fashion-ce-symmetric": {
         **DIGITS,
         "dataset": "fashion-mnist",
@@ -149,6 +189,7 @@ RUN_DEFAULTS = dict(
     amp=None,
     channels_last=False,
     compile_mode=None,
+    wd_compensation=False,
 )
 
 
@@ -273,6 +314,32 @@ def training_function(config, args):
             atomic_save(payload, out / name)
         accelerator.wait_for_everyone()
 
+    def update(grads, where):
+        """Average the estimate over processes (one flattened all-reduce), check it, take the step."""
+        flat = flatten(grads)
+        if world > 1:
+            flat = accelerator.reduce(flat, reduction="mean")
+        if not torch.isfinite(flat).all():
+            raise Diverged(f"non-finite gradient estimate or loss at {where}")
+        set_grads(model, unflatten(flat, grads))
+        optimizer.step()
+        if not torch.isfinite(flatten([p.detach() for p in model.parameters()])).all():
+            raise Diverged(f"non-finite weights after the update at {where}")
+
+    continual = config["estimator"] in CONTINUAL
+    group_of = [i for i, g in enumerate(optimizer.param_groups) for _ in g["params"]]
+
+    def compensate(grads, k, K):
+        """Continual updates meet weight decay K times per iteration; --wd-compensation divides
+        increment k by (1 - lr wd)^(K-1-k) so the increments still add up to the estimate."""
+        if not config["wd_compensation"]:
+            return grads
+        out = []
+        for g, gi in zip(grads, group_of):
+            group = optimizer.param_groups[gi]
+            out.append(g / (1 - group["lr"] * group["weight_decay"]) ** (K - 1 - k))
+        return out
+
     steps_per_epoch = n_train // B  # drop the last partial batch: one shape, one compiled graph
     lo, hi = rank * B // world, (rank + 1) * B // world
     done_steps = 0
@@ -296,18 +363,25 @@ def training_function(config, args):
             masks = model.dropout_masks(B, x, gen)
             x, y = x[lo:hi].to(device), y[lo:hi].to(device)
             masks = None if masks is None else [None if m is None else m[lo:hi].to(device) for m in masks]
-            est = estimator(model, x, y, phases, masks=masks, generator=gen, step_fn=step_fn)
-            flat = flatten(est.grads)
-            if world > 1:
-                flat = accelerator.reduce(flat, reduction="mean")  # one all-reduce per step
+            where = f"epoch {epoch + 1}, batch {step + 1}"
+            if continual:  # C-EP & co. update the weights at every nudged step, through `update`
+                est = estimator(
+                    model,
+                    x,
+                    y,
+                    phases,
+                    masks=masks,
+                    generator=gen,
+                    step_fn=step_fn,
+                    apply_update=lambda g, k, K, where=where: update(compensate(g, k, K), where),
+                )
+            else:
+                est = estimator(model, x, y, phases, masks=masks, generator=gen, step_fn=step_fn)
+                update(est.grads, where)
             wrong = (est.logits.argmax(1) != y).sum().item()
             loss_sum = est.loss.sum().item()
-            if not (torch.isfinite(flat).all() and torch.isfinite(torch.tensor(loss_sum))):
-                raise Diverged(f"non-finite gradient estimate or loss at epoch {epoch + 1}, batch {step + 1}")
-            set_grads(model, unflatten(flat, est.grads))
-            optimizer.step()
-            if not torch.isfinite(flatten([p.detach() for p in model.parameters()])).all():
-                raise Diverged(f"non-finite weights after the update at epoch {epoch + 1}, batch {step + 1}")
+            if not math.isfinite(loss_sum):
+                raise Diverged(f"non-finite loss at {where}")
             stats = [stats[0] + wrong, stats[1] + loss_sum, stats[2] + len(y)]
             bar.update(1)
             bar.set_postfix(err=f"{stats[0] / max(stats[2], 1):.3f}", lr=f"{lr:.3g}")
@@ -425,7 +499,7 @@ def build_config(args) -> dict:
             config[key] = v
     if args.compile is not None:
         config["compile"] = args.compile
-    for flag in ("asymmetric", "fused", "channels_last"):
+    for flag in ("asymmetric", "fused", "channels_last", "wd_compensation"):
         if getattr(args, flag):
             config[flag] = True
     if args.no_augment:
@@ -452,6 +526,9 @@ def main(argv=None):
     parser.add_argument("--asymmetric", action="store_true", help="separate backward weights (for vf, kp-vf, bptt)")
     parser.add_argument("--fused", action="store_true", help="run the +beta and -beta phases as one batch of 2B")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster convs)")
+    parser.add_argument(
+        "--wd-compensation", action="store_true", help="continual estimators: divide increment k by (1 - lr wd)^(K-1-k)"
+    )
     parser.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the step")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="run the step eagerly")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")

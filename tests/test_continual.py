@@ -1,0 +1,156 @@
+"""Time-local EP (C-EP, C-VF, C-KPVF): increments sum to the EP estimate, track BPTT, and learn."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import small_cfg
+
+from ep_compile import gradcheck
+from ep_compile.estimators import ESTIMATORS, Phases, kp_vf, one_sided, symmetric
+from ep_compile.model import ConfigError, EPNet
+from ep_compile.training import make_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def flat(gs):
+    return torch.cat([g.detach().flatten() for g in gs])
+
+
+def run_continual(model, name, x, y, ph, lr, wd=0.0, compensate=False):
+    """Drive a continual estimator through a real torch optimizer, as experiments/cifar.py does;
+    returns the weights before and after."""
+    n_groups = len(model.layers) + (model.readout is not None)
+    opt = make_optimizer(model, {"lrs": [lr] * n_groups, "momentum": 0.0, "weight_decay": wd})
+    before = flat(model.parameters()).clone()
+
+    def update(g, k, K):
+        if compensate:
+            g = [gi / (1 - lr * wd) ** (K - 1 - k) for gi in g]
+        for p, gi in zip(model.parameters(), g):
+            p.grad = gi
+        opt.step()
+
+    est = ESTIMATORS[name](model, x, y, ph, apply_update=update)
+    assert est.info["applied"]
+    return before, flat(model.parameters()), est
+
+
+@pytest.mark.parametrize(
+    "name,ref,asym",
+    [("c-ep", one_sided, False), ("c-ep-symmetric", symmetric, False), ("c-kpvf-symmetric", kp_vf, True)],
+)
+def test_tiny_lr_accumulated_update_equals_the_ep_estimate(f64, name, ref, asym):
+    torch.manual_seed(0)
+    model = EPNet(small_cfg(fc=[5], asymmetric=asym))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 1, 8, 8, generator=g), torch.randint(0, 4, (4,), generator=g)
+    ph = Phases(T=80, K=20, beta=0.2)
+    want = flat(ref(model, x, y, ph).grads)
+    eta = 1e-9
+    before, after, est = run_continual(model, name, x, y, ph, eta)
+    got = (before - after) / eta  # the update the weights really received, in loss-gradient units
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+    assert ((flat(est.grads) - want).norm() / want.norm()).item() < 1e-5
+
+
+def test_weight_decay_compensation(f64):
+    torch.manual_seed(1)
+    model = EPNet(small_cfg(fc=[5]))
+    x, y = torch.rand(3, 1, 8, 8), torch.randint(0, 4, (3,))
+    ph = Phases(T=40, K=10, beta=0.3)
+    eta, wd = 1e-3, 0.5
+    before, after, est = run_continual(model, "c-ep", x, y, ph, eta, wd, compensate=True)
+    increments = flat(est.grads)  # the sum of the compensated increments the optimizer received
+    expected = (1 - eta * wd) ** 10 * before - eta * increments
+    # increment k was divided by (1 - eta wd)^(K-1-k) and then decayed K-1-k times: they add up undecayed
+    assert torch.allclose(after, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck_reports_continual_rows_and_c_ep_tracks_bptt(tmp_path):
+    out = tmp_path / "gc.json"
+    assert (
+        gradcheck.main(
+            [
+                "--estimators",
+                "c-ep",
+                "c-ep-symmetric",
+                "--betas",
+                "0.001",
+                "--T",
+                "150",
+                "--K",
+                "30",
+                "--batch",
+                "4",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = {(r["estimator"], r["layer"]): r for r in json.loads(out.read_text())["results"]}
+    assert rows[("c-ep", "all")]["rel_error"] < 1e-3 and rows[("c-ep-symmetric", "all")]["rel_error"] < 1e-4
+    assert len(rows[("c-ep", "all")]["rel_error_per_step"]) == 30
+    out2 = tmp_path / "gc2.json"
+    assert (
+        gradcheck.main(
+            [
+                "--asymmetric",
+                "--estimators",
+                "c-vf",
+                "c-kpvf",
+                "--betas",
+                "0.01",
+                "--T",
+                "60",
+                "--K",
+                "10",
+                "--batch",
+                "3",
+                "--json",
+                str(out2),
+            ]
+        )
+        == 0
+    )
+    assert {r["estimator"] for r in json.loads(out2.read_text())["results"]} == {"c-vf", "c-kpvf"}
+
+
+def test_mismatched_models_error():
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+    with pytest.raises(ConfigError, match="estimator 'c-vf' needs an asymmetric model"):
+        ESTIMATORS["c-vf"](EPNet(small_cfg()), x, y, Phases(T=2, K=2, beta=0.1))
+    with pytest.raises(ConfigError, match="estimator 'c-ep' assumes symmetric weights"):
+        ESTIMATORS["c-ep"](EPNet(small_cfg(asymmetric=True)), x, y, Phases(T=2, K=2, beta=0.1))
+
+
+@pytest.mark.parametrize("preset,threshold", [("digits-cep-mlp", 0.85), ("digits-cvf-mlp", 0.75)])
+def test_continual_rules_learn_digits(tmp_path, preset, threshold):
+    """A broken increment (wrong sign, missing 1/beta, weights not used by the next step) stays near
+    the 10% of chance."""
+    out = tmp_path / preset
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments/cifar.py"),
+            "--preset",
+            preset,
+            "--no-compile",
+            "--cpu",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 1 - last["test_error"] >= threshold, last
