@@ -18,8 +18,8 @@ import sys
 
 import torch
 
-from .dynamics import count_changes, relax, step
 from .continual import CONTINUAL
+from .dynamics import count_changes, relax, step
 from .estimators import ESTIMATORS, SPECS, Phases, check_compatible, get_estimator, nudged_states, rule_gradient
 from .model import ConfigError, EPNet, layer_groups, model_config
 
