@@ -48,6 +48,7 @@ class Phases:
     fused: bool = False
     amp: str | None = None
     lr: float = 1e-6  # continual estimators without an update callback: the step size of their SGD
+    spiking: object = None  # spiking.SpikeConfig for the spiking estimators (None: its defaults)
 
     def __post_init__(self):
         for name in ("T", "K"):
@@ -325,3 +326,7 @@ def set_grads(model: EPNet, grads: list[torch.Tensor]) -> None:
 from .continual import CONTINUAL, continual_estimator  # noqa: E402  (continual builds on the rules above)
 
 ESTIMATORS.update({name: continual_estimator(name) for name in CONTINUAL})
+
+from .spiking import SPIKING, spiking_estimator  # noqa: E402
+
+ESTIMATORS.update({name: spiking_estimator(name) for name in SPIKING})

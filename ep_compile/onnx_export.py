@@ -165,8 +165,6 @@ def _feedback(g: _Graph, model, d: dict, n: int, pre: str, post: str, fwd_idx, f
 
 def build_onnx(model: EPNet, metadata: dict | None = None) -> onnx.ModelProto:
     """The ONNX model of the free phase of `model` (weights as float32 initializers)."""
-    if getattr(model, "spiking", False):
-        raise ConfigError("spiking models export their rate (non-spiking) network: export the rate model instead")
     model = model.float().eval()
     L = len(model.state_shapes)
     inits = [
@@ -270,15 +268,17 @@ def _init_name(state_key: str) -> str:
     return f"layer{n}.{parts[-1]}"
 
 
-def export_checkpoint(ck: dict, path: str, T: int | None = None) -> onnx.ModelProto:
-    """Build and save the ONNX file of a training checkpoint (see training.load_checkpoint)."""
+def export_checkpoint(ck: dict, path: str, T: int | None = None, rate: bool = False) -> onnx.ModelProto:
+    """Build and save the ONNX file of a training checkpoint (see training.load_checkpoint). A spiking
+    network has no spiking ONNX form: with rate=True its weights export as the rate network (whose
+    fixed point its decoded states approach), otherwise it is refused."""
     from .training import model_from_config
 
     config = ck["config"]
-    if config.get("neuron", "rate") == "spiking":
+    if config.get("neuron", "rate") == "spiking" and not rate:
         raise ConfigError(
-            "a spiking checkpoint cannot export its spiking dynamics to ONNX; export with "
-            "--rate to run its rate (non-spiking) network, documented in docs/onnx.md"
+            "a spiking checkpoint has no spiking ONNX form; pass --rate to export its rate (non-spiking) "
+            "network, whose fixed point the decoded spiking states approach (docs/onnx.md)"
         )
     model = model_from_config(config)
     model.load_state_dict(ck["model"])

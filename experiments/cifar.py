@@ -32,6 +32,7 @@ from ep_compile.data import DATASETS, augment, make_splits, normalize
 from ep_compile.dynamics import make_step, relax_until
 from ep_compile.estimators import ESTIMATORS, Phases, get_estimator, set_grads
 from ep_compile.model import ConfigError
+from ep_compile.spiking import SpikeConfig, SpikeState, check_spiking, spike_report, spiking_phase
 from ep_compile.training import (
     alignment_angles,
     atomic_save,
@@ -155,6 +156,33 @@ PRESETS = {
     "digits-cvf-mlp": {**MLP1, **DIGITS_DATA, "estimator": "c-vf", "asymmetric": True},
     "digits-cep-conv": {**DIGITS, "estimator": "c-ep", "momentum": 0.0},
     "digits-cvf-conv": {**DIGITS, "estimator": "c-vf", "asymmetric": True, "momentum": 0.0},
+    # spiking EP: binary spikes through sigma-delta encoders, average pooling
+    "digits-spiking": {
+        **DIGITS,
+        "neuron": "spiking",
+        "estimator": "spiking-symmetric",
+        "pools": ["avg", "avg"],
+        "T": 60,
+        "K": 20,
+        "lrs": [0.5, 0.25, 0.1],
+        "std_scale": 1.0,
+    },
+    "fashion-spiking-conv": {
+        **DIGITS,
+        "dataset": "fashion-mnist",
+        "in_shape": [1, 28, 28],
+        "neuron": "spiking",
+        "estimator": "spiking-symmetric",
+        "pools": ["avg", "avg"],
+        "channels": [32, 64],
+        "T": 60,
+        "K": 20,
+        "batch_size": 128,
+        "epochs": 10,
+        "decay_epochs": 10,
+        "lrs": [0.5, 0.25, 0.1],
+        "std_scale": 1.0,
+    },
     "fashion-ce-symmetric": {
         **DIGITS,
         "dataset": "fashion-mnist",
@@ -190,6 +218,8 @@ RUN_DEFAULTS = dict(
     channels_last=False,
     compile_mode=None,
     wd_compensation=False,
+    neuron="rate",
+    spike={},
 )
 
 
@@ -247,7 +277,11 @@ def training_function(config, args):
     model = model_from_config(config).to(device=device, dtype=dtype)
     optimizer = make_optimizer(model, config)
     estimator = get_estimator(config["estimator"])
+    spiking = config["neuron"] == "spiking"
+    if spiking:
+        check_spiking(model)
     phases = Phases(
+        spiking=SpikeConfig(**config["spike"]) if spiking else None,
         T=config["T"],
         K=config["K"],
         beta=config["beta"],
@@ -272,6 +306,8 @@ def training_function(config, args):
         torch.set_rng_state(ck["torch_rng"])
         log(f"resumed from {args.resume}: epoch {start_epoch}, step {start_step}")
 
+    spike_stats, train_spikes = [], []
+
     @torch.no_grad()
     def evaluate(ds):
         """Test error of the free fixed point over a whole split (gathered across processes), and the
@@ -283,8 +319,13 @@ def training_function(config, args):
         wrong, steps = [], []
         for xb, yb in loader:
             x = prep(xb).to(device)
-            s0 = model.init_states(x.shape[0], x)
-            s, n, _ = relax_until(model, x, s0, phases.T, phases.tol, phases.check_every, step_fn=step_fn)
+            if spiking:  # the spiking network's own decoded free phase
+                st = spiking_phase(model, x, SpikeState.zeros(model, x), phases.T, phases.spiking, phases.spiking.t0)
+                s, n = st.rates, phases.T
+                spike_stats.append(spike_report(model, st, x.shape[0], phases.T)["spikes_per_neuron"])
+            else:
+                s0 = model.init_states(x.shape[0], x)
+                s, n, _ = relax_until(model, x, s0, phases.T, phases.tol, phases.check_every, step_fn=step_fn)
             pred = model.logits(s).argmax(1)
             wrong.append(accelerator.gather_for_metrics(pred != yb.to(device)))
             steps.append(n)
@@ -326,7 +367,7 @@ def training_function(config, args):
         if not torch.isfinite(flatten([p.detach() for p in model.parameters()])).all():
             raise Diverged(f"non-finite weights after the update at {where}")
 
-    continual = config["estimator"] in CONTINUAL
+    continual = config["estimator"] in CONTINUAL or config["estimator"] == "spiking-c-ep"
     group_of = [i for i, g in enumerate(optimizer.param_groups) for _ in g["params"]]
 
     def compensate(grads, k, K):
@@ -380,6 +421,8 @@ def training_function(config, args):
                 update(est.grads, where)
             wrong = (est.logits.argmax(1) != y).sum().item()
             loss_sum = est.loss.sum().item()
+            if "spikes_iteration" in est.info:
+                train_spikes.append(est.info["spikes_iteration"])
             if not math.isfinite(loss_sum):
                 raise Diverged(f"non-finite loss at {where}")
             stats = [stats[0] + wrong, stats[1] + loss_sum, stats[2] + len(y)]
@@ -411,6 +454,12 @@ def training_function(config, args):
         angles = alignment_angles(model)
         if angles:
             row["alignment_deg"] = angles
+        if spiking and train_spikes:  # what neuromorphic hardware would pay
+            row["spikes_per_neuron_inference"] = sum(spike_stats) / len(spike_stats)
+            row["spikes_per_neuron_iteration"] = sum(r["spikes_per_neuron"] for r in train_spikes) / len(train_spikes)
+            row["events_per_rate_mac"] = sum(r["events_per_rate_mac"] for r in train_spikes) / len(train_spikes)
+            spike_stats.clear()
+            train_spikes.clear()
         history.append(row)
         log(json.dumps(row))
         if args.with_tracking:
@@ -504,6 +553,24 @@ def build_config(args) -> dict:
             config[flag] = True
     if args.no_augment:
         config["augment"] = False
+    if args.neuron is not None:
+        config["neuron"] = args.neuron
+    spike = dict(config.get("spike", {}))
+    for key in ("quantizer", "schedule", "t0", "nudge_t0", "lam", "kappa"):
+        v = getattr(args, f"spike_{key}")
+        if v is not None:
+            spike[key] = v
+    if spike and config["neuron"] != "spiking":
+        raise ConfigError(f"spike options {sorted(spike)} need --neuron spiking")
+    config["spike"] = spike
+    SpikeConfig(**spike)  # unknown quantizer / schedule names fail here, naming the valid ones
+    if config["neuron"] == "spiking":
+        spiking_names = {"symmetric": "spiking-symmetric", "c-ep": "spiking-c-ep"}
+        if config["estimator"] not in (*spiking_names, *spiking_names.values()):
+            raise ConfigError(f"--neuron spiking supports estimators symmetric and c-ep, not {config['estimator']!r}")
+        config["estimator"] = spiking_names.get(config["estimator"], config["estimator"])
+    elif config["estimator"].startswith("spiking-"):
+        raise ConfigError(f"estimator {config['estimator']!r} needs --neuron spiking")
     if config["out"] is None:
         config["out"] = f"runs/{args.preset}"
     if config["estimator"] not in ESTIMATORS:
@@ -512,7 +579,10 @@ def build_config(args) -> dict:
         raise ConfigError(f"unknown dataset {config['dataset']!r}; valid: {', '.join(DATASETS)}")
     from ep_compile.estimators import check_compatible
 
-    check_compatible(config["estimator"], model_from_config(config))  # clear messages for bad combinations
+    model = model_from_config(config)
+    check_compatible(config["estimator"], model)  # clear messages for bad combinations
+    if config["neuron"] == "spiking":
+        check_spiking(model)
     return config
 
 
@@ -529,6 +599,20 @@ def main(argv=None):
     parser.add_argument(
         "--wd-compensation", action="store_true", help="continual estimators: divide increment k by (1 - lr wd)^(K-1-k)"
     )
+    parser.add_argument(
+        "--neuron",
+        choices=("rate", "spiking"),
+        default=None,
+        help="rate units, or binary spikes through sigma-delta encoders (symmetric / c-ep only)",
+    )
+    parser.add_argument("--spike-quantizer", default=None, help="spiking: sigma-delta (deterministic) or stochastic")
+    parser.add_argument("--spike-schedule", default=None, help="spiking decoder step size: harmonic, constant, power")
+    parser.add_argument(
+        "--spike-t0", type=float, default=None, help="spiking: harmonic/power offset t0 of the free phase"
+    )
+    parser.add_argument("--spike-nudge-t0", type=float, default=None, help="spiking: t0 of the nudged phases")
+    parser.add_argument("--spike-lam", type=float, default=None, help="spiking: step of the constant schedule")
+    parser.add_argument("--spike-kappa", type=float, default=None, help="spiking: exponent of the power schedule")
     parser.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the step")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="run the step eagerly")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")

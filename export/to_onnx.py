@@ -24,10 +24,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--T", type=int, default=None, help="default free-phase steps stored in the metadata (default: training T)"
     )
+    p.add_argument("--rate", action="store_true", help="spiking checkpoints: export the rate (non-spiking) network")
     args = p.parse_args(argv)
     try:
         ck = load_checkpoint(args.checkpoint)
-        m = export_checkpoint(ck, args.out, args.T)
+        m = export_checkpoint(ck, args.out, args.T, rate=args.rate)
     except ConfigError as e:
         print(f"to_onnx.py: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,249 @@
+"""Spiking EP: layers talk in binary spikes (after O'Connor, Gavves, Welling 2019).
+
+Every layer computes its activation sigma(u) from what it decodes of its neighbours, encodes it
+into binary spikes with a sigma-delta modulator (or Bernoulli draws), and its neighbours decode those
+spikes with a running average whose step size follows a schedule:
+    s^n_t   = sigma(u_n(r_t))                       u_n: the usual drive (dynamics.preactivations)
+    q^n_t   = 1[phi^n + s^n_t >= 1/2],  phi^n <- phi^n + s^n_t - q^n_t      (sigma-delta, error <= 1)
+              or q^n_t ~ Bernoulli(s^n_t)                                   (stochastic)
+    r^n_t   = r^n_{t-1} + lambda_t (q^n_t - r^n_{t-1})                      (decoded rate)
+with lambda_t = 1 / (t + t0) (harmonic: the exact spike average once t0 = 0), a constant, or
+(t + t0)^-kappa. The decoded rates r are what the network settles to and what the estimators use:
+the symmetric EP estimate of Eq. 12 from r^+-beta, and a time-local rule (C-EP increments between
+consecutive decoded states). Max-pool feedback through spikes mismatches (Lin, Bal, Sengupta 2024):
+spiking nets use average pooling (its feedback is nearest upsampling / 4) or none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .dynamics import preactivations
+from .model import ConfigError, ConvPool, EPNet
+
+QUANTIZERS = ("sigma-delta", "stochastic")
+SCHEDULES = ("harmonic", "constant", "power")
+
+
+@dataclass
+class SpikeConfig:
+    quantizer: str = "sigma-delta"
+    schedule: str = "harmonic"
+    t0: float = 0.0  # free phase: lambda_1 = 1 / (1 + t0)
+    nudge_t0: float = 10.0  # nudged phases start from the free rates, which weigh like t0 spikes
+    lam: float = 0.05  # the constant schedule's step
+    kappa: float = 0.8  # the power schedule's exponent
+
+    def __post_init__(self):
+        if self.quantizer not in QUANTIZERS:
+            raise ConfigError(f"unknown spike quantizer {self.quantizer!r}; valid: {', '.join(QUANTIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown step-size schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.t0 < 0 or self.nudge_t0 < 0 or not 0 < self.lam <= 1 or not 0 < self.kappa <= 1:
+            raise ConfigError(f"spike schedule out of range: t0, nudge_t0 >= 0, lam and kappa in (0, 1]: {self}")
+
+    def step_size(self, t: int, t0: float) -> float:
+        if self.schedule == "constant":
+            return self.lam
+        if self.schedule == "power":
+            return min(1.0, (t + t0) ** -self.kappa)
+        return 1.0 / (t + t0)
+
+
+@dataclass
+class SpikeState:
+    rates: list[torch.Tensor]  # decoded r^n (B, *shape_n)
+    phi: list[torch.Tensor]  # sigma-delta accumulators
+    spikes: list[torch.Tensor] = field(default_factory=list)  # spikes emitted so far, per layer (scalar)
+
+    @classmethod
+    def zeros(cls, model: EPNet, x) -> SpikeState:
+        z = model.init_states(x.shape[0], x)
+        return cls(z, [t.clone() for t in z], [x.new_zeros(()) for _ in z])
+
+    def copy(self) -> SpikeState:
+        return SpikeState(
+            [t.clone() for t in self.rates], [t.clone() for t in self.phi], [t.clone() for t in self.spikes]
+        )
+
+
+def check_spiking(model: EPNet) -> None:
+    bad = [i + 1 for i, layer in enumerate(model.layers) if isinstance(layer, ConvPool) and layer.pool == "max"]
+    if bad:
+        raise ConfigError(
+            f"spiking mode does not support max pooling (conv layers {bad}): its feedback through spikes "
+            "mismatches; use average pooling (--pools avg ..., nearest-upsampling feedback) or none"
+        )
+
+
+def spiking_step(
+    model: EPNet, x, st: SpikeState, t: int, t0: float, cfg: SpikeConfig, masks=None, y=None, beta=None, generator=None
+) -> SpikeState:
+    """One step: activations from the decoded neighbours, spikes out, decoded rates updated."""
+    us, _ = preactivations(model, x, st.rates, masks, y, beta)
+    lam = cfg.step_size(t, t0)
+    rates, phi, spikes = [], [], []
+    for u, r, p, n in zip(us, st.rates, st.phi, st.spikes):
+        s = model.sigma(u)
+        if cfg.quantizer == "sigma-delta":
+            p = p + s
+            q = (p >= 0.5).to(s.dtype)
+            p = p - q
+        else:
+            q = (torch.rand(s.shape, generator=generator, dtype=s.dtype).to(s.device) < s).to(s.dtype)
+        rates.append(r + lam * (q - r))
+        phi.append(p)
+        spikes.append(n + q.sum())
+    return SpikeState(rates, phi, spikes)
+
+
+def spiking_phase(
+    model: EPNet,
+    x,
+    st: SpikeState,
+    steps: int,
+    cfg: SpikeConfig,
+    t0: float,
+    masks=None,
+    y=None,
+    beta=None,
+    generator=None,
+    callback=None,
+) -> SpikeState:
+    if beta is not None:
+        beta = torch.as_tensor(beta, dtype=x.dtype, device=x.device)
+    for t in range(1, steps + 1):
+        st = spiking_step(model, x, st, t, t0, cfg, masks, y, beta, generator)
+        if callback is not None:
+            callback(t, st)
+    return st
+
+
+def fanout(model: EPNet) -> list[int]:
+    """Synapses leaving one neuron of each state layer: forward into the next layer, backward into
+    the previous one (an event-driven chip does one accumulate per spike and synapse)."""
+    out = []
+    for n, shape in enumerate(model.state_shapes):
+        f = 0
+        if n + 1 < len(model.layers):
+            nxt = model.layers[n + 1]
+            f += (
+                nxt.conv.out_channels * nxt.conv.kernel_size[0] ** 2
+                if isinstance(nxt, ConvPool)
+                else nxt.lin.out_features
+            )
+        layer = model.layers[n]
+        if n > 0:  # feedback to the previous state layer (layer 1 feeds back to the static input: none)
+            if isinstance(layer, ConvPool):
+                f += layer.conv.in_channels * layer.conv.kernel_size[0] ** 2 * (4 if layer.pool == "avg" else 1)
+            else:
+                f += layer.lin.in_features
+        out.append(f)
+    return out
+
+
+def rate_macs_per_step(model: EPNet) -> int:
+    """Multiply-accumulates of one synchronous step of the rate network, per example."""
+    total = 0
+    for n, layer in enumerate(model.layers):
+        if isinstance(layer, ConvPool):
+            c = layer.conv
+            macs = c.out_channels * layer.conv_hw[0] * layer.conv_hw[1] * c.in_channels * c.kernel_size[0] ** 2
+        else:
+            macs = layer.lin.in_features * layer.lin.out_features
+        total += macs * (2 if n > 0 else 1)
+    return total
+
+
+def spike_report(model: EPNet, st: SpikeState, batch: int, steps: int) -> dict:
+    """Spikes per neuron, synaptic events, and their ratio to the rate network's MACs."""
+    neurons = sum(math.prod(s) for s in model.state_shapes)
+    spikes = [float(n) for n in st.spikes]
+    events = sum(n * f for n, f in zip(spikes, fanout(model)))
+    macs = rate_macs_per_step(model) * batch * steps
+    return {
+        "spikes_per_neuron": sum(spikes) / (neurons * batch),
+        "synaptic_events": events,
+        "events_per_rate_mac": events / macs if macs else 0.0,
+    }
+
+
+def spiking_estimator(name: str):
+    """spiking-symmetric: Eq. 12 from the decoded states; spiking-c-ep: C-EP increments between
+    consecutive decoded states of both nudged phases (time-local)."""
+    from .continual import readout_gradient
+    from .estimators import _estimate, ep_gradient
+
+    def estimator(model: EPNet, x, y, phases, *, masks=None, generator=None, step_fn=None, apply_update=None):
+        check_spiking(model)
+        if model.cfg.asymmetric:
+            raise ConfigError(f"estimator {name!r} runs symmetric spiking networks; the model is asymmetric")
+        phases.require_beta(name)
+        model.check_input(x)
+        cfg = phases.spiking or SpikeConfig()
+        with torch.no_grad():
+            free = spiking_phase(
+                model, x, SpikeState.zeros(model, x), phases.T, cfg, cfg.t0, masks, generator=generator
+            )
+        b, K = phases.beta, phases.K
+        params = list(model.parameters())
+        restore = None
+        if name == "spiking-symmetric":
+            with torch.no_grad():
+                pos = spiking_phase(model, x, free.copy(), K, cfg, cfg.nudge_t0, masks, y, b, generator)
+                neg = spiking_phase(model, x, free.copy(), K, cfg, cfg.nudge_t0, masks, y, -b, generator)
+            grads = ep_gradient(model, x, y, neg.rates, -b, pos.rates, b, masks)
+            nudged = [p + m - 2 * f for p, m, f in zip(pos.spikes, neg.spikes, free.spikes)]
+        else:  # spiking-c-ep: increments at every step, applied at once (or measured with phases.lr)
+            if apply_update is None:
+                restore = [p.detach().clone() for p in params]
+
+                def apply_update(g, k, K_):
+                    with torch.no_grad():
+                        for p, gi in zip(params, g):
+                            p.sub_(phases.lr * gi)
+
+            grads = [torch.zeros_like(p) for p in params]
+            nudged = [torch.zeros_like(n) for n in free.spikes]
+            for sign in (1.0, -1.0):
+                st = free.copy()
+                for k in range(K):
+                    with torch.no_grad():
+                        new = spiking_step(
+                            model,
+                            x,
+                            st,
+                            k + 1,
+                            cfg.nudge_t0,
+                            cfg,
+                            masks,
+                            y,
+                            torch.as_tensor(sign * b, dtype=x.dtype),
+                            generator,
+                        )
+                    g = ep_gradient(model, x, y, st.rates, 0.0, new.rates, 2 * sign * b, masks, loss=False)
+                    if k == K - 1:
+                        g = [a + r for a, r in zip(g, readout_gradient(model, y, new.rates, masks, 0.5))]
+                    apply_update(g, k, K)
+                    grads = [a + gi for a, gi in zip(grads, g)]
+                    st = new
+                nudged = [a + (s - f) for a, s, f in zip(nudged, st.spikes, free.spikes)]
+            if restore is not None:
+                with torch.no_grad():
+                    for p, r in zip(params, restore):
+                        p.copy_(r)
+        est = _estimate(model, x, y, grads, free.rates, masks, beta=b, free_steps=phases.T)
+        it_spikes = SpikeState(free.rates, free.phi, [f + n for f, n in zip(free.spikes, nudged)])
+        est.info["spikes_free"] = spike_report(model, free, x.shape[0], phases.T)
+        est.info["spikes_iteration"] = spike_report(model, it_spikes, x.shape[0], phases.T + 2 * K)
+        est.info["applied"] = name == "spiking-c-ep" and restore is None
+        return est
+
+    estimator.__name__ = name.replace("-", "_")
+    return estimator
+
+
+SPIKING = ("spiking-symmetric", "spiking-c-ep")

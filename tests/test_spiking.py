@@ -1,0 +1,127 @@
+"""Spiking EP: decoded states approach the rate fixed point, the estimate follows rate EP, it learns."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import small_cfg
+
+from ep_compile.dynamics import relax
+from ep_compile.estimators import ESTIMATORS, Phases, symmetric
+from ep_compile.model import ConfigError, EPNet
+from ep_compile.spiking import SpikeConfig, SpikeState, spike_report, spiking_phase
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def conv_net(seed=0):
+    torch.manual_seed(seed)
+    return EPNet(small_cfg(pools=["avg", "avg"], channels=[6, 8], fc=[10]))
+
+
+@pytest.mark.parametrize("quantizer,last", [("sigma-delta", 0.01), ("stochastic", 0.1)])
+def test_decoded_state_approaches_the_rate_fixed_point(quantizer, last):
+    model = conv_net()
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = relax(model, x, model.init_states(8, x), 300)
+        errs = []
+        for T in (25, 100, 400, 1600):
+            st = spiking_phase(
+                model,
+                x,
+                SpikeState.zeros(model, x),
+                T,
+                SpikeConfig(quantizer=quantizer),
+                0.0,
+                generator=torch.Generator().manual_seed(1),
+            )
+            errs.append(max((a - b).abs().max().item() for a, b in zip(st.rates, ref)))
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert errs[-1] < last, errs
+    # the spikes really are binary events: counts are whole numbers
+    assert all(float(n) == int(n) for n in st.spikes)
+
+
+def test_spiking_estimate_follows_rate_ep():
+    model = conv_net(1)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(8, 1, 8, 8, generator=g), torch.randint(0, 4, (8,), generator=g)
+    rate = torch.cat([t.flatten() for t in symmetric(model, x, y, Phases(T=200, K=50, beta=0.5)).grads])
+    for name in ("spiking-symmetric", "spiking-c-ep"):
+        est = ESTIMATORS[name](model, x, y, Phases(T=200, K=50, beta=0.5, lr=1e-9))
+        spk = torch.cat([t.flatten() for t in est.grads])
+        cos = torch.nn.functional.cosine_similarity(spk, rate, dim=0).item()
+        assert cos > 0.9, (name, cos)
+        rep = est.info["spikes_iteration"]
+        assert rep["spikes_per_neuron"] > 0 and 0 < rep["events_per_rate_mac"] < 1
+
+
+def test_spike_report_counts():
+    model = conv_net()
+    x = torch.rand(2, 1, 8, 8)
+    st = spiking_phase(model, x, SpikeState.zeros(model, x), 10, SpikeConfig(), 0.0)
+    rep = spike_report(model, st, 2, 10)
+    neurons = sum(torch.Size(s).numel() for s in model.state_shapes)
+    assert rep["spikes_per_neuron"] == pytest.approx(sum(float(n) for n in st.spikes) / (2 * neurons))
+
+
+def test_bad_spiking_options():
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+    with pytest.raises(ConfigError, match=r"spiking mode does not support max pooling \(conv layers \[1, 2\]\)"):
+        ESTIMATORS["spiking-symmetric"](EPNet(small_cfg()), x, y, Phases(T=2, K=2, beta=0.1))
+    with pytest.raises(ConfigError, match="unknown spike quantizer 'poisson'; valid: sigma-delta, stochastic"):
+        SpikeConfig(quantizer="poisson")
+    with pytest.raises(ConfigError, match="unknown step-size schedule 'linear'"):
+        SpikeConfig(schedule="linear")
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import cifar
+
+    assert cifar.main(["--preset", "digits-spiking", "--estimator", "kp-vf", "--cpu"]) == 2
+    assert cifar.main(["--preset", "digits-ce-symmetric", "--spike-quantizer", "stochastic", "--cpu"]) == 2
+    assert cifar.main(["--preset", "digits-spiking", "--pools", "max", "max", "--cpu"]) == 2
+
+
+def test_spiking_ep_learns_digits_and_logs_spikes(tmp_path):
+    out = tmp_path / "spk"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments/cifar.py"),
+            "--preset",
+            "digits-spiking",
+            "--no-compile",
+            "--cpu",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 1 - last["test_error"] >= 0.85, last
+    assert (
+        last["spikes_per_neuron_inference"] > 0
+        and last["spikes_per_neuron_iteration"] > last["spikes_per_neuron_inference"]
+    )
+    assert 0 < last["events_per_rate_mac"] < 1
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "export/to_onnx.py"), str(out), "--out", str(tmp_path / "m.onnx")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert p.returncode == 2 and "pass --rate" in p.stderr
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "export/to_onnx.py"), str(out), "--out", str(tmp_path / "m.onnx"), "--rate"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert p.returncode == 0 and (tmp_path / "m.onnx").exists()
