@@ -126,7 +126,7 @@ def fanout(model: EPNet) -> list[int]:
     """Synapses leaving one neuron of each state layer: forward into the next layer, backward into
     the previous one (an event-driven chip does one accumulate per spike and synapse)."""
     out = []
-    for n, shape in enumerate(model.state_shapes):
+    for n in range(len(model.state_shapes)):
         f = 0
         if n + 1 < len(model.layers):
             nxt = model.layers[n + 1]
