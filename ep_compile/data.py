@@ -238,10 +238,10 @@ def make_splits(
             raise ConfigError(f"--train-subset must be >= 1, got {train_subset}")
         train_idx = train_idx[:train_subset]
     test_idx = torch.arange(len(test.y))
-    if test_subset is not None:
+    if test_subset is not None:  # a seeded random subset: test sets are often stored class by class
         if test_subset < 1:
             raise ConfigError(f"--test-subset must be >= 1, got {test_subset}")
-        test_idx = test_idx[:test_subset]
+        test_idx = torch.randperm(len(test.y), generator=torch.Generator().manual_seed(seed + 1))[:test_subset]
     tr = Dataset(train.x[train_idx], train.y[train_idx], train.classes)
     xf = tr.x.double() / 255
     mean = xf.mean(dim=(0, 2, 3)).tolist()

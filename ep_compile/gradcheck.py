@@ -102,8 +102,9 @@ def compare(model: EPNet, est, ref) -> list[dict]:
     return rows
 
 
-def load_batch(data: str, in_shape, batch: int, n_classes: int, dtype, generator):
-    """A batch (x, y): uniform random inputs in [0, 1], or real scikit-learn digits (8x8 grey)."""
+def load_batch(data: str, in_shape, batch: int, n_classes: int, dtype, generator, data_root=None):
+    """A batch (x, y): uniform random inputs in [0, 1], real scikit-learn digits (8x8 grey), or real
+    CIFAR-10 / Fashion-MNIST test images (torchvision or --data-root), normalised as training does."""
     if data == "random":
         x = torch.rand((batch, *in_shape), generator=generator, dtype=dtype)
         return x, torch.randint(0, n_classes, (batch,), generator=generator)
@@ -116,7 +117,14 @@ def load_batch(data: str, in_shape, batch: int, n_classes: int, dtype, generator
         idx = torch.randperm(len(d.target), generator=generator)[:batch]
         x = torch.tensor(d.images, dtype=dtype)[idx].unsqueeze(1) / 16.0
         return x, torch.tensor(d.target)[idx]
-    raise ConfigError(f"unknown --data {data!r}; valid: random, digits")
+    if data in ("cifar10", "fashion-mnist"):
+        from .data import make_splits, normalize
+
+        sp = make_splits(data, data_root, val_size=0, test_subset=batch, seed=int(generator.initial_seed()) % 1000)
+        if tuple(sp.test.x.shape[1:]) != tuple(in_shape):
+            raise ConfigError(f"--data {data} gives {tuple(sp.test.x.shape[1:])} images; the model expects {tuple(in_shape)}")
+        return normalize(sp.test.x, sp.mean, sp.std, 3.0, dtype), sp.test.y
+    raise ConfigError(f"unknown --data {data!r}; valid: random, digits, cifar10, fashion-mnist")
 
 
 def run(args) -> dict:
@@ -125,7 +133,7 @@ def run(args) -> dict:
     cfg = model_config(args.arch, loss=args.loss, asymmetric=True if args.asymmetric else None)
     model = EPNet(cfg).to(dtype)
     gen = torch.Generator().manual_seed(args.seed)
-    x, y = load_batch(args.data, cfg.in_shape, args.batch, cfg.n_classes, dtype, gen)
+    x, y = load_batch(args.data, cfg.in_shape, args.batch, cfg.n_classes, dtype, gen, args.data_root)
     for name in args.estimators:
         get_estimator(name)  # unknown names fail with the list of valid ones
         if name not in GRADCHECK_ESTIMATORS:
@@ -233,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="digits", help="preset name (digits, mnist, cifar10), JSON file or JSON string")
     p.add_argument("--loss", choices=("ce", "mse"), default=None, help="override the output mode of the architecture")
     p.add_argument("--asymmetric", action="store_true", help="separate backward weights (for vf, kp-vf)")
-    p.add_argument("--data", default="random", help="random (uniform inputs) or digits (real scikit-learn digits)")
+    p.add_argument("--data", default="random", help="random, digits (scikit-learn), cifar10 or fashion-mnist (real test images)")
+    p.add_argument("--data-root", default=None, help="local CIFAR-10 / Fashion-MNIST (folder or .tar.gz), as for training")
     p.add_argument("--batch", type=int, default=8, help="batch size")
     p.add_argument("--T", type=int, default=200, help="free-phase steps")
     p.add_argument("--K", type=int, default=30, help="nudged-phase steps (and BPTT truncation)")

@@ -1,0 +1,168 @@
+"""Reproduce the findings of Tables 1 and 2 on real CIFAR-10 at a scale two CPU cores can run.
+
+    python experiments/reproduce.py --data-root ../shared/data/cifar10-jpeg.tar.gz --jobs 2
+    python experiments/reproduce.py --data-root ... --rows ce-symmetric mse-one-sided --seeds 0 1
+    python experiments/reproduce.py --report-only           # tables and figures from finished runs
+
+Every row is experiments/cifar.py with its paper preset (Table 3 hyper-parameters, the paper's
+architecture) shrunk by SMALL below: fewer channels, fewer steps, a training subset, few epochs.
+Runs go to runs/reproduce/<row>-s<seed>; a finished run is not run again, an interrupted one resumes.
+The report (runs/reproduce/summary.json, table.md, curves.png, alignment.png) sets the measured
+errors beside the paper's. Each process uses one thread; --jobs runs that many at once.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The reduced configuration: the paper's 4 conv + max-pool layers with 1/8 of the channels, T=30 / K=10
+# instead of 250 / 25-30, 3,000 training images, 6 epochs, batch 32 with the paper's learning rates
+# scaled to the smaller batch. Chosen so the whole study (all rows below, 2 jobs) takes about an hour.
+SMALL = {
+    "--channels": "16 32 64 64", "--T": "30", "--K": "10", "--train-subset": "3000", "--val-size": "500",
+    "--test-subset": "1000", "--epochs": "6", "--decay-epochs": "6", "--batch-size": "32",
+    "--lrs": "0.1 0.06 0.04 0.032 0.02", "--eval-batch-size": "250",
+}
+# (preset, seeds): two seeds where the variance across runs is the point
+ROWS = [
+    ("mse-one-sided", [0, 1]),
+    ("mse-random-sign", [0, 1]),
+    ("mse-symmetric", [0, 1]),
+    ("mse-bptt", [0]),
+    ("ce-symmetric", [0, 1]),
+    ("ce-symmetric-dropout", [0]),
+    ("ce-bptt", [0]),
+    ("ce-vf", [0]),
+    ("ce-kpvf", [0]),
+    ("ce-bptt-asym", [0]),
+]
+# Tables 1 and 2 of the paper: (EP test error, EP train error) in %, mean over 5 runs
+PAPER = {
+    "mse-one-sided": (86.64, 84.90), "mse-random-sign": (21.55, 20.01), "mse-symmetric": (12.45, 7.83),
+    "mse-bptt": (11.10, 3.69), "ce-symmetric": (11.68, 4.98), "ce-symmetric-dropout": (11.87, 6.46),
+    "ce-bptt": (11.12, 2.19), "ce-vf": (75.47, 78.04), "ce-kpvf": (13.15, 8.87), "ce-bptt-asym": (9.46, 0.80),
+}
+
+
+def run_one(preset, seed, args):
+    out = Path(args.out) / f"{preset}-s{seed}"
+    metrics = out / "metrics.jsonl"
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= int(SMALL["--epochs"]):
+        return preset, seed, "done before"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    if (out / "last.pt").exists():
+        cmd = [sys.executable, str(ROOT / "experiments" / "cifar.py"), "--resume", str(out)]
+    else:
+        cmd = [sys.executable, str(ROOT / "experiments" / "cifar.py"), "--preset", preset, "--seed", str(seed),
+               "--data-root", args.data_root, "--out", str(out), "--no-compile", "--cpu"]
+        for k, v in SMALL.items():
+            cmd += [k, *v.split()]
+    t = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "stdout.log", "a") as log:
+        p = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return preset, seed, f"exit {p.returncode} after {time.time() - t:.0f} s"
+
+
+def summarize(args):
+    rows, curves = [], {}
+    for preset, seeds in ROWS:
+        finals = []
+        for seed in seeds:
+            f = Path(args.out) / f"{preset}-s{seed}" / "metrics.jsonl"
+            if f.exists():
+                ms = [json.loads(line) for line in f.read_text().splitlines()]
+                if ms:
+                    finals.append(ms[-1])
+                    curves[f"{preset}-s{seed}"] = ms
+        if not finals:
+            continue
+        test = [100 * m["test_error"] for m in finals]
+        train = [100 * m["train_error"] for m in finals]
+        rows.append({
+            "row": preset, "seeds": len(finals), "test_error": statistics.mean(test),
+            "test_spread": statistics.pstdev(test) if len(test) > 1 else 0.0, "test_per_seed": test,
+            "train_error": statistics.mean(train), "paper_test": PAPER[preset][0], "paper_train": PAPER[preset][1],
+            "epoch_seconds": statistics.mean(m["epoch_seconds"] for m in finals),
+            "alignment_deg": finals[0].get("alignment_deg"),
+        })
+    lines = ["| row | seeds | test error % (spread) | per seed | train error % | paper test / train % | s / epoch |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['seeds']} | {r['test_error']:.1f} ({r['test_spread']:.1f}) | "
+                     f"{', '.join(f'{v:.1f}' for v in r['test_per_seed'])} | {r['train_error']:.1f} | "
+                     f"{r['paper_test']:.2f} / {r['paper_train']:.2f} | {r['epoch_seconds']:.0f} |")
+    table = "\n".join(lines)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table + "\n")
+    (out / "summary.json").write_text(json.dumps({"small": SMALL, "rows": rows}, indent=1))
+    print(table)
+    plot(curves, out)
+
+
+def plot(curves, out: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, ms in curves.items():
+        ep = [m["epoch"] for m in ms]
+        ax = axes[0] if name.startswith("mse") else axes[1]
+        line = ax.plot(ep, [100 * m["test_error"] for m in ms], label=name)[0]
+        ax.plot(ep, [100 * m["train_error"] for m in ms], "--", color=line.get_color())
+    for ax, title in zip(axes, ("squared error (Fig. 4 style)", "cross-entropy (Fig. 5 style)")):
+        ax.set_title(f"{title}: test solid, train dashed", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("error (%)")
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name, style in (("ce-vf-s0", "--"), ("ce-kpvf-s0", "-")):
+        ms = curves.get(name)
+        if ms and "alignment_deg" in ms[-1]:
+            for layer in ms[-1]["alignment_deg"]:
+                ax.plot([m["epoch"] for m in ms], [m["alignment_deg"][layer] for m in ms], style, label=f"{name} {layer}")
+    ax.set_title("angle between forward and backward weights (Fig. 7 style)", fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("degrees")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "alignment.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"),
+                   help="CIFAR-10 (torchvision folder, ImageFolder tree or .tar.gz of one)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "reproduce"), help="folder of the runs and the report")
+    p.add_argument("--rows", nargs="+", default=None, help="only these rows (presets)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds of every row")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once (each on one thread)")
+    p.add_argument("--report-only", action="store_true", help="only build the report from finished runs")
+    args = p.parse_args(argv)
+    if not args.report_only:
+        todo = [(r, s) for r, seeds in ROWS if args.rows is None or r in args.rows for s in (args.seeds or seeds)]
+        t0 = time.time()
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for preset, seed, status in pool.map(lambda rs: run_one(rs[0], rs[1], args), todo):
+                print(f"{preset} seed {seed}: {status} ({time.time() - t0:.0f} s since start)", flush=True)
+    summarize(args)
+
+
+if __name__ == "__main__":
+    main()
