@@ -24,20 +24,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # The reduced configuration: the paper's 4 conv + max-pool layers with 1/8 of the channels, T=30 / K=10
-# instead of 250 / 25-30, 3,000 training images, 6 epochs, batch 32 with the paper's learning rates
-# scaled to the smaller batch. Chosen so the whole study (all rows below, 2 jobs) takes about an hour.
+# instead of 250 / 25-30 (the small net's free phase settles to a residual below 1e-7 by then), 2,500
+# training images, 5 epochs, batch 32. Two changes keep it learning within ~400 updates: inputs divided
+# by 1 x std instead of the paper code's 3 x std, and the paper's layer-wise learning rates doubled
+# (measured in pilots: with the paper's values both stay at chance for two epochs). Chosen so the whole
+# study (all rows below, 2 jobs) takes about 45 minutes on two cores.
 SMALL = {
-    "--channels": "16 32 64 64", "--T": "30", "--K": "10", "--train-subset": "3000", "--val-size": "500",
-    "--test-subset": "1000", "--epochs": "6", "--decay-epochs": "6", "--batch-size": "32",
-    "--lrs": "0.1 0.06 0.04 0.032 0.02", "--eval-batch-size": "250",
+    "--channels": "16 32 64 64", "--T": "30", "--K": "10", "--train-subset": "2500", "--val-size": "500",
+    "--test-subset": "1000", "--epochs": "5", "--decay-epochs": "5", "--batch-size": "32",
+    "--lrs": "0.5 0.3 0.2 0.16 0.1", "--std-scale": "1", "--eval-batch-size": "250",
 }
 # (preset, seeds): two seeds where the variance across runs is the point
 ROWS = [
-    ("mse-one-sided", [0, 1]),
+    ("mse-one-sided", [0]),
     ("mse-random-sign", [0, 1]),
     ("mse-symmetric", [0, 1]),
     ("mse-bptt", [0]),
-    ("ce-symmetric", [0, 1]),
+    ("ce-symmetric", [0]),
     ("ce-symmetric-dropout", [0]),
     ("ce-bptt", [0]),
     ("ce-vf", [0]),
