@@ -162,44 +162,40 @@ def checkpoint_payload(model, optimizer, config: dict, epoch: int, step: int, be
     }
 
 
-def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
-    """Train (dashed) and test (solid) error over epochs, Fig. 4/5 style; validation dotted."""
+def _axes():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt, *plt.subplots(figsize=(5, 3.5))
+
+
+def _save(plt, fig, ax, path: Path, ylabel: str, title: str) -> None:
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
+    """Train (dashed) and test (solid) error over epochs, Fig. 4/5 style; validation dotted."""
+    plt, fig, ax = _axes()
     ep = [m["epoch"] for m in metrics]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(ep, [100 * m["train_error"] for m in metrics], "b--", label="train")
     if all(m.get("val_error") is not None for m in metrics):
         ax.plot(ep, [100 * m["val_error"] for m in metrics], "g:", label="validation")
     ax.plot(ep, [100 * m["test_error"] for m in metrics], "b-", label="test")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("error (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, path, "error (%)", title)
 
 
 def plot_alignment(metrics: list[dict], path: Path, title: str = "") -> None:
     """Angle between forward and backward weights per layer over epochs (Eq. 52, Fig. 7 style)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    plt, fig, ax = _axes()
     for name in metrics[-1]["alignment_deg"]:
         ax.plot([m["epoch"] for m in metrics], [m["alignment_deg"][name] for m in metrics], label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("angle (degrees)")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, path, "angle (degrees)", title)
