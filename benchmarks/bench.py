@@ -183,8 +183,12 @@ def epoch_time(args):
     with torch.no_grad():
         ev = timed(lambda: relax(model, x, model.init_states(128, x), 250, step_fn=fn), args.device, args.repeats)
     total = it * (50000 // 128) + ev * (10000 / 128)
-    return {"s_per_iteration_b128": it, "s_eval_batch_b128": ev, "projected_epoch_s": total,
-            "note": "projected from measured iterations: 390 training iterations + 79 evaluation batches"}
+    return {
+        "s_per_iteration_b128": it,
+        "s_eval_batch_b128": ev,
+        "projected_epoch_s": total,
+        "note": "projected from measured iterations: 390 training iterations + 79 evaluation batches",
+    }
 
 
 def table(rows, cols):
@@ -210,11 +214,17 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="steps timed for ms per step")
     p.add_argument("--repeats", type=int, default=3, help="timings per number (median)")
     p.add_argument("--memory-T", type=int, nargs="+", default=[25, 50, 100, 250], help="T values of the memory table")
-    p.add_argument("--sections", nargs="+", default=["estimators", "memory", "reference"],
-                   help="what to run: estimators, memory, reference, epoch")
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=["estimators", "memory", "reference"],
+        help="what to run: estimators, memory, reference, epoch",
+    )
     p.add_argument("--estimators", nargs="+", default=BENCH_ESTIMATORS, help="estimators of the first table")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--compile-mode", default=None, help="torch.compile mode of the epoch section (reduce-overhead on a GPU)")
+    p.add_argument(
+        "--compile-mode", default=None, help="torch.compile mode of the epoch section (reduce-overhead on a GPU)"
+    )
     p.add_argument("--channels-last", action="store_true", help="channels_last in the estimator table")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default="benchmarks/results.json", help="write the results here")

@@ -39,31 +39,60 @@ def main(argv=None):
     torch.manual_seed(0)
     cases = {"paper CIFAR-10 net (init), batch 16": (EPNet(model_config("cifar10")), torch.randn(16, 3, 32, 32) * 0.3)}
     sp = make_splits("digits", log=lambda m: None)
-    cases["digits net (init), 64 real digits"] = (EPNet(model_config("digits")), normalize(sp.test.x[:64], sp.mean, sp.std, 3.0))
+    cases["digits net (init), 64 real digits"] = (
+        EPNet(model_config("digits")),
+        normalize(sp.test.x[:64], sp.mean, sp.std, 3.0),
+    )
     rows = []
     for name, (model, x) in cases.items():
         for tol in args.tols:
-            sync, eo = steps_to(model, x, step, tol, args.max_steps), steps_to(model, x, step_evenodd, tol, args.max_steps)
+            sync, eo = (
+                steps_to(model, x, step, tol, args.max_steps),
+                steps_to(model, x, step_evenodd, tol, args.max_steps),
+            )
             rows.append({"case": name, "tol": tol, "sync_steps": sync, "evenodd_steps": eo})
     print(f"{'case':<38} {'tol':>7} {'sync steps':>10} {'even/odd steps':>14}")
     for r in rows:
         print(f"{r['case']:<38} {r['tol']:>7.0e} {str(r['sync_steps']):>10} {str(r['evenodd_steps']):>14}")
     results = {"steps_to_tolerance": rows}
     if not args.skip_training:
-        runs = {"plain T=30": [], "residual stop T=60 tol=1e-3": ["--T", "60", "--tol", "1e-3", "--check-every", "1"],
-                "even/odd T=15": ["--schedule", "evenodd", "--T", "15"]}
+        runs = {
+            "plain T=30": [],
+            "residual stop T=60 tol=1e-3": ["--T", "60", "--tol", "1e-3", "--check-every", "1"],
+            "even/odd T=15": ["--schedule", "evenodd", "--T", "15"],
+        }
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         train = []
         for label, extra in runs.items():
             out = ROOT / "runs" / "steps" / label.replace(" ", "_").replace("/", "")
-            subprocess.run([sys.executable, str(ROOT / "experiments" / "cifar.py"), "--no-compile", "--cpu", "--out", str(out), *extra],
-                           check=True, env=env, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "experiments" / "cifar.py"),
+                    "--no-compile",
+                    "--cpu",
+                    "--out",
+                    str(out),
+                    *extra,
+                ],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
             last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-            train.append({"run": label, "test_accuracy": 1 - last["test_error"], "eval_free_steps": last["eval_free_steps"],
-                          "epoch_seconds": last["epoch_seconds"]})
+            train.append(
+                {
+                    "run": label,
+                    "test_accuracy": 1 - last["test_error"],
+                    "eval_free_steps": last["eval_free_steps"],
+                    "epoch_seconds": last["epoch_seconds"],
+                }
+            )
         print(f"\n{'digits training (symmetric EP)':<32} {'test acc':>9} {'eval steps':>10} {'s/epoch':>8}")
         for r in train:
-            print(f"{r['run']:<32} {100 * r['test_accuracy']:>8.2f}% {r['eval_free_steps']:>10.1f} {r['epoch_seconds']:>8.2f}")
+            print(
+                f"{r['run']:<32} {100 * r['test_accuracy']:>8.2f}% {r['eval_free_steps']:>10.1f} {r['epoch_seconds']:>8.2f}"
+            )
         results["digits_training"] = train
     Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.json}")
