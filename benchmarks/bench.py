@@ -95,16 +95,24 @@ def measure(args, model, x, y, name, step_fn):
             timed(lambda: relax(model, x, s, args.steps, step_fn=step_fn), args.device, args.repeats) / args.steps
         )
     ph = Phases(T=args.T, K=args.K, beta=0.5)
-    it = timed(lambda: est(model, x, y, ph, step_fn=step_fn, generator=gen), args.device, max(1, args.repeats // 2))
-    return per_step, it
+    info = {}
+    it = timed(
+        lambda: info.update(est(model, x, y, ph, step_fn=step_fn, generator=gen).info),
+        args.device,
+        max(1, args.repeats // 2),
+    )
+    return per_step, it, info
 
 
 def bench_estimator(args, name, compiled):
     if name not in ESTIMATORS or (compiled and name.startswith("spiking")):  # the spiking step runs eagerly
         return None
     model, x, y = build(args, name, channels_last=args.channels_last)
-    per_step, it = measure(args, model, x, y, name, make_step(compiled))
+    per_step, it, info = measure(args, model, x, y, name, make_step(compiled))
+    spikes = info.get("spikes_iteration", {})
     return {
+        "spikes_per_neuron_iteration": spikes.get("spikes_per_neuron"),
+        "events_per_rate_mac": spikes.get("events_per_rate_mac"),
         "estimator": name,
         "compiled": compiled,
         "ms_per_step": 1e3 * per_step,
@@ -161,7 +169,7 @@ def reference_vs_explicit(args):
     ]
     for label, fn, cl in variants:
         model, x, y = build(args, "symmetric", channels_last=cl)
-        per_step, it = measure(args, model, x, y, "symmetric", fn)
+        per_step, it, _ = measure(args, model, x, y, "symmetric", fn)
         rows.append({"variant": label, "ms_per_step": 1e3 * per_step, "s_per_iteration": it})
     ref = rows[0]
     for r in rows:
@@ -251,7 +259,17 @@ def main(argv=None):
         print(f"\n== estimators ({args.arch}, batch {args.batch}, T={args.T}, K={args.K}, {args.device})")
         table(
             rows,
-            ["estimator", "compiled", "ms_per_step", "samples_steps_per_s", "s_per_iteration", "peak_mb", "tflops"],
+            [
+                "estimator",
+                "compiled",
+                "ms_per_step",
+                "samples_steps_per_s",
+                "s_per_iteration",
+                "peak_mb",
+                "tflops",
+                "spikes_per_neuron_iteration",
+                "events_per_rate_mac",
+            ],
         )
         results["estimators"] = rows
     if "memory" in args.sections:
