@@ -167,6 +167,9 @@ def make_step(compile: bool = False, schedule: str = "sync", mode: str | None = 
     if not compile:
         return fn
     key = (schedule, mode)
+    # one graph per model, batch shape, phase kind (free / nudged / with autograd) and memory format:
+    # a process that builds several models (benchmarks, tests) needs more than dynamo's default of 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
     return _COMPILED[key]
