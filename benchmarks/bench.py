@@ -80,9 +80,17 @@ def timed(fn, device, repeats):
 
 
 def peak_mb(device):
+    """Peak memory so far: CUDA's allocator peak, or the process's resident high-water mark. VmHWM
+    belongs to the current address space; ru_maxrss would carry over the forking parent's peak."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB -> MiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(args, model, x, y, name, step_fn):
@@ -145,7 +153,8 @@ def memory_point(args, name, T):
         "--K",
         str(args.K),
     ] + (["--loss", args.loss] if args.loss else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {k: v for k, v in os.environ.items() if "TORCHINDUCTOR" not in k}  # compile state stays behind
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**env, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])["extra_mb"]
 
 
@@ -158,8 +167,8 @@ def child_memory(args, name, T):
 
 def reference_vs_explicit(args):
     """Per step and per symmetric-EP training iteration: autograd-of-Phi (eager, as the paper's code
-    runs it) vs the explicit path eager, compiled, and compiled + channels_last."""
-    rows = []
+    runs it) vs the explicit path eager, compiled, and compiled + channels_last. The variants are timed
+    in turns, --rounds times, and the medians reported, so drift on a busy machine hits all alike."""
     variants = [
         ("autograd-of-Phi (reference)", step_autograd, False),
         ("explicit eager", make_step(False), False),
@@ -167,10 +176,34 @@ def reference_vs_explicit(args):
         ("explicit compiled + channels_last", make_step(True), True),
         ("autograd-of-Phi + channels_last", step_autograd, True),
     ]
+    ph = Phases(T=args.T, K=args.K, beta=0.5)
+    built = []
     for label, fn, cl in variants:
         model, x, y = build(args, "symmetric", channels_last=cl)
-        per_step, it, _ = measure(args, model, x, y, "symmetric", fn)
-        rows.append({"variant": label, "ms_per_step": 1e3 * per_step, "s_per_iteration": it})
+        ESTIMATORS["symmetric"](model, x, y, Phases(T=2, K=2, beta=0.5), step_fn=fn)  # warm up / compile
+        with torch.no_grad():
+            s = relax(model, x, model.init_states(args.batch, x), 3, step_fn=fn)
+        built.append((label, fn, model, x, y, s))
+    steps, iters = {v[0]: [] for v in variants}, {v[0]: [] for v in variants}
+    for _ in range(args.rounds):
+        for label, fn, model, x, y, s in built:
+            with torch.no_grad():
+                steps[label].append(
+                    timed(lambda m=model, x=x, s=s, fn=fn: relax(m, x, s, args.steps, step_fn=fn), args.device, 1)
+                    / args.steps
+                )
+            iters[label].append(
+                timed(lambda m=model, x=x, y=y, fn=fn: ESTIMATORS["symmetric"](m, x, y, ph, step_fn=fn), args.device, 1)
+            )
+    rows = [
+        {
+            "variant": v[0],
+            "ms_per_step": 1e3 * statistics.median(steps[v[0]]),
+            "s_per_iteration": statistics.median(iters[v[0]]),
+            "s_per_iteration_all": iters[v[0]],
+        }
+        for v in variants
+    ]
     ref = rows[0]
     for r in rows:
         r["speedup_per_iteration_vs_reference"] = ref["s_per_iteration"] / r["s_per_iteration"]
@@ -221,6 +254,7 @@ def main(argv=None):
     p.add_argument("--K", type=int, default=25, help="nudged-phase steps")
     p.add_argument("--steps", type=int, default=20, help="steps timed for ms per step")
     p.add_argument("--repeats", type=int, default=3, help="timings per number (median)")
+    p.add_argument("--rounds", type=int, default=3, help="turns of the reference table (variants timed in turn)")
     p.add_argument("--memory-T", type=int, nargs="+", default=[25, 50, 100, 250], help="T values of the memory table")
     p.add_argument(
         "--sections",
