@@ -18,7 +18,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,loss,dropout", itertools.product(CASES, ["ce", "mse"], [False, True]))
+@pytest.mark.parametrize("case,loss,dropout", list(itertools.product(CASES, ["ce", "mse"], [False, True])))
 def test_explicit_equals_autograd_of_phi(f64, case, loss, dropout):
     pools, pads, fc, in_shape = case
     n_hidden = 2 + len(fc)
