@@ -1,14 +1,11 @@
 """Time-local EP (C-EP, C-VF, C-KPVF): increments sum to the EP estimate, track BPTT, and learn."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_cfg
+from conftest import small_cfg, train
 
 from ep_compile import gradcheck
 from ep_compile.estimators import ESTIMATORS, Phases, kp_vf, one_sided, symmetric
@@ -135,22 +132,5 @@ def test_mismatched_models_error():
 def test_continual_rules_learn_digits(tmp_path, preset, threshold):
     """A broken increment (wrong sign, missing 1/beta, weights not used by the next step) stays near
     the 10% of chance."""
-    out = tmp_path / preset
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments/cifar.py"),
-            "--preset",
-            preset,
-            "--no-compile",
-            "--cpu",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    last = train(tmp_path / preset, "--preset", preset)[-1]
     assert 1 - last["test_error"] >= threshold, last

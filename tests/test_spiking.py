@@ -1,6 +1,5 @@
 """Spiking EP: decoded states approach the rate fixed point, the estimate follows rate EP, it learns."""
 
-import json
 import os
 import subprocess
 import sys
@@ -8,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_cfg
+from conftest import small_cfg, train
 
 from ep_compile.dynamics import relax
 from ep_compile.estimators import ESTIMATORS, Phases, symmetric
@@ -88,23 +87,8 @@ def test_bad_spiking_options():
 
 def test_spiking_ep_learns_digits_and_logs_spikes(tmp_path):
     out = tmp_path / "spk"
+    last = train(out, "--preset", "digits-spiking")[-1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments/cifar.py"),
-            "--preset",
-            "digits-spiking",
-            "--no-compile",
-            "--cpu",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert 1 - last["test_error"] >= 0.85, last
     assert (
         last["spikes_per_neuron_inference"] > 0
