@@ -21,6 +21,8 @@ measures, as gradcheck does. Estimate.grads is the sum of the increments (loss-g
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .dynamics import step
@@ -48,6 +50,28 @@ def readout_gradient(model, y, s, masks, weight: float) -> list[torch.Tensor]:
     return [ro.get(id(p), torch.zeros_like(p)) for p in params]
 
 
+@contextlib.contextmanager
+def updates(params, apply_update, lr: float):
+    """The caller's update callback, or, when there is none (measuring, as gradcheck does), plain SGD
+    steps of size lr whose weights are put back on exit."""
+    if apply_update is not None:
+        yield apply_update
+        return
+    saved = [p.detach().clone() for p in params]
+
+    def sgd(g, k, K):
+        with torch.no_grad():
+            for p, gi in zip(params, g):
+                p.sub_(lr * gi)
+
+    try:
+        yield sgd
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, saved):
+                p.copy_(v)
+
+
 def continual_estimator(name: str):
     from .estimators import RULES, _estimate, _free, check_compatible
 
@@ -57,40 +81,28 @@ def continual_estimator(name: str):
         check_compatible(name, model)
         phases.require_beta(name)
         params = list(model.parameters())
-        restore = None
-        if apply_update is None:  # measure only: plain SGD of size phases.lr, weights put back after
-            restore = [p.detach().clone() for p in params]
-
-            def apply_update(g, k, K):
-                with torch.no_grad():
-                    for p, gi in zip(params, g):
-                        p.sub_(phases.lr * gi)
-
         s_free, steps = _free(model, x, phases, masks, step_fn)
         total = [torch.zeros_like(p) for p in params]
         K = phases.K
-        for sign in (1.0, -1.0) if two_sided else (1.0,):
-            beta = sign * phases.beta
-            denom = 2 * beta if two_sided else beta
-            b = torch.as_tensor(beta, dtype=x.dtype, device=x.device)
-            s = s_free
-            for k in range(K):
-                with torch.no_grad():
-                    s_new = step_fn(model, x, s, masks, y, b)
-                # -(1/denom) [rule between s_k and s_{k+1}], no loss term: F = Phi
-                g = RULES[rule](model, x, y, s, 0.0, s_new, denom, masks, s_star=s, loss=False)
-                if k == K - 1:
-                    ro = readout_gradient(model, y, s_new, masks, 0.5 if two_sided else 1.0)
-                    g = [a + r for a, r in zip(g, ro)]
-                apply_update(g, k, K)
-                total = [t + gi for t, gi in zip(total, g)]
-                s = s_new
-        if restore is not None:
-            with torch.no_grad():
-                for p, r in zip(params, restore):
-                    p.copy_(r)
+        with updates(params, apply_update, phases.lr) as update:
+            for sign in (1.0, -1.0) if two_sided else (1.0,):
+                beta = sign * phases.beta
+                denom = 2 * beta if two_sided else beta
+                b = torch.as_tensor(beta, dtype=x.dtype, device=x.device)
+                s = s_free
+                for k in range(K):
+                    with torch.no_grad():
+                        s_new = step_fn(model, x, s, masks, y, b)
+                    # -(1/denom) [rule between s_k and s_{k+1}], no loss term: F = Phi
+                    g = RULES[rule](model, x, y, s, 0.0, s_new, denom, masks, s_star=s, loss=False)
+                    if k == K - 1:
+                        ro = readout_gradient(model, y, s_new, masks, 0.5 if two_sided else 1.0)
+                        g = [a + r for a, r in zip(g, ro)]
+                    update(g, k, K)
+                    total = [t + gi for t, gi in zip(total, g)]
+                    s = s_new
         est = _estimate(model, x, y, total, s_free, masks, beta=phases.beta, free_steps=steps)
-        est.info["applied"] = restore is None
+        est.info["applied"] = apply_update is not None
         return est
 
     estimator.__name__ = name.replace("-", "_")

@@ -121,9 +121,10 @@ def kp_vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, m
                 if layer.weight_b is not None
             )
 
-        fa = phi_b(x, [t.detach() for t in s_a], masks).mean()
-        fb = phi_b(x, [t.detach() for t in s_b], masks).mean()
-        gb = _grads((fb - fa) / (beta_a - beta_b), [layer.weight_b for layer in backs])
+        gb = _grads(
+            _F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, phi_b, loss=False),
+            [layer.weight_b for layer in backs],
+        )
     index = {id(p): i for i, p in enumerate(params)}
     for layer, gbk in zip(backs, gb):
         i_f, i_b = index[id(layer.weight_f)], index[id(layer.weight_b)]

@@ -122,7 +122,9 @@ def load_batch(data: str, in_shape, batch: int, n_classes: int, dtype, generator
 
         sp = make_splits(data, data_root, val_size=0, test_subset=batch, seed=int(generator.initial_seed()) % 1000)
         if tuple(sp.test.x.shape[1:]) != tuple(in_shape):
-            raise ConfigError(f"--data {data} gives {tuple(sp.test.x.shape[1:])} images; the model expects {tuple(in_shape)}")
+            raise ConfigError(
+                f"--data {data} gives {tuple(sp.test.x.shape[1:])} images; the model expects {tuple(in_shape)}"
+            )
         return normalize(sp.test.x, sp.mean, sp.std, 3.0, dtype), sp.test.y
     raise ConfigError(f"unknown --data {data!r}; valid: random, digits, cifar10, fashion-mnist")
 
@@ -241,8 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="digits", help="preset name (digits, mnist, cifar10), JSON file or JSON string")
     p.add_argument("--loss", choices=("ce", "mse"), default=None, help="override the output mode of the architecture")
     p.add_argument("--asymmetric", action="store_true", help="separate backward weights (for vf, kp-vf)")
-    p.add_argument("--data", default="random", help="random, digits (scikit-learn), cifar10 or fashion-mnist (real test images)")
-    p.add_argument("--data-root", default=None, help="local CIFAR-10 / Fashion-MNIST (folder or .tar.gz), as for training")
+    p.add_argument(
+        "--data", default="random", help="random, digits (scikit-learn), cifar10 or fashion-mnist (real test images)"
+    )
+    p.add_argument(
+        "--data-root", default=None, help="local CIFAR-10 / Fashion-MNIST (folder or .tar.gz), as for training"
+    )
     p.add_argument("--batch", type=int, default=8, help="batch size")
     p.add_argument("--T", type=int, default=200, help="free-phase steps")
     p.add_argument("--K", type=int, default=30, help="nudged-phase steps (and BPTT truncation)")

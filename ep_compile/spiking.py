@@ -174,7 +174,7 @@ def spike_report(model: EPNet, st: SpikeState, batch: int, steps: int) -> dict:
 def spiking_estimator(name: str):
     """spiking-symmetric: Eq. 12 from the decoded states; spiking-c-ep: C-EP increments between
     consecutive decoded states of both nudged phases (time-local)."""
-    from .continual import readout_gradient
+    from .continual import readout_gradient, updates
     from .estimators import _estimate, ep_gradient
 
     def estimator(model: EPNet, x, y, phases, *, masks=None, generator=None, step_fn=None, apply_update=None):
@@ -190,7 +190,6 @@ def spiking_estimator(name: str):
             )
         b, K = phases.beta, phases.K
         params = list(model.parameters())
-        restore = None
         if name == "spiking-symmetric":
             with torch.no_grad():
                 pos = spiking_phase(model, x, free.copy(), K, cfg, cfg.nudge_t0, masks, y, b, generator)
@@ -198,48 +197,37 @@ def spiking_estimator(name: str):
             grads = ep_gradient(model, x, y, neg.rates, -b, pos.rates, b, masks)
             nudged = [p + m - 2 * f for p, m, f in zip(pos.spikes, neg.spikes, free.spikes)]
         else:  # spiking-c-ep: increments at every step, applied at once (or measured with phases.lr)
-            if apply_update is None:
-                restore = [p.detach().clone() for p in params]
-
-                def apply_update(g, k, K_):
-                    with torch.no_grad():
-                        for p, gi in zip(params, g):
-                            p.sub_(phases.lr * gi)
-
             grads = [torch.zeros_like(p) for p in params]
             nudged = [torch.zeros_like(n) for n in free.spikes]
-            for sign in (1.0, -1.0):
-                st = free.copy()
-                for k in range(K):
-                    with torch.no_grad():
-                        new = spiking_step(
-                            model,
-                            x,
-                            st,
-                            k + 1,
-                            cfg.nudge_t0,
-                            cfg,
-                            masks,
-                            y,
-                            torch.as_tensor(sign * b, dtype=x.dtype),
-                            generator,
-                        )
-                    g = ep_gradient(model, x, y, st.rates, 0.0, new.rates, 2 * sign * b, masks, loss=False)
-                    if k == K - 1:
-                        g = [a + r for a, r in zip(g, readout_gradient(model, y, new.rates, masks, 0.5))]
-                    apply_update(g, k, K)
-                    grads = [a + gi for a, gi in zip(grads, g)]
-                    st = new
-                nudged = [a + (s - f) for a, s, f in zip(nudged, st.spikes, free.spikes)]
-            if restore is not None:
-                with torch.no_grad():
-                    for p, r in zip(params, restore):
-                        p.copy_(r)
+            with updates(params, apply_update, phases.lr) as update:
+                for sign in (1.0, -1.0):
+                    st = free.copy()
+                    for k in range(K):
+                        with torch.no_grad():
+                            new = spiking_step(
+                                model,
+                                x,
+                                st,
+                                k + 1,
+                                cfg.nudge_t0,
+                                cfg,
+                                masks,
+                                y,
+                                torch.as_tensor(sign * b, dtype=x.dtype),
+                                generator,
+                            )
+                        g = ep_gradient(model, x, y, st.rates, 0.0, new.rates, 2 * sign * b, masks, loss=False)
+                        if k == K - 1:
+                            g = [a + r for a, r in zip(g, readout_gradient(model, y, new.rates, masks, 0.5))]
+                        update(g, k, K)
+                        grads = [a + gi for a, gi in zip(grads, g)]
+                        st = new
+                    nudged = [a + (s - f) for a, s, f in zip(nudged, st.spikes, free.spikes)]
         est = _estimate(model, x, y, grads, free.rates, masks, beta=b, free_steps=phases.T)
         it_spikes = SpikeState(free.rates, free.phi, [f + n for f, n in zip(free.spikes, nudged)])
         est.info["spikes_free"] = spike_report(model, free, x.shape[0], phases.T)
         est.info["spikes_iteration"] = spike_report(model, it_spikes, x.shape[0], phases.T + 2 * K)
-        est.info["applied"] = name == "spiking-c-ep" and restore is None
+        est.info["applied"] = name == "spiking-c-ep" and apply_update is not None
         return est
 
     estimator.__name__ = name.replace("-", "_")
