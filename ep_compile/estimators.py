@@ -27,6 +27,8 @@ import torch
 from .dynamics import relax, relax_until, step
 from .model import ConfigError, EPNet
 
+VF_FORMS = ("linearized", "paper-code")
+
 
 @dataclass
 class Phases:
@@ -49,6 +51,7 @@ class Phases:
     amp: str | None = None
     lr: float = 1e-6  # continual estimators without an update callback: the step size of their SGD
     spiking: object = None  # spiking.SpikeConfig for the spiking estimators (None: its defaults)
+    vf_form: str = "linearized"  # vf / vf-one-sided backward weights: see vf_gradient
 
     def __post_init__(self):
         for name in ("T", "K"):
@@ -59,6 +62,8 @@ class Phases:
             raise ConfigError(f"amp must be None or 'bf16', got {self.amp!r}")
         if self.tol < 0 or not isinstance(self.check_every, int) or self.check_every < 1:
             raise ConfigError(f"tol must be >= 0 and check_every >= 1, got {self.tol!r}, {self.check_every!r}")
+        if self.vf_form not in VF_FORMS:
+            raise ConfigError(f"unknown vf_form {self.vf_form!r}; valid: {', '.join(VF_FORMS)}")
         if self.bptt_steps is not None and not 1 <= self.bptt_steps <= self.T:
             raise ConfigError(f"bptt_steps must lie in [1, T={self.T}], got {self.bptt_steps!r}")
         self.beta = float(self.beta)
@@ -133,20 +138,34 @@ def kp_vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, m
     return g
 
 
-def vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None, loss=True):
+def vf_gradient(
+    model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None, loss=True, form="linearized"
+):
     """Vector Field (Eq. 10, 41-42, 48): -dF/dtheta(x, s*)^T . (s_b - s_a) / (beta_b - beta_a).
     Forward weights: (change of the post-synaptic state) x (pre-synaptic state at s*); backward
-    weights: (post-synaptic state at s*) x (change of the pre-synaptic state), each unpooled with the
-    indices of its own convolution at s*. Read-out as in Eq. 42."""
+    weights: (post-synaptic state at s*) x (change of the pre-synaptic state). Read-out as in Eq. 42.
+
+    form="linearized" (Eq. 41-42 as printed): the backward term is unpooled with the indices of
+    w^b * s*^{n-1}, i.e. the vector field linearised at s*.
+    form="paper-code" (the code behind Table 2): each phase's term s*^n . P(w^b * s^{n-1}_phase) is
+    differentiated at that phase's own pre-synaptic state, so it unpools with that phase's own
+    max-pool winners. The two forms agree unless a backward pool winner changes between phases."""
     params = list(model.parameters())
     star = model.apply_masks([t.detach() for t in s_star], masks)
     delta = model.apply_masks([(b - a).detach() / (beta_b - beta_a) for a, b in zip(s_a, s_b)], masks)
+    pre_a = model.apply_masks([t.detach() for t in s_a], masks)
+    pre_b = model.apply_masks([t.detach() for t in s_b], masks)
     layers = [x] + star
     with torch.enable_grad():
         g = 0
         for n, layer in enumerate(model.layers):
             g = g + layer.phi(layers[n], delta[n]).sum()  # forward: delta s^n . P(w^f * s*^{n-1})
-            if layer.weight_b is not None:  # backward: <w~^b * P^-1(s*^n), delta s^{n-1}>
+            if layer.weight_b is None:
+                continue
+            if form == "paper-code":  # [s*^n . P(w^b * s_b^{n-1}) - s*^n . P(w^b * s_a^{n-1})] / dbeta
+                diff = layer.phi_b(pre_b[n - 1], layers[n + 1]) - layer.phi_b(pre_a[n - 1], layers[n + 1])
+                g = g + diff.sum() / (beta_b - beta_a)
+            else:  # <w~^b * P^-1(s*^n), delta s^{n-1}>, indices of w^b * s*^{n-1}
                 ctx = layer.feedback_ctx(layers[n], layer(layers[n])[1])
                 g = g + (layer.feedback(layers[n + 1], ctx) * delta[n - 1]).sum()
         f = -g / x.shape[0]
@@ -234,12 +253,13 @@ def nudged_states(
     return s_pos, s_neg
 
 
-def rule_gradient(name: str, model: EPNet, x, y, s_free, s_pos, s_neg, beta: float, masks=None):
+def rule_gradient(name: str, model: EPNet, x, y, s_free, s_pos, s_neg, beta: float, masks=None, vf_form="linearized"):
     """The estimate of estimator `name` from the states of its phases."""
     rule, two_sided = SPECS[name][:2]
+    kw = {"form": vf_form} if rule == "vf" else {}
     if two_sided:
-        return RULES[rule](model, x, y, s_neg, -beta, s_pos, beta, masks, s_star=s_free)
-    return RULES[rule](model, x, y, s_free, 0.0, s_pos, beta, masks, s_star=s_free)
+        return RULES[rule](model, x, y, s_neg, -beta, s_pos, beta, masks, s_star=s_free, **kw)
+    return RULES[rule](model, x, y, s_free, 0.0, s_pos, beta, masks, s_star=s_free, **kw)
 
 
 def _make(name: str):
@@ -258,7 +278,7 @@ def _make(name: str):
             )
         s_pos = [t.to(x.dtype) for t in s_pos]
         s_neg = None if s_neg is None else [t.to(x.dtype) for t in s_neg]
-        grads = rule_gradient(name, model, x, y, s_free, s_pos, s_neg, beta, masks)
+        grads = rule_gradient(name, model, x, y, s_free, s_pos, s_neg, beta, masks, phases.vf_form)
         return _estimate(model, x, y, grads, s_free, masks, beta=beta, free_steps=steps)
 
     estimator.__name__ = name.replace("-", "_")

@@ -51,7 +51,9 @@ def bptt_per_step(model: EPNet, x, y, T: int, K: int, masks=None, step_fn=step):
     return out, traj
 
 
-def ep_per_step(model: EPNet, x, y, s_free, K: int, beta: float, name: str, masks=None, step_fn=step):
+def ep_per_step(
+    model: EPNet, x, y, s_free, K: int, beta: float, name: str, masks=None, step_fn=step, vf_form="linearized"
+):
     """[estimate of EP estimator `name` after t nudged steps, t = 1..K] (Eq. 6); beta may be negative
     for one-sided forms. Also returns the final nudged states [s^beta_K, s^-beta_K (two-sided)]."""
     check_compatible(name, model)
@@ -60,7 +62,7 @@ def ep_per_step(model: EPNet, x, y, s_free, K: int, beta: float, name: str, mask
         model, x, y, s_free, K, beta, SPECS[name][1], masks, step_fn, callback=lambda t, which, s: seen[which].append(s)
     )
     negs = seen["neg"] or [None] * K
-    ests = [rule_gradient(name, model, x, y, s_free, p, n, beta, masks) for p, n in zip(seen["pos"], negs)]
+    ests = [rule_gradient(name, model, x, y, s_free, p, n, beta, masks, vf_form) for p, n in zip(seen["pos"], negs)]
     return ests, [s for s in (s_pos, s_neg) if s is not None]
 
 
@@ -142,7 +144,7 @@ def run(args) -> dict:
             raise ConfigError(f"gradcheck compares EP estimators ({', '.join(GRADCHECK_ESTIMATORS)}), not {name!r}")
         check_compatible(name, model)
     for b in args.betas:
-        Phases(T=args.T, K=args.K, beta=b).require_beta("gradcheck")
+        Phases(T=args.T, K=args.K, beta=b, vf_form=args.vf_form).require_beta("gradcheck")
     if args.K > args.T:
         raise ConfigError(f"K={args.K} must not exceed T={args.T}: BPTT is truncated to the last K free steps")
     model.check_input(x)
@@ -163,7 +165,7 @@ def run(args) -> dict:
             kind, b = name, beta
             if name == "random-sign":
                 kind, b = "one-sided", beta * (1 if torch.randint(0, 2, (1,), generator=gen).item() else -1)
-            ests, nudged = ep_per_step(model, x, y, s_free, args.K, b, kind)
+            ests, nudged = ep_per_step(model, x, y, s_free, args.K, b, kind, vf_form=args.vf_form)
             for row in compare(model, ests[-1], ref_steps[-1]):
                 results.append({"estimator": name, "beta": beta, **row})
             per_t = [compare(model, e, r)[-1]["rel_error"] for e, r in zip(ests, ref_steps)]
@@ -264,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--continual-lr", type=float, default=1e-8, help="SGD step of the continual estimators (c-ep, c-vf, ...)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data and random signs")
+    p.add_argument(
+        "--vf-form",
+        default="linearized",
+        help="vf backward weights: linearized (Eq. 41-42 at s*) or paper-code (each phase's own pool winners)",
+    )
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--plot", default=None, help="draw the Fig. 2 curves into this PNG")
     return p

@@ -30,6 +30,7 @@ MODEL_KEYS = (
     "activation",
     "dropout",
     "asymmetric",
+    "init_gain",
 )
 
 
@@ -45,8 +46,14 @@ def param_groups(model: EPNet) -> list[list[torch.nn.Parameter]]:
     return groups
 
 
-def make_optimizer(model: EPNet, config: dict) -> torch.optim.SGD:
-    """SGD with momentum and weight decay, one learning rate per layer (Table 3)."""
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(model: EPNet, config: dict) -> torch.optim.Optimizer:
+    """One learning rate per layer (Table 3). 'sgd': SGD with momentum and weight decay, the paper's
+    choice. 'adam': AdamW (decoupled weight decay), which divides each update by the running scale
+    of its gradient: at PyTorch's default init the top states of a deep EP ConvNet are ~1e-3, so
+    the estimates are tiny and SGD waits for many steps before anything moves (RESULTS.md)."""
     groups = param_groups(model)
     lrs = list(config["lrs"])
     if len(lrs) != len(groups):
@@ -54,26 +61,44 @@ def make_optimizer(model: EPNet, config: dict) -> torch.optim.SGD:
             f"--lrs has {len(lrs)} learning rates for {len(groups)} layers "
             f"({len(model.layers)} synapse layers{' + read-out' if model.readout is not None else ''})"
         )
-    return torch.optim.SGD(
-        [{"params": g, "lr": lr, "initial_lr": lr} for g, lr in zip(groups, lrs)],
-        lr=lrs[0],
-        momentum=config["momentum"],
-        weight_decay=config["weight_decay"],
-    )
+    kind = config.get("optimizer", "sgd")
+    params = [{"params": g, "lr": lr, "initial_lr": lr} for g, lr in zip(groups, lrs)]
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lrs[0], momentum=config["momentum"], weight_decay=config["weight_decay"])
+    if kind == "adam":
+        return torch.optim.AdamW(params, lr=lrs[0], weight_decay=config["weight_decay"])
+    raise ConfigError(f"unknown optimizer {kind!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
-def lr_at(epoch: int, lr0: float, lr_min: float, decay_epochs: int) -> float:
-    """Cosine annealing from lr0 to lr_min over decay_epochs, then flat at lr_min (Table 3)."""
+def lr_at(epoch: float, lr0: float, lr_min: float, decay_epochs: int, warmup_epochs: float = 0.0) -> float:
+    """Linear warm-up from lr0/10 over warmup_epochs, then cosine annealing from lr0 to lr_min over
+    decay_epochs (counted from 0), then flat at lr_min (Table 3). epoch may be fractional."""
+    if warmup_epochs > 0 and epoch < warmup_epochs:
+        return lr0 * (0.1 + 0.9 * epoch / warmup_epochs)
     if decay_epochs <= 0:
         return lr0
     e = min(epoch, decay_epochs)
     return lr_min + (lr0 - lr_min) * (1 + math.cos(math.pi * e / decay_epochs)) / 2
 
 
-def set_epoch_lr(optimizer, epoch: int, config: dict) -> float:
+def set_epoch_lr(optimizer, epoch: float, config: dict) -> float:
+    """Set every group's learning rate for (fractional) epoch; returns the first group's."""
     for g in optimizer.param_groups:
-        g["lr"] = lr_at(epoch, g["initial_lr"], config["lr_min"], config["decay_epochs"])
+        g["lr"] = lr_at(
+            epoch, g["initial_lr"], config["lr_min"], config["decay_epochs"], config.get("warmup_epochs", 0.0)
+        )
     return optimizer.param_groups[0]["lr"]
+
+
+def wd_compensate(grads, optimizer, k: int, K: int, group_of: list[int]) -> list[torch.Tensor]:
+    """Continual estimators meet the optimizer's weight decay K times per iteration: dividing
+    increment k by (1 - lr wd)^(K-1-k) makes the K decayed increments add up to the undecayed
+    estimate. group_of[i]: the optimizer group of parameter i (SGD without momentum)."""
+    out = []
+    for g, gi in zip(grads, group_of):
+        group = optimizer.param_groups[gi]
+        out.append(g / (1 - group["lr"] * group["weight_decay"]) ** (K - 1 - k))
+    return out
 
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
@@ -183,13 +208,15 @@ def _save(plt, fig, ax, path: Path, ylabel: str, title: str) -> None:
 
 
 def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
-    """Train (dashed) and test (solid) error over epochs, Fig. 4/5 style; validation dotted."""
+    """Train (dashed) and test (solid) error over epochs, Fig. 4/5 style; validation dotted. Rows
+    written inside an epoch (--eval-every) add test points only."""
     plt, fig, ax = _axes()
-    ep = [m["epoch"] for m in metrics]
-    ax.plot(ep, [100 * m["train_error"] for m in metrics], "b--", label="train")
-    if all(m.get("val_error") is not None for m in metrics):
-        ax.plot(ep, [100 * m["val_error"] for m in metrics], "g:", label="validation")
-    ax.plot(ep, [100 * m["test_error"] for m in metrics], "b-", label="test")
+    full = [m for m in metrics if not m.get("partial")]
+    ep = [m["epoch"] for m in full]
+    ax.plot(ep, [100 * m["train_error"] for m in full], "b--", marker=".", label="train")
+    if full and all(m.get("val_error") is not None for m in full):
+        ax.plot(ep, [100 * m["val_error"] for m in full], "g:", marker=".", label="validation")
+    ax.plot([m["epoch"] for m in metrics], [100 * m["test_error"] for m in metrics], "b-", marker=".", label="test")
     _save(plt, fig, ax, path, "error (%)", title)
 
 

@@ -47,6 +47,7 @@ from ep_compile.training import (
     set_epoch_lr,
     step_generator,
     unflatten,
+    wd_compensate,
 )
 
 # ----------------------------------------------------------------------------- presets (data)
@@ -128,16 +129,46 @@ PRESETS = {
     "mse-one-sided": {**PAPER, **SQUARED, "estimator": "one-sided"},
     "mse-random-sign": {**PAPER, **SQUARED, "estimator": "random-sign"},
     "mse-symmetric": {**PAPER, **SQUARED, "estimator": "symmetric"},
-    "mse-bptt": {**PAPER, **SQUARED, "estimator": "bptt"},
+    "mse-bptt": {**PAPER, **SQUARED, "estimator": "bptt", "bptt_steps": SQUARED["K"]},
     # Table 1, cross-entropy (softmax read-out)
     "ce-symmetric": {**PAPER, **CROSS_ENT, "estimator": "symmetric"},
     "ce-symmetric-dropout": {**PAPER, **CROSS_ENT, "estimator": "symmetric", "dropout": [0, 0, 0, 0.1]},
-    "ce-bptt": {**PAPER, **CROSS_ENT, "estimator": "bptt"},
-    "ce-bptt-dropout": {**PAPER, **CROSS_ENT, "estimator": "bptt", "dropout": [0, 0, 0, 0.1]},
+    # the paper's BPTT backpropagates through the last K steps of the free phase (bptt_steps=K)
+    "ce-bptt": {**PAPER, **CROSS_ENT, "estimator": "bptt", "bptt_steps": CROSS_ENT["K"]},
+    "ce-bptt-dropout": {
+        **PAPER,
+        **CROSS_ENT,
+        "estimator": "bptt",
+        "bptt_steps": CROSS_ENT["K"],
+        "dropout": [0, 0, 0, 0.1],
+    },
     # Table 2, distinct forward and backward weights (App. D.3), cross-entropy
     "ce-vf": {**PAPER, **CROSS_ENT, "asymmetric": True, "estimator": "vf"},
     "ce-kpvf": {**PAPER, **CROSS_ENT, "asymmetric": True, "estimator": "kp-vf"},
-    "ce-bptt-asym": {**PAPER, **CROSS_ENT, "asymmetric": True, "estimator": "bptt"},
+    "ce-bptt-asym": {**PAPER, **CROSS_ENT, "asymmetric": True, "estimator": "bptt", "bptt_steps": CROSS_ENT["K"]},
+    # CIFAR-10 on two CPU cores (RESULTS.md section 1): the paper's family narrowed to 32-64-128-256,
+    # even/odd updates with T=10, K=4, AdamW, per-step cosine, full training set, test every epoch
+    "cifar10-cpu": {
+        **PAPER,
+        **CROSS_ENT,
+        "estimator": "symmetric",
+        "channels": [32, 64, 128, 256],
+        "schedule": "evenodd",
+        "T": 10,
+        "K": 4,
+        "beta": 0.5,
+        "batch_size": 64,
+        "optimizer": "adam",
+        "lrs": [1e-3, 1e-3, 5e-4, 5e-4, 5e-4],
+        "warmup_epochs": 0.1,
+        "lr_per_step": True,
+        "epochs": 30,
+        "decay_epochs": 30,
+        "val_size": 0,
+        "checkpoint_every": 200,
+        "compile": True,
+        "channels_last": True,
+    },
     # small presets for CPUs and tests
     "digits-ce-symmetric": {**DIGITS, "estimator": "symmetric"},
     "digits-mse-symmetric": {**DIGITS, "loss": "mse", "estimator": "symmetric"},
@@ -220,6 +251,11 @@ RUN_DEFAULTS = dict(
     wd_compensation=False,
     neuron="rate",
     spike={},
+    optimizer="sgd",
+    warmup_epochs=0.0,
+    lr_per_step=False,
+    eval_every=0.0,
+    vf_form="linearized",
 )
 
 
@@ -231,6 +267,15 @@ class Diverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- training
+
+
+def time_to_accuracy(history, levels=(0.5, 0.6, 0.65, 0.7)) -> dict:
+    """Wall seconds at the first evaluation whose test accuracy reached each level (None: never)."""
+    out = {}
+    for level in levels:
+        hit = [r["wall_seconds"] for r in history if "wall_seconds" in r and 1 - r["test_error"] >= level]
+        out[f"{round(100 * level)}%"] = hit[0] if hit else None
+    return out
 
 
 def training_function(config, args):
@@ -290,6 +335,7 @@ def training_function(config, args):
         check_every=config["check_every"],
         fused=config["fused"],
         amp=config["amp"],
+        vf_form=config["vf_form"],
     )
     if config["estimator"] != "bptt":
         phases.require_beta(config["estimator"])
@@ -297,12 +343,14 @@ def training_function(config, args):
     fmt = torch.channels_last if config["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=fmt)
     start_epoch, start_step, best_val, history, carry = 0, 0, None, [], [0.0, 0.0, 0.0]
+    wall_offset = 0.0  # wall seconds of training (and evaluation) before this process started
     if args.resume:
         ck = load_checkpoint(args.resume)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         start_epoch, start_step, best_val, history = ck["epoch"], ck["step"], ck["best_val_error"], ck["metrics"]
         carry = ck.get("epoch_stats", carry)
+        wall_offset = ck.get("wall_seconds", 0.0)
         torch.set_rng_state(ck["torch_rng"])
         log(f"resumed from {args.resume}: epoch {start_epoch}, step {start_step}")
 
@@ -345,6 +393,20 @@ def training_function(config, args):
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         (out / "config.json").write_text(json.dumps(config, indent=1))
+        # metrics.jsonl always mirrors the checkpoint's history: rows written after the last
+        # checkpoint (lost work) disappear instead of being duplicated by the resumed run
+        tmp = out / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+        os.replace(tmp, out / "metrics.jsonl")
+    wall0 = time.time() - wall_offset
+
+    def log_row(row):
+        history.append(row)
+        log(json.dumps(row))
+        if accelerator.is_main_process:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
     if args.with_tracking:
         accelerator.init_trackers("ep_compile", {k: str(v) for k, v in config.items()})
 
@@ -352,6 +414,7 @@ def training_function(config, args):
         if accelerator.is_main_process:
             payload = checkpoint_payload(model, optimizer, config, epoch, step, best_val, history)
             payload["epoch_stats"] = stats
+            payload["wall_seconds"] = time.time() - wall0
             atomic_save(payload, out / name)
         accelerator.wait_for_everyone()
 
@@ -371,17 +434,11 @@ def training_function(config, args):
     group_of = [i for i, g in enumerate(optimizer.param_groups) for _ in g["params"]]
 
     def compensate(grads, k, K):
-        """Continual updates meet weight decay K times per iteration; --wd-compensation divides
-        increment k by (1 - lr wd)^(K-1-k) so the increments still add up to the estimate."""
-        if not config["wd_compensation"]:
-            return grads
-        out = []
-        for g, gi in zip(grads, group_of):
-            group = optimizer.param_groups[gi]
-            out.append(g / (1 - group["lr"] * group["weight_decay"]) ** (K - 1 - k))
-        return out
+        return wd_compensate(grads, optimizer, k, K, group_of) if config["wd_compensation"] else grads
 
     steps_per_epoch = n_train // B  # drop the last partial batch: one shape, one compiled graph
+    # --eval-every f: also evaluate on the test set every f epochs inside an epoch (time to accuracy)
+    eval_steps = round(config["eval_every"] * steps_per_epoch) if 0 < config["eval_every"] < 1 else 0
     lo, hi = rank * B // world, (rank + 1) * B // world
     done_steps = 0
     for epoch in range(start_epoch, config["epochs"]):
@@ -397,6 +454,8 @@ def training_function(config, args):
             desc=f"epoch {epoch + 1}/{config['epochs']}",
         )
         for step in range(start_step if epoch == start_epoch else 0, steps_per_epoch):
+            if config["lr_per_step"]:
+                lr = set_epoch_lr(optimizer, epoch + step / steps_per_epoch, config)
             idx = order[step * B : (step + 1) * B]
             gen = step_generator(config["seed"], epoch, step)
             xb = augment(splits.train.x[idx], gen) if config["augment"] else splits.train.x[idx]
@@ -435,12 +494,24 @@ def training_function(config, args):
                 and step + 1 < steps_per_epoch
             ):
                 save(epoch, step + 1, stats)
+            if eval_steps and (step + 1) % eval_steps == 0 and step + 1 <= steps_per_epoch - eval_steps // 2:
+                test_err, _ = evaluate(splits.test)
+                log_row(
+                    {
+                        "epoch": round(epoch + (step + 1) / steps_per_epoch, 4),
+                        "test_error": test_err,
+                        "lr": lr,
+                        "wall_seconds": time.time() - wall0,
+                        "partial": True,
+                    }
+                )
+                save(epoch, step + 1, stats)
             if args.simulate_crash_at_step and done_steps == args.simulate_crash_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # testing: a real kill, mid-epoch
         bar.close()
         start_step = 0
         tot = accelerator.reduce(torch.tensor(stats, dtype=torch.float64, device=device), reduction="sum")
-        (val_err, _), (test_err, eval_steps) = evaluate(splits.val), evaluate(splits.test)
+        (val_err, _), (test_err, eval_free) = evaluate(splits.val), evaluate(splits.test)
         row = {
             "epoch": epoch + 1,
             "train_error": (tot[0] / tot[2]).item(),
@@ -449,7 +520,8 @@ def training_function(config, args):
             "test_error": test_err,
             "lr": lr,
             "epoch_seconds": time.time() - t0,
-            "eval_free_steps": eval_steps,
+            "eval_free_steps": eval_free,
+            "wall_seconds": time.time() - wall0,
         }
         angles = alignment_angles(model)
         if angles:
@@ -460,13 +532,9 @@ def training_function(config, args):
             row["events_per_rate_mac"] = sum(r["events_per_rate_mac"] for r in train_spikes) / len(train_spikes)
             spike_stats.clear()
             train_spikes.clear()
-        history.append(row)
-        log(json.dumps(row))
+        log_row(row)
         if args.with_tracking:
             accelerator.log({k: v for k, v in row.items() if isinstance(v, float)}, step=epoch + 1)
-        if accelerator.is_main_process:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
         score = val_err if val_err is not None else row["train_error"]
         if best_val is None or score < best_val:
             best_val = score
@@ -485,7 +553,14 @@ def training_function(config, args):
             plot_alignment(history, out / "alignment.png", f"{config['estimator']}: angle between w^f and w^b")
     if args.with_tracking:
         accelerator.end_training()
-    last = history[-1] if history else {}
+    reached = time_to_accuracy(history)
+    if accelerator.is_main_process and history:
+        (out / "time_to_accuracy.json").write_text(json.dumps(reached, indent=1))
+    log(
+        "time to test accuracy: "
+        + ", ".join(f"{k}: {'not reached' if v is None else f'{v:.0f} s'}" for k, v in reached.items())
+    )
+    last = [r for r in history if not r.get("partial")][-1] if any(not r.get("partial") for r in history) else {}
     if last:
         log(
             f"final test accuracy {100 * (1 - last['test_error']):.2f}% (test error {100 * last['test_error']:.2f}%), "
@@ -510,6 +585,15 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--bptt-steps": ("bptt_steps", int, "truncate BPTT to the last k free steps (default: all T)"),
     "--lrs": ("lrs", float, "layer-wise initial learning rates, bottom to top (read-out last)"),
     "--momentum": ("momentum", float, "SGD momentum"),
+    "--optimizer": ("optimizer", str, "sgd (SGD with momentum, the paper's) or adam (AdamW: scale-free steps)"),
+    "--warmup-epochs": ("warmup_epochs", float, "linear learning-rate warm-up from lr/10 over this many epochs"),
+    "--eval-every": ("eval_every", float, "also evaluate the test set every f epochs inside an epoch (e.g. 0.5)"),
+    "--vf-form": (
+        "vf_form",
+        str,
+        "vf backward weights: linearized (Eq. 41-42) or paper-code (each phase's own pool winners)",
+    ),
+    "--init-gain": ("init_gain", float, "multiply PyTorch's default init of every synapse weight by this"),
     "--weight-decay": ("weight_decay", float, "weight decay (all layers)"),
     "--lr-min": ("lr_min", float, "final learning rate of the cosine schedule"),
     "--decay-epochs": ("decay_epochs", int, "cosine annealing length in epochs"),
@@ -548,7 +632,7 @@ def build_config(args) -> dict:
             config[key] = v
     if args.compile is not None:
         config["compile"] = args.compile
-    for flag in ("asymmetric", "fused", "channels_last", "wd_compensation"):
+    for flag in ("asymmetric", "fused", "channels_last", "wd_compensation", "lr_per_step"):
         if getattr(args, flag):
             config[flag] = True
     if args.no_augment:
@@ -594,6 +678,9 @@ def main(argv=None):
         parser.add_argument(flag, dest=key, type=typ, nargs="+" if key in LIST_KEYS else None, default=None, help=hlp)
     parser.add_argument("--no-augment", action="store_true", help="no random crop / flip")
     parser.add_argument("--asymmetric", action="store_true", help="separate backward weights (for vf, kp-vf, bptt)")
+    parser.add_argument(
+        "--lr-per-step", action="store_true", help="move the learning-rate schedule every step, not every epoch"
+    )
     parser.add_argument("--fused", action="store_true", help="run the +beta and -beta phases as one batch of 2B")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster convs)")
     parser.add_argument(

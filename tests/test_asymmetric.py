@@ -171,6 +171,22 @@ def test_gradcheck_accepts_asymmetric_models(tmp_path, capsys):
     )
     text = out.read_text()
     assert '"conv2_b"' in text and '"kp-vf"' in text
+    # the CLI's numbers are the estimators' own: recompute kp-vf and vf vs BPTT(K) on its model and data
+    import json
+
+    from ep_compile.estimators import bptt, kp_vf_one_sided
+    from ep_compile.model import model_config
+
+    rows = {(r["estimator"], r["layer"]): r["rel_error"] for r in json.loads(text)["results"]}
+    torch.manual_seed(0)
+    model = EPNet(model_config("digits", asymmetric=True)).double()
+    x, y = gradcheck.load_batch("random", model.cfg.in_shape, 3, 10, torch.float64, torch.Generator().manual_seed(0))
+    ref = bptt(model, x, y, Phases(T=60, K=15, bptt_steps=15)).grads
+    for name, fn in (("vf", vf), ("kp-vf", kp_vf), ("kp-vf-one-sided", kp_vf_one_sided)):
+        est = fn(model, x, y, Phases(T=60, K=15, beta=0.05)).grads
+        for r in gradcheck.compare(model, est, ref):
+            assert r["rel_error"] == pytest.approx(rows[(name, r["layer"])], rel=1e-6, abs=1e-12), (name, r)
+    assert rows[("vf", "conv2_b")] != pytest.approx(rows[("kp-vf", "conv2_b")], rel=1e-3)
     assert gradcheck.main(["--asymmetric", "--estimators", "symmetric", "--T", "5", "--K", "2"]) == 2
     assert "assumes symmetric weights" in capsys.readouterr().err
 

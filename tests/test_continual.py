@@ -10,7 +10,7 @@ from conftest import small_cfg, train
 from ep_compile import gradcheck
 from ep_compile.estimators import ESTIMATORS, Phases, kp_vf, one_sided, symmetric
 from ep_compile.model import ConfigError, EPNet
-from ep_compile.training import make_optimizer
+from ep_compile.training import make_optimizer, wd_compensate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,10 +25,11 @@ def run_continual(model, name, x, y, ph, lr, wd=0.0, compensate=False):
     n_groups = len(model.layers) + (model.readout is not None)
     opt = make_optimizer(model, {"lrs": [lr] * n_groups, "momentum": 0.0, "weight_decay": wd})
     before = flat(model.parameters()).clone()
+    group_of = [i for i, grp in enumerate(opt.param_groups) for _ in grp["params"]]
 
     def update(g, k, K):
-        if compensate:
-            g = [gi / (1 - lr * wd) ** (K - 1 - k) for gi in g]
+        if compensate:  # the library's compensation, as experiments/cifar.py applies it
+            g = wd_compensate(g, opt, k, K, group_of)
         for p, gi in zip(model.parameters(), g):
             p.grad = gi
         opt.step()
@@ -102,6 +103,8 @@ def test_gradcheck_reports_continual_rows_and_c_ep_tracks_bptt(tmp_path):
                 "--estimators",
                 "c-vf",
                 "c-kpvf",
+                "vf-one-sided",
+                "kp-vf-one-sided",
                 "--betas",
                 "0.01",
                 "--T",
@@ -116,7 +119,14 @@ def test_gradcheck_reports_continual_rows_and_c_ep_tracks_bptt(tmp_path):
         )
         == 0
     )
-    assert {r["estimator"] for r in json.loads(out2.read_text())["results"]} == {"c-vf", "c-kpvf"}
+    rows2 = {(r["estimator"], r["layer"]): r["rel_error"] for r in json.loads(out2.read_text())["results"]}
+    layers = {layer for _, layer in rows2}
+    assert {"conv2_b", "all"} <= layers
+    for layer in layers:  # at a tiny continual lr the time-local rows match their one-shot forms
+        assert rows2[("c-kpvf", layer)] == pytest.approx(rows2[("kp-vf-one-sided", layer)], rel=1e-4)
+        assert (
+            abs(rows2[("c-vf", layer)] - rows2[("vf-one-sided", layer)]) < 0.02 * rows2[("vf-one-sided", layer)] + 1e-3
+        )
 
 
 def test_mismatched_models_error():
