@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ep_compile.continual import CONTINUAL
 from ep_compile.data import DATASETS, augment, make_splits, normalize
 from ep_compile.dynamics import make_step, relax_until
-from ep_compile.estimators import ESTIMATORS, Phases, get_estimator, set_grads
+from ep_compile.estimators import ESTIMATORS, SPECS, Phases, get_estimator, set_grads
 from ep_compile.model import ConfigError
 from ep_compile.spiking import SpikeConfig, SpikeState, check_spiking, spike_report, spiking_phase
 from ep_compile.training import (
@@ -216,6 +216,7 @@ PRESETS = {
     },
     "fashion-ce-symmetric": {
         **DIGITS,
+        "estimator": "symmetric",
         "dataset": "fashion-mnist",
         "in_shape": [1, 28, 28],
         "paddings": [1, 1],
@@ -667,7 +668,38 @@ def build_config(args) -> dict:
     check_compatible(config["estimator"], model)  # clear messages for bad combinations
     if config["neuron"] == "spiking":
         check_spiking(model)
+    check_honoured(config, {key for key, _, _ in CONFIG_FLAGS.values() if getattr(args, key) is not None})
     return config
+
+
+def check_honoured(config: dict, given: set) -> None:
+    """Refuse, in one line, every setting the chosen path would silently ignore."""
+    est = config["estimator"]
+    spiking, bptt_est = config["neuron"] == "spiking", est == "bptt"
+    time_local = est in CONTINUAL or est == "spiking-c-ep"
+    two_sided = est in SPECS and SPECS[est][1]
+    ignored = []
+    if spiking:  # the spiking phases run their own eager loop with a decoder schedule
+        ignored += [f for f, on in (("--compile", config["compile"]), ("--fused", config["fused"])) if on]
+        ignored += [f"--schedule {config['schedule']}"] if config["schedule"] != "sync" else []
+        ignored += [f"--tol {config['tol']}"] if config["tol"] > 0 else []
+        ignored += [f"--amp {config['amp']}"] if config["amp"] else []
+        ignored += ["--channels-last"] if config["channels_last"] else []
+    if config["fused"] and not two_sided and not spiking:
+        ignored.append("--fused (only two-phase estimators: symmetric, vf, kp-vf)")
+    if config["tol"] > 0 and bptt_est:
+        ignored.append(f"--tol {config['tol']} (BPTT unrolls all T steps)")
+    if config["amp"] and time_local and not spiking:
+        ignored.append(f"--amp {config['amp']} (time-local estimators run their nudged steps in full precision)")
+    if config["vf_form"] != "linearized" and est not in ("vf", "vf-one-sided"):
+        ignored.append(f"--vf-form {config['vf_form']} (only vf and vf-one-sided)")
+    if config["wd_compensation"] and not time_local:
+        ignored.append("--wd-compensation (only time-local estimators)")
+    if "bptt_steps" in given and not bptt_est:
+        ignored.append("--bptt-steps (only --estimator bptt)")
+    if ignored:
+        what = f"--neuron spiking with estimator {est!r}" if spiking else f"estimator {est!r}"
+        raise ConfigError(f"{what} would ignore {', '.join(ignored)}: drop it or change the estimator")
 
 
 def main(argv=None):
@@ -704,6 +736,9 @@ def main(argv=None):
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="run the step eagerly")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     parser.add_argument("--resume", default=None, help="continue (or evaluate) the run in this folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start a fresh run in a folder that already holds one (replaces it)"
+    )
     parser.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint on the test set")
     parser.add_argument("--with-tracking", action="store_true", help="also log to TensorBoard through accelerate")
     parser.add_argument(
@@ -714,7 +749,8 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     if args.list_presets:
-        for name, p in PRESETS.items():
+        for name, preset in PRESETS.items():
+            p = {**RUN_DEFAULTS, **preset}
             print(
                 f"{name:<22} {p['dataset']:<14} loss={p['loss']:<4} estimator={p['estimator']:<12} "
                 f"T={p['T']} K={p['K']} beta={p['beta']} epochs={p['epochs']} dropout={p['dropout'] or 0}"
@@ -728,6 +764,12 @@ def main(argv=None):
             config["out"] = str(Path(args.resume)) if Path(args.resume).is_dir() else config["out"]
         else:
             config = build_config(args)
+            out = Path(config["out"])
+            if not args.overwrite and any((out / f).exists() for f in ("last.pt", "best.pt", "metrics.jsonl")):
+                raise ConfigError(
+                    f"run folder {out} already holds a run: continue it with --resume {out}, "
+                    "start over with --overwrite, or pick another --out"
+                )
         training_function(config, args)
     except ConfigError as e:
         print(f"cifar.py: error: {e}", file=sys.stderr)

@@ -93,3 +93,81 @@ def test_cifar10_cpu_preset_runs_two_iterations(tmp_path):
     assert cfg["batch_size"] == 64 and cfg["val_size"] == 0  # 128 images: two iterations
     assert [r["epoch"] for r in rows] == [1] and "wall_seconds" in rows[0]
     assert all(0 <= r["test_error"] <= 1 for r in rows)
+
+
+def test_every_preset_is_listed_and_builds(capsys, monkeypatch, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import cifar
+
+    assert cifar.main(["--list-presets"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(cifar.PRESETS)
+    built = {}
+    monkeypatch.setattr(cifar, "training_function", lambda config, args: built.setdefault(config["preset"], config))
+    for name in cifar.PRESETS:
+        assert cifar.main(["--preset", name, "--out", str(tmp_path / name)]) == 0, name
+        assert built[name]["estimator"]
+    bptt_rows = [n for n, p in cifar.PRESETS.items() if p["estimator"] == "bptt" and p.get("T") == 250]
+    assert bptt_rows and all(cifar.PRESETS[n]["bptt_steps"] == cifar.PRESETS[n]["K"] for n in bptt_rows)
+
+
+def test_fresh_run_refuses_an_existing_run_folder(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    train(out, "--epochs", "1")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    cmd = [sys.executable, str(ROOT / "experiments" / "cifar.py"), "--epochs", "1", "--out", str(out), "--no-compile"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 2 and "already holds a run" in p.stderr and str(out) in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert {q.name: q.read_bytes() for q in out.iterdir() if q.is_file()} == before
+    rows = train(out, "--epochs", "1", "--overwrite")
+    assert [r["epoch"] for r in rows] == [1]  # replaced, not appended
+
+
+KINDS = {  # name -> (argv, two-phase, time-local, bptt, vf, spiking)
+    "symmetric": (["--preset", "digits-ce-symmetric"], True, False, False, False, False),
+    "one-sided": (["--preset", "digits-ce-symmetric", "--estimator", "one-sided"], False, False, False, False, False),
+    "bptt": (["--preset", "digits-ce-bptt"], False, False, True, False, False),
+    "c-ep": (["--preset", "digits-cep-conv"], False, True, False, False, False),
+    "vf": (["--preset", "digits-ce-vf"], True, False, False, True, False),
+    "spiking": (["--preset", "digits-spiking"], True, False, False, False, True),
+    "spiking-c-ep": (["--preset", "digits-spiking", "--estimator", "c-ep"], True, True, False, False, True),
+}
+FLAGS = {  # flag argv -> predicate(two, local, bptt, vf, spiking): is it honoured?
+    "--compile": lambda two, local, bp, vf, spk: not spk,
+    "--channels-last": lambda two, local, bp, vf, spk: not spk,
+    "--schedule evenodd": lambda two, local, bp, vf, spk: not spk,
+    "--tol 1e-3": lambda two, local, bp, vf, spk: not spk and not bp,
+    "--amp bf16": lambda two, local, bp, vf, spk: not spk and not local,
+    "--fused": lambda two, local, bp, vf, spk: two and not spk,
+    "--vf-form paper-code": lambda two, local, bp, vf, spk: vf,
+    "--wd-compensation": lambda two, local, bp, vf, spk: local,
+    "--bptt-steps 5": lambda two, local, bp, vf, spk: bp,
+}
+
+
+def test_no_flag_is_silently_ignored(capsys, monkeypatch):
+    """Every (neuron mode / estimator, flag) pair is honoured (the config carries it) or refused with
+    one line naming the flag."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import cifar
+
+    seen = {}
+    monkeypatch.setattr(cifar, "training_function", lambda config, args: seen.update(config=config))
+    for kind, (argv, *traits) in KINDS.items():
+        for flag, honoured in FLAGS.items():
+            seen.clear()
+            rc = cifar.main(argv + flag.split() + ["--out", "/nonexistent/ep_compile_test"])
+            err = capsys.readouterr().err
+            if honoured(*traits):
+                assert rc == 0 and seen, (kind, flag, err)
+            else:
+                assert rc == 2 and not seen, (kind, flag)
+                assert flag.split()[0] in err and len(err.strip().splitlines()) == 1, (kind, flag, err)
