@@ -171,3 +171,54 @@ def test_no_flag_is_silently_ignored(capsys, monkeypatch):
             else:
                 assert rc == 2 and not seen, (kind, flag)
                 assert flag.split()[0] in err and len(err.strip().splitlines()) == 1, (kind, flag, err)
+
+
+def test_resume_refuses_changes_applies_epochs_and_uses_the_files_folder(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import cifar
+
+    out = tmp_path / "r"
+    train(out, "--epochs", "1")
+    (out / ".last.pt.tmp999").write_bytes(b"partial")
+    before = (out / "last.pt").read_bytes()
+    assert cifar.main(["--resume", str(out), "--lrs", "0.5", "0.5", "0.5", "--cpu", "--no-compile"]) == 2
+    err = capsys.readouterr().err
+    assert "--lrs [0.5, 0.5, 0.5] would change it" in err and len(err.strip().splitlines()) == 1
+    assert cifar.main(["--resume", str(out / "last.pt"), "--out", str(tmp_path / "x"), "--cpu"]) == 2
+    assert "drop --out" in capsys.readouterr().err
+    assert (out / "last.pt").read_bytes() == before
+    # a file means its folder; --epochs may change and is reported; stale temp files are removed
+    assert cifar.main(["--resume", str(out / "last.pt"), "--epochs", "2", "--cpu", "--no-compile"]) == 0
+    assert "resuming with epochs=2 (was 1)" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and not (out / ".last.pt.tmp999").exists()
+
+
+def test_accelerate_launch_without_config_matches_plain_python(tmp_path):
+    """`accelerate launch` (no config file, one process) against plain python on digits: the same
+    metrics, and the launcher's one-thread default replaced by the cores of the process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf"), ACCELERATE_CONFIG_FILE=str(tmp_path / "none.yaml"))
+    script = str(ROOT / "experiments" / "cifar.py")
+    common = ["--epochs", "2", "--no-compile", "--cpu", "--dtype", "float64"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1"]
+    a = subprocess.run(
+        launcher + [script, *common, "--out", str(tmp_path / "a")], env=env, capture_output=True, text=True
+    )
+    b = subprocess.run(
+        [sys.executable, script, *common, "--out", str(tmp_path / "b")], env=env, capture_output=True, text=True
+    )
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr[-2000:], b.stderr[-2000:])
+    cores = len(os.sched_getaffinity(0))
+    assert f"threads per process: {cores} ({cores} cores / 1 local processes)" in a.stdout + a.stderr
+    ra = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    for x, y in zip(ra, rb, strict=True):
+        for key in ("train_error", "train_loss", "val_error", "test_error"):
+            assert x[key] == pytest.approx(y[key], abs=1e-9), key

@@ -1,11 +1,17 @@
 """Gradient quality on a trained checkpoint: steps the even/odd free phase needs, how many units sit
 in the linear region, and the cosine of EP (T, K, beta) and truncated BPTT against a long BPTT, per
-weight, in float64. Usage: python benchmarks/recipe_pilots/trained_gradients.py runs/RUN/last.pt
+weight, in float64; with `init` instead of a checkpoint, the cifar10-cpu net at PyTorch's default
+init (seed 0), also printing the spread of its read-out logits.
+Usage: python benchmarks/recipe_pilots/trained_gradients.py runs/RUN/last.pt | init
 """
 
 import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+import cifar  # noqa: E402  (the presets)
 
 from ep_compile.data import make_splits, normalize
 from ep_compile.dynamics import relax_until, step_evenodd
@@ -13,18 +19,25 @@ from ep_compile.estimators import Phases, bptt, symmetric
 from ep_compile.training import load_checkpoint, model_from_config
 
 torch.set_num_threads(1)
-ck = load_checkpoint(sys.argv[1])
-cfg = ck["config"]
-m = model_from_config(cfg)
-m.load_state_dict(ck["model"])
-m = m.double()
 s = make_splits("cifar10", "../shared/data/cifar10-jpeg.tar.gz", 0, None, None, 0, None, log=lambda *a: None)
+if sys.argv[1] == "init":
+    cfg = {**cifar.RUN_DEFAULTS, **cifar.PRESETS["cifar10-cpu"], "mean": s.mean, "std": s.std}
+    torch.manual_seed(0)
+    ck = {"epoch": 0, "step": 0}
+    m = model_from_config(cfg)
+else:
+    ck = load_checkpoint(sys.argv[1])
+    cfg = ck["config"]
+    m = model_from_config(cfg)
+    m.load_state_dict(ck["model"])
+m = m.double()
 x = normalize(s.train.x[:64], cfg["mean"], cfg["std"], 3.0, torch.float64)
 y = s.train.y[:64]
 with torch.no_grad():
     st, n, res = relax_until(m, x, m.init_states(64, x), 400, 1e-7, 1, step_fn=step_evenodd)
 print("epoch", ck["epoch"], "step", ck["step"], "evenodd steps to 1e-7:", n, "res", res)
-print("acts", " ".join(f"{t.mean():.3f}/{((t > 0) & (t < 1)).float().mean():.2f}" for t in st))
+print("mean state / fraction linear", " ".join(f"{t.mean():.3f}/{((t > 0) & (t < 1)).float().mean():.2f}" for t in st))
+print("read-out logits std", m.logits(st).std().item())
 ref = bptt(m, x, y, Phases(T=150, K=60, bptt_steps=150), step_fn=step_evenodd)
 for T, K, beta in [(10, 4, 0.5), (20, 8, 0.5), (60, 30, 0.5), (60, 30, 0.1), (10, 4, 0.2), (10, 8, 0.5)]:
     e = symmetric(m, x, y, Phases(T=T, K=K, beta=beta), step_fn=step_evenodd)
