@@ -153,8 +153,9 @@ def vf_gradient(
     params = list(model.parameters())
     star = model.apply_masks([t.detach() for t in s_star], masks)
     delta = model.apply_masks([(b - a).detach() / (beta_b - beta_a) for a, b in zip(s_a, s_b)], masks)
-    pre_a = model.apply_masks([t.detach() for t in s_a], masks)
-    pre_b = model.apply_masks([t.detach() for t in s_b], masks)
+    if form == "paper-code":  # the pre-synaptic states of the two phases themselves
+        pre_a = model.apply_masks([t.detach() for t in s_a], masks)
+        pre_b = model.apply_masks([t.detach() for t in s_b], masks)
     layers = [x] + star
     with torch.enable_grad():
         g = 0

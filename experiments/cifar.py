@@ -511,13 +511,8 @@ def training_function(config, args):
             bar.update(1)
             bar.set_postfix(err=f"{stats[0] / max(stats[2], 1):.3f}", lr=f"{lr:.3g}")
             done_steps += 1
-            if (
-                config["checkpoint_every"]
-                and (step + 1) % config["checkpoint_every"] == 0
-                and step + 1 < steps_per_epoch
-            ):
-                save(epoch, step + 1, stats)
-            if eval_steps and (step + 1) % eval_steps == 0 and step + 1 <= steps_per_epoch - eval_steps // 2:
+            evaluate_now = eval_steps and (step + 1) % eval_steps == 0 and step + 1 <= steps_per_epoch - eval_steps // 2
+            if evaluate_now:  # a test-only row inside the epoch, checkpointed with it
                 test_err, _ = evaluate(splits.test)
                 log_row(
                     {
@@ -528,6 +523,8 @@ def training_function(config, args):
                         "partial": True,
                     }
                 )
+            every = config["checkpoint_every"]
+            if evaluate_now or (every and (step + 1) % every == 0 and step + 1 < steps_per_epoch):
                 save(epoch, step + 1, stats)
             if args.simulate_crash_at_step and done_steps == args.simulate_crash_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # testing: a real kill, mid-epoch
@@ -583,7 +580,8 @@ def training_function(config, args):
         "time to test accuracy: "
         + ", ".join(f"{k}: {'not reached' if v is None else f'{v:.0f} s'}" for k, v in reached.items())
     )
-    last = [r for r in history if not r.get("partial")][-1] if any(not r.get("partial") for r in history) else {}
+    full = [r for r in history if not r.get("partial")]
+    last = full[-1] if full else {}
     if last:
         log(
             f"final test accuracy {100 * (1 - last['test_error']):.2f}% (test error {100 * last['test_error']:.2f}%), "

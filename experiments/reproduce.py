@@ -30,18 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # (measured in pilots: with the paper's values both stay at chance for two epochs). Chosen so the whole
 # study (all rows below, 2 jobs) takes about 45 minutes on two cores.
 SMALL = {
-    "--channels": "16 32 64 64",
-    "--T": "30",
-    "--K": "10",
-    "--train-subset": "2500",
-    "--val-size": "500",
-    "--test-subset": "1000",
-    "--epochs": "5",
-    "--decay-epochs": "5",
-    "--batch-size": "32",
-    "--lrs": "0.5 0.3 0.2 0.16 0.1",
-    "--std-scale": "1",
-    "--eval-batch-size": "250",
+    "--channels": "16 32 64 64", "--T": "30", "--K": "10", "--train-subset": "2500", "--val-size": "500",
+    "--test-subset": "1000", "--epochs": "5", "--decay-epochs": "5", "--batch-size": "32",
+    "--lrs": "0.5 0.3 0.2 0.16 0.1", "--std-scale": "1", "--eval-batch-size": "250",
 }
 # (preset, seeds): two seeds where the variance across runs is the point
 ROWS = [
@@ -58,16 +49,9 @@ ROWS = [
 ]
 # Tables 1 and 2 of the paper: (EP test error, EP train error) in %, mean over 5 runs
 PAPER = {
-    "mse-one-sided": (86.64, 84.90),
-    "mse-random-sign": (21.55, 20.01),
-    "mse-symmetric": (12.45, 7.83),
-    "mse-bptt": (11.10, 3.69),
-    "ce-symmetric": (11.68, 4.98),
-    "ce-symmetric-dropout": (11.87, 6.46),
-    "ce-bptt": (11.12, 2.19),
-    "ce-vf": (75.47, 78.04),
-    "ce-kpvf": (13.15, 8.87),
-    "ce-bptt-asym": (9.46, 0.80),
+    "mse-one-sided": (86.64, 84.90), "mse-random-sign": (21.55, 20.01), "mse-symmetric": (12.45, 7.83),
+    "mse-bptt": (11.10, 3.69), "ce-symmetric": (11.68, 4.98), "ce-symmetric-dropout": (11.87, 6.46),
+    "ce-bptt": (11.12, 2.19), "ce-vf": (75.47, 78.04), "ce-kpvf": (13.15, 8.87), "ce-bptt-asym": (9.46, 0.80),
 }
 
 
@@ -80,20 +64,8 @@ def run_one(preset, seed, args):
     if (out / "last.pt").exists():
         cmd = [sys.executable, str(ROOT / "experiments" / "cifar.py"), "--resume", str(out)]
     else:
-        cmd = [
-            sys.executable,
-            str(ROOT / "experiments" / "cifar.py"),
-            "--preset",
-            preset,
-            "--seed",
-            str(seed),
-            "--data-root",
-            args.data_root,
-            "--out",
-            str(out),
-            "--no-compile",
-            "--cpu",
-        ]
+        cmd = [sys.executable, str(ROOT / "experiments" / "cifar.py"), "--preset", preset, "--seed", str(seed),
+               "--data-root", args.data_root, "--out", str(out), "--no-compile", "--cpu"]
         for k, v in SMALL.items():
             cmd += [k, *v.split()]
     t = time.time()
@@ -118,30 +90,19 @@ def summarize(args):
             continue
         test = [100 * m["test_error"] for m in finals]
         train = [100 * m["train_error"] for m in finals]
-        rows.append(
-            {
-                "row": preset,
-                "seeds": len(finals),
-                "test_error": statistics.mean(test),
-                "test_spread": statistics.pstdev(test) if len(test) > 1 else 0.0,
-                "test_per_seed": test,
-                "train_error": statistics.mean(train),
-                "paper_test": PAPER[preset][0],
-                "paper_train": PAPER[preset][1],
-                "epoch_seconds": statistics.mean(m["epoch_seconds"] for m in finals),
-                "alignment_deg": finals[0].get("alignment_deg"),
-            }
-        )
-    lines = [
-        "| row | seeds | test error % (spread) | per seed | train error % | paper test / train % | s / epoch |",
-        "|---|---|---|---|---|---|---|",
-    ]
+        rows.append({
+            "row": preset, "seeds": len(finals), "test_error": statistics.mean(test),
+            "test_spread": statistics.pstdev(test) if len(test) > 1 else 0.0, "test_per_seed": test,
+            "train_error": statistics.mean(train), "paper_test": PAPER[preset][0], "paper_train": PAPER[preset][1],
+            "epoch_seconds": statistics.mean(m["epoch_seconds"] for m in finals),
+            "alignment_deg": finals[0].get("alignment_deg"),
+        })
+    lines = ["| row | seeds | test error % (spread) | per seed | train error % | paper test / train % | s / epoch |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(
-            f"| {r['row']} | {r['seeds']} | {r['test_error']:.1f} ({r['test_spread']:.1f}) | "
-            f"{', '.join(f'{v:.1f}' for v in r['test_per_seed'])} | {r['train_error']:.1f} | "
-            f"{r['paper_test']:.2f} / {r['paper_train']:.2f} | {r['epoch_seconds']:.0f} |"
-        )
+        lines.append(f"| {r['row']} | {r['seeds']} | {r['test_error']:.1f} ({r['test_spread']:.1f}) | "
+                     f"{', '.join(f'{v:.1f}' for v in r['test_per_seed'])} | {r['train_error']:.1f} | "
+                     f"{r['paper_test']:.2f} / {r['paper_train']:.2f} | {r['epoch_seconds']:.0f} |")
     table = "\n".join(lines)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,9 +138,7 @@ def plot(curves, out: Path):
         ms = curves.get(name)
         if ms and "alignment_deg" in ms[-1]:
             for layer in ms[-1]["alignment_deg"]:
-                ax.plot(
-                    [m["epoch"] for m in ms], [m["alignment_deg"][layer] for m in ms], style, label=f"{name} {layer}"
-                )
+                ax.plot([m["epoch"] for m in ms], [m["alignment_deg"][layer] for m in ms], style, label=f"{name} {layer}")
     ax.set_title("angle between forward and backward weights (Fig. 7 style)", fontsize=9)
     ax.set_xlabel("epoch")
     ax.set_ylabel("degrees")
@@ -191,11 +150,8 @@ def plot(curves, out: Path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--data-root",
-        default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"),
-        help="CIFAR-10 (torchvision folder, ImageFolder tree or .tar.gz of one)",
-    )
+    p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"),
+                   help="CIFAR-10 (torchvision folder, ImageFolder tree or .tar.gz of one)")
     p.add_argument("--out", default=str(ROOT / "runs" / "reproduce"), help="folder of the runs and the report")
     p.add_argument("--rows", nargs="+", default=None, help="only these rows (presets)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds of every row")
