@@ -255,6 +255,41 @@ def make_splits(
     )
 
 
+RAW = {"dtype": "uint8", "range": [0, 255], "layout": "N x C x H x W"}
+TRANSFORM = "x = (raw / 255 - mean[c]) / (std_scale * std[c])"
+
+
+def preprocessing_meta(config: dict, in_shape) -> dict:
+    """The preprocessing contract stored with a trained model (ONNX metadata): what raw images look
+    like and the whole transform to the model's input. Every data set here is stored as uint8 0..255
+    (scikit-learn's digits, 0..16 at the source, are scaled by 255/16 and rounded: load_digits_set)."""
+    return {
+        "raw": RAW,
+        "transform": TRANSFORM,
+        "mean": config.get("mean"),
+        "std": config.get("std"),
+        "std_scale": config.get("std_scale", 1.0),
+        "input_shape": list(in_shape),
+    }
+
+
+def preprocess(raw: torch.Tensor, meta: dict, dtype=torch.float32) -> torch.Tensor:
+    """Raw uint8 images (N, C, H, W), 0..255 -> the model's input, by the contract in `meta` (a
+    training config or the ONNX `ep_compile.preprocessing` metadata): one function for training,
+    export checks and inference code."""
+    if raw.dtype != torch.uint8:
+        raise ConfigError(
+            f"preprocess expects raw uint8 images 0..255 (N, C, H, W), got dtype {raw.dtype}; "
+            "scale other ranges to 0..255 first (digits: round(v * 255 / 16))"
+        )
+    shape = meta.get("input_shape") or meta.get("in_shape")
+    if raw.dim() != 4 or (shape is not None and list(raw.shape[1:]) != list(shape)):
+        raise ConfigError(
+            f"preprocess expects (N, {', '.join(map(str, shape or ['C', 'H', 'W']))}), got {tuple(raw.shape)}"
+        )
+    return normalize(raw, meta["mean"], meta["std"], meta["std_scale"], dtype)
+
+
 def normalize(x_uint8: torch.Tensor, mean, std, std_scale: float, dtype=torch.float32) -> torch.Tensor:
     """(x / 255 - mean) / (std_scale * std), channel-wise. std_scale = 3 follows the paper's code: it
     keeps inputs small so the hard sigmoid units start in their linear range."""

@@ -173,3 +173,12 @@ def make_step(compile: bool = False, schedule: str = "sync", mode: str | None = 
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
     return _COMPILED[key]
+
+
+def schedule_of(step_fn) -> str:
+    """'sync' or 'evenodd': the schedule of a step function from SCHEDULES or make_step (paths that
+    run their own step, e.g. holomorphic EP's complex phases, follow it)."""
+    for (schedule, _), fn in _COMPILED.items():
+        if fn is step_fn:
+            return schedule
+    return "evenodd" if step_fn is step_evenodd else "sync"

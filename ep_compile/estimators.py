@@ -52,6 +52,7 @@ class Phases:
     lr: float = 1e-6  # continual estimators without an update callback: the step size of their SGD
     spiking: object = None  # spiking.SpikeConfig for the spiking estimators (None: its defaults)
     vf_form: str = "linearized"  # vf / vf-one-sided backward weights: see vf_gradient
+    hep_points: int = 4  # holomorphic EP: nudges beta_k = beta e^{2 pi i k / N}, k < N (holomorphic.py)
 
     def __post_init__(self):
         for name in ("T", "K"):
@@ -62,6 +63,8 @@ class Phases:
             raise ConfigError(f"amp must be None or 'bf16', got {self.amp!r}")
         if self.tol < 0 or not isinstance(self.check_every, int) or self.check_every < 1:
             raise ConfigError(f"tol must be >= 0 and check_every >= 1, got {self.tol!r}, {self.check_every!r}")
+        if not isinstance(self.hep_points, int) or not 2 <= self.hep_points <= 64:
+            raise ConfigError(f"hep_points must be an integer in [2, 64], got {self.hep_points!r}")
         if self.vf_form not in VF_FORMS:
             raise ConfigError(f"unknown vf_form {self.vf_form!r}; valid: {', '.join(VF_FORMS)}")
         if self.bptt_steps is not None and not 1 <= self.bptt_steps <= self.T:
@@ -352,3 +355,7 @@ ESTIMATORS.update({name: continual_estimator(name) for name in CONTINUAL})
 from .spiking import SPIKING, spiking_estimator  # noqa: E402
 
 ESTIMATORS.update({name: spiking_estimator(name) for name in SPIKING})
+
+from .holomorphic import holomorphic  # noqa: E402
+
+ESTIMATORS["holomorphic"] = holomorphic

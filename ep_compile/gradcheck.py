@@ -21,9 +21,11 @@ import torch
 from .continual import CONTINUAL
 from .dynamics import count_changes, relax, step
 from .estimators import ESTIMATORS, SPECS, Phases, check_compatible, get_estimator, nudged_states, rule_gradient
+from .holomorphic import holomorphic
 from .model import ConfigError, EPNet, layer_groups, model_config
 
-GRADCHECK_ESTIMATORS = tuple(SPECS) + tuple(CONTINUAL)  # every EP-family estimator; bptt is the reference
+# every EP-family estimator; bptt is the reference
+GRADCHECK_ESTIMATORS = tuple(SPECS) + tuple(CONTINUAL) + ("holomorphic",)
 
 
 def bptt_per_step(model: EPNet, x, y, T: int, K: int, masks=None, step_fn=step):
@@ -145,12 +147,14 @@ def run(args) -> dict:
         check_compatible(name, model)
     for b in args.betas:
         Phases(T=args.T, K=args.K, beta=b, vf_form=args.vf_form).require_beta("gradcheck")
+    for N in args.hep_points:
+        Phases(hep_points=N)  # validates N
     if args.K > args.T:
         raise ConfigError(f"K={args.K} must not exceed T={args.T}: BPTT is truncated to the last K free steps")
     model.check_input(x)
     ref_steps, traj = bptt_per_step(model, x, y, args.T, args.K)
     s_free = traj[-1]
-    results, changes, curves = [], [], {}
+    results, changes, curves = [], [], {}  # curves: beta -> {label: [estimate after t nudged steps]}
     for beta in args.betas:
         for name in args.estimators:
             if name in CONTINUAL:
@@ -162,10 +166,18 @@ def run(args) -> dict:
                         compare(model, e, r)[-1]["rel_error"] for e, r in zip(per, ref_steps)
                     ]
                 continue
+            if name == "holomorphic":  # final estimate only, one row per number of points
+                for N in args.hep_points:
+                    est = holomorphic(model, x, y, Phases(T=args.T, K=args.K, beta=beta, hep_points=N))
+                    for row in compare(model, est.grads, ref_steps[-1]):
+                        results.append({"estimator": f"holomorphic-N{N}", "beta": beta, **row})
+                continue
             kind, b = name, beta
             if name == "random-sign":
                 kind, b = "one-sided", beta * (1 if torch.randint(0, 2, (1,), generator=gen).item() else -1)
             ests, nudged = ep_per_step(model, x, y, s_free, args.K, b, kind, vf_form=args.vf_form)
+            label = f"random-sign ({'+' if b > 0 else '-'}beta)" if name == "random-sign" else name
+            curves.setdefault(beta, {})[label] = ests
             for row in compare(model, ests[-1], ref_steps[-1]):
                 results.append({"estimator": name, "beta": beta, **row})
             per_t = [compare(model, e, r)[-1]["rel_error"] for e, r in zip(ests, ref_steps)]
@@ -174,22 +186,28 @@ def run(args) -> dict:
                 changes.append(
                     {"estimator": name, "beta": sgn * b, **count_changes(model, x, s_free, s, None, y, None, sgn * b)}
                 )
-        if beta == args.betas[0]:
-            one, two = ("kp-vf-one-sided", "kp-vf") if cfg.asymmetric else ("one-sided", "symmetric")
-            curves = {
-                "one-sided +beta": ep_per_step(model, x, y, s_free, args.K, beta, one)[0],
-                "one-sided -beta": ep_per_step(model, x, y, s_free, args.K, -beta, one)[0],
-                "symmetric": ep_per_step(model, x, y, s_free, args.K, beta, two)[0],
-                "BPTT": ref_steps,
-            }
     report = {"config": {**vars(args), "model": cfg.to_dict()}, "results": results, "changes": changes}
     _print(report)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
     if args.plot:
-        plot(model, curves, args.betas[0], args.plot, gen)
+        one = "kp-vf-one-sided" if cfg.asymmetric else "one-sided"
+        for beta in args.betas:  # Fig. 2 for every beta: the one-sided pair, every requested rule, BPTT
+            c = {f"{one} +beta": None, f"{one} -beta": None, **curves.get(beta, {})}
+            c.pop(one, None)  # the same curve as '+beta'
+            for sgn, label in ((1, f"{one} +beta"), (-1, f"{one} -beta")):
+                c[label] = ep_per_step(model, x, y, s_free, args.K, sgn * beta, one)[0]
+            c["BPTT"] = ref_steps
+            path = args.plot if len(args.betas) == 1 else _beta_path(args.plot, beta)
+            plot(model, c, beta, path, gen)
+            print(f"wrote {path}")
     return report
+
+
+def _beta_path(path: str, beta: float) -> str:
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}_beta{beta:g}.{ext}" if dot else f"{path}_beta{beta:g}"
 
 
 def _print(report):
@@ -215,12 +233,11 @@ def plot(model: EPNet, curves: dict, beta: float, path: str, gen, per_layer: int
 
     groups = layer_groups(model)
     fig, axes = plt.subplots(len(groups), per_layer, figsize=(3.2 * per_layer, 2.4 * len(groups)), squeeze=False)
-    styles = {
-        "one-sided +beta": ("k", "--"),
-        "one-sided -beta": ("0.5", "--"),
-        "symmetric": ("g", "-"),
-        "BPTT": ("r", "-"),
-    }
+    fixed = {"BPTT": ("r", "-", 2.0)}
+    others = [k for k in curves if k not in fixed]
+    palette = ["k", "0.55", "g", "b", "m", "c", "y", "tab:orange"]
+    styles = {k: (palette[i % len(palette)], "--" if "one-sided" in k else "-", 1.2) for i, k in enumerate(others)}
+    styles.update(fixed)
     for row, (name, idx) in enumerate(groups):
         w = list(model.parameters())[idx[0]]  # the layer's weight tensor
         live = curves["BPTT"][-1][idx[0]].flatten().nonzero().flatten()  # weights BPTT moves
@@ -230,12 +247,18 @@ def plot(model: EPNet, curves: dict, beta: float, path: str, gen, per_layer: int
             ax = axes[row][col]
             for label, seq in curves.items():
                 vals = [-g[idx[0]].flatten()[k].item() for g in seq]  # -dL/dw, as the paper plots
-                ax.plot(range(1, len(vals) + 1), vals, color=styles[label][0], ls=styles[label][1], label=label)
-            ax.set_title(f"{name} w[{k}]", fontsize=8)
+                color, ls, lw = styles[label]
+                ax.plot(range(1, len(vals) + 1), vals, color=color, ls=ls, lw=lw, label=label)
+            ax.set_title(f"{name} w[{k}]", fontsize=8, pad=12)  # room for the axis offset (x1e-5 ...)
             ax.tick_params(labelsize=6)
-    axes[0][0].legend(fontsize=6)
-    fig.suptitle(f"EP (beta={beta:g}) vs BPTT over the nudged phase; x axis: t (Eq. 6)", fontsize=9)
-    fig.tight_layout()
+            ax.yaxis.get_offset_text().set_fontsize(6)
+            if row == len(groups) - 1:
+                ax.set_xlabel("t (nudged steps)", fontsize=7)
+        axes[row][0].set_ylabel("-dL/dw", fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=7, frameon=False)
+    fig.suptitle(f"EP (beta={beta:g}) vs BPTT over the nudged phase (Eq. 6)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -270,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--vf-form",
         default="linearized",
         help="vf backward weights: linearized (Eq. 41-42 at s*) or paper-code (each phase's own pool winners)",
+    )
+    p.add_argument(
+        "--hep-points", type=int, nargs="+", default=[4], help="holomorphic: numbers of nudges N on the circle"
     )
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--plot", default=None, help="draw the Fig. 2 curves into this PNG")

@@ -20,8 +20,20 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import repeat
 
-ACTIVATIONS = {"hard-sigmoid": 0.5, "hard-sigmoid-1": 1.0}  # name -> slope: Eq. 51, Eq. 50
+# name -> slope: Eq. 51, Eq. 50; holo-sigmoid is a holomorphic, smooth version of the slope-1/2 hard
+# sigmoid (used by holomorphic EP, Laborieux & Zenke 2022), its slope at the centre u = 1 is ~1/2
+ACTIVATIONS = {"hard-sigmoid": 0.5, "hard-sigmoid-1": 1.0, "holo-sigmoid": 0.5}
+HOLO_SHARPNESS = 1.0  # a in holo_sigmoid; its poles sit at |Im u| = pi / a
+
+
+def holo_sigmoid(u: torch.Tensor, a: float = HOLO_SHARPNESS) -> torch.Tensor:
+    """0.5 u sigmoid(a u) + (1 - 0.5 u) sigmoid(a (u - 2)): ~clamp(u/2, 0, 1) for large a, holomorphic
+    away from the poles of the logistic, so it takes complex states (real or complex u)."""
+    return 0.5 * u * torch.sigmoid(a * u) + (1 - 0.5 * u) * torch.sigmoid(a * (u - 2))
+
+
 POOLS = ("max", "avg", "none")
 LOSSES = ("mse", "ce")
 
@@ -148,7 +160,7 @@ def model_config(arch: str | dict, **overrides) -> ModelConfig:
 
 def _avg_unpool(post: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Adjoint of avg_pool2d(2, 2): spread each value over its 2x2 window (/4), zero-pad odd edges."""
-    up = post.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1) / 4  # (B, C, 2h, 2w)
+    up = repeat(post, "b c h w -> b c (h i) (w j)", i=2, j=2) / 4  # (B, C, 2h, 2w)
     return F.pad(up, (0, size[1] - up.shape[-1], 0, size[0] - up.shape[-2]))
 
 
@@ -288,7 +300,9 @@ class EPNet(nn.Module):
             )
 
     def sigma(self, u: torch.Tensor) -> torch.Tensor:
-        """Hard sigmoid clamp(slope * u, 0, 1) (Eq. 50/51)."""
+        """Hard sigmoid clamp(slope * u, 0, 1) (Eq. 50/51), or the holomorphic holo-sigmoid."""
+        if self.cfg.activation == "holo-sigmoid":
+            return holo_sigmoid(u)
         return (u * self.slope).clamp(0.0, 1.0)
 
     def dropout_masks(self, batch: int, like: torch.Tensor, generator=None) -> list | None:

@@ -24,7 +24,9 @@ asymmetric layer), readout.weight, readout.bias ('ce'). Metadata (metadata_props
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 
 import numpy as np
 import onnx
@@ -165,7 +167,12 @@ def _feedback(g: _Graph, model, d: dict, n: int, pre: str, post: str, fwd_idx, f
 
 def build_onnx(model: EPNet, metadata: dict | None = None) -> onnx.ModelProto:
     """The ONNX model of the free phase of `model` (weights as float32 initializers)."""
-    model = model.float().eval()
+    if model.cfg.activation not in ("hard-sigmoid", "hard-sigmoid-1"):
+        raise ConfigError(
+            f"activation {model.cfg.activation!r} has no ONNX / C++ runtime form (HardSigmoid only); "
+            "train with --activation hard-sigmoid or hard-sigmoid-1 to export"
+        )
+    model = copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype and mode
     L = len(model.state_shapes)
     inits = [
         numpy_helper.from_array(v.detach().cpu().contiguous().numpy().astype(np.float32), _init_name(k))
@@ -272,6 +279,7 @@ def export_checkpoint(ck: dict, path: str, T: int | None = None, rate: bool = Fa
     """Build and save the ONNX file of a training checkpoint (see training.load_checkpoint). A spiking
     network has no spiking ONNX form: with rate=True its weights export as the rate network (whose
     fixed point its decoded states approach), otherwise it is refused."""
+    from .data import preprocessing_meta
     from .training import model_from_config
 
     config = ck["config"]
@@ -283,16 +291,17 @@ def export_checkpoint(ck: dict, path: str, T: int | None = None, rate: bool = Fa
     model = model_from_config(config)
     model.load_state_dict(ck["model"])
     meta = {
-        "preprocessing": {
-            "mean": config.get("mean"),
-            "std": config.get("std"),
-            "std_scale": config.get("std_scale", 1.0),
-            "input_shape": list(model.cfg.in_shape),
-        },
+        "preprocessing": preprocessing_meta(config, model.cfg.in_shape),
         "classes": config.get("classes") or [str(i) for i in range(model.cfg.n_classes)],
         "training_config": config,
         "default_T": str(T or config.get("T", 250)),
     }
     m = build_onnx(model, meta)
-    onnx.save(m, path)
+    tmp = f"{path}.tmp{os.getpid()}"  # atomic: a failed write never replaces a good file
+    try:
+        onnx.save(m, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return m

@@ -224,5 +224,5 @@ def plot_alignment(metrics: list[dict], path: Path, title: str = "") -> None:
     """Angle between forward and backward weights per layer over epochs (Eq. 52, Fig. 7 style)."""
     plt, fig, ax = _axes()
     for name in metrics[-1]["alignment_deg"]:
-        ax.plot([m["epoch"] for m in metrics], [m["alignment_deg"][name] for m in metrics], label=name)
+        ax.plot([m["epoch"] for m in metrics], [m["alignment_deg"][name] for m in metrics], marker=".", label=name)
     _save(plt, fig, ax, path, "angle (degrees)", title)

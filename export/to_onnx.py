@@ -1,7 +1,10 @@
 """Export a trained checkpoint to ONNX: the free phase as an ONNX Loop over one step.
 
-    python export/to_onnx.py runs/digits-ce-symmetric --out model.onnx
-    python export/to_onnx.py runs/ce-symmetric/best.pt --out cifar.onnx --T 250
+    python export/to_onnx.py runs/digits-ce-symmetric --out model.onnx     # the folder's best.pt
+    python export/to_onnx.py runs/ce-symmetric/last.pt --out cifar.onnx --T 250
+
+A run folder exports its best.pt (the checkpoint chosen on the validation set; last.pt when there is
+no best.pt); a .pt file exports itself.
 
 The file's contract (inputs, outputs, initializer names, metadata) is in docs/onnx.md; the C++
 runtime in runtime_cpp/ reads the same file.
@@ -19,7 +22,7 @@ from ep_compile.training import load_checkpoint  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Export an ep_compile checkpoint to ONNX.")
-    p.add_argument("checkpoint", help="run folder (its last.pt) or a .pt checkpoint file")
+    p.add_argument("checkpoint", help="run folder (its best.pt, else last.pt) or a .pt checkpoint file")
     p.add_argument("--out", required=True, help="path of the .onnx file to write")
     p.add_argument(
         "--T", type=int, default=None, help="default free-phase steps stored in the metadata (default: training T)"
@@ -27,7 +30,11 @@ def main(argv=None) -> int:
     p.add_argument("--rate", action="store_true", help="spiking checkpoints: export the rate (non-spiking) network")
     args = p.parse_args(argv)
     try:
-        ck = load_checkpoint(args.checkpoint)
+        path = Path(args.checkpoint)
+        if path.is_dir():
+            path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
+            print(f"exporting {path}")
+        ck = load_checkpoint(path)
         m = export_checkpoint(ck, args.out, args.T, rate=args.rate)
     except ConfigError as e:
         print(f"to_onnx.py: error: {e}", file=sys.stderr)

@@ -52,4 +52,7 @@ def test_gradcheck_cli_json_and_plot(tmp_path):
     assert get[("symmetric", 1e-5, "all")]["sign_agreement"] > 0.99
     assert len(get[("symmetric", 1e-5, "all")]["rel_error_per_step"]) == 20
     assert {"clamp_region_changes", "pool_winner_changes"} <= set(rep["changes"][0])
-    assert png.stat().st_size > 10_000
+    # one figure per beta, each with the random-sign curve
+    pngs = sorted(p.name for p in tmp_path.glob("gc_beta*.png"))
+    assert pngs == ["gc_beta0.2.png", "gc_beta1e-05.png"] and not png.exists()
+    assert all((tmp_path / p).stat().st_size > 10_000 for p in pngs)

@@ -100,7 +100,7 @@ def test_trained_digits_model_same_accuracy_in_onnxruntime(tmp_path):
         text=True,
     )
     assert p.returncode == 0, p.stderr
-    from ep_compile.data import make_splits, normalize
+    from ep_compile.data import make_splits, preprocess
     from ep_compile.training import load_checkpoint, model_from_config
 
     ck = load_checkpoint(run)
@@ -108,7 +108,7 @@ def test_trained_digits_model_same_accuracy_in_onnxruntime(tmp_path):
     model = model_from_config(cfg)
     model.load_state_dict(ck["model"])
     test = make_splits("digits", val_size=cfg["val_size"], seed=cfg["seed"]).test
-    x = normalize(test.x, cfg["mean"], cfg["std"], cfg["std_scale"])
+    x = preprocess(test.x, cfg)
     with torch.no_grad():
         s, _, _ = relax_until(model, x, model.init_states(len(x), x), cfg["T"], 0.0)
         pred_torch = model.logits(s).argmax(1).numpy()
@@ -122,6 +122,17 @@ def test_trained_digits_model_same_accuracy_in_onnxruntime(tmp_path):
     meta = {p.key: p.value for p in onnx.load(str(onx)).metadata_props}
     pre = json.loads(meta["ep_compile.preprocessing"])
     assert pre["mean"] == cfg["mean"] and pre["std_scale"] == 3.0 and meta["ep_compile.default_T"] == "30"
+    assert pre["raw"] == {"dtype": "uint8", "range": [0, 255], "layout": "N x C x H x W"} and "transform" in pre
+    # the README's inference snippet, as written, on the real digits test set, next to digits.onnx
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("<!-- inference-snippet -->\n```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "snippet.py").write_text(snippet)
+    p = subprocess.run(
+        [sys.executable, "snippet.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr
+    words = p.stdout.split()
+    assert float(words[words.index("accuracy") + 1]) == pytest.approx(acc_torch, abs=1e-4), p.stdout
 
 
 def test_export_bad_checkpoint(tmp_path):
@@ -139,3 +150,42 @@ def test_export_bad_checkpoint(tmp_path):
         text=True,
     )
     assert p.returncode == 2 and "is corrupt or not a checkpoint" in p.stderr
+
+
+def test_build_onnx_leaves_the_callers_model_alone():
+    model = EPNet(small_cfg()).double().train()
+    build_onnx(model)
+    assert next(model.parameters()).dtype == torch.float64 and model.training
+
+
+def test_export_is_atomic(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the existing file as it was, and no temp file behind."""
+    from ep_compile import onnx_export
+
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"a good model")
+
+    def broken_save(m, path):
+        with open(path, "wb") as f:
+            f.write(b"trunc")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(onnx_export.onnx, "save", broken_save)
+    ck = {
+        "config": {
+            "in_shape": [1, 8, 8],
+            "channels": [4, 6],
+            "paddings": [1, 0],
+            "pools": ["max"] * 2,
+            "n_classes": 4,
+            "kernels": 3,
+            "fc": [],
+            "loss": "ce",
+            "mean": [0.3],
+            "std": [0.3],
+        },
+        "model": EPNet(small_cfg()).state_dict(),
+    }
+    with pytest.raises(OSError, match="disk full"):
+        onnx_export.export_checkpoint(ck, str(target))
+    assert target.read_bytes() == b"a good model" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

@@ -129,25 +129,30 @@ def test_fresh_run_refuses_an_existing_run_folder(tmp_path):
     assert [r["epoch"] for r in rows] == [1]  # replaced, not appended
 
 
-KINDS = {  # name -> (argv, two-phase, time-local, bptt, vf, spiking)
-    "symmetric": (["--preset", "digits-ce-symmetric"], True, False, False, False, False),
-    "one-sided": (["--preset", "digits-ce-symmetric", "--estimator", "one-sided"], False, False, False, False, False),
-    "bptt": (["--preset", "digits-ce-bptt"], False, False, True, False, False),
-    "c-ep": (["--preset", "digits-cep-conv"], False, True, False, False, False),
-    "vf": (["--preset", "digits-ce-vf"], True, False, False, True, False),
-    "spiking": (["--preset", "digits-spiking"], True, False, False, False, True),
-    "spiking-c-ep": (["--preset", "digits-spiking", "--estimator", "c-ep"], True, True, False, False, True),
+KINDS = {  # name -> (argv, two-phase, time-local, bptt, vf, spiking, holomorphic)
+    "symmetric": (["--preset", "digits-ce-symmetric"], True, False, False, False, False, False),
+    "one-sided": (
+        ["--preset", "digits-ce-symmetric", "--estimator", "one-sided"],
+        *(False, False, False, False, False, False),
+    ),
+    "bptt": (["--preset", "digits-ce-bptt"], False, False, True, False, False, False),
+    "c-ep": (["--preset", "digits-cep-conv"], False, True, False, False, False, False),
+    "vf": (["--preset", "digits-ce-vf"], True, False, False, True, False, False),
+    "spiking": (["--preset", "digits-spiking"], True, False, False, False, True, False),
+    "spiking-c-ep": (["--preset", "digits-spiking", "--estimator", "c-ep"], True, True, False, False, True, False),
+    "holomorphic": (["--preset", "digits-ce-holomorphic"], False, False, False, False, False, True),
 }
-FLAGS = {  # flag argv -> predicate(two, local, bptt, vf, spiking): is it honoured?
-    "--compile": lambda two, local, bp, vf, spk: not spk,
-    "--channels-last": lambda two, local, bp, vf, spk: not spk,
-    "--schedule evenodd": lambda two, local, bp, vf, spk: not spk,
-    "--tol 1e-3": lambda two, local, bp, vf, spk: not spk and not bp,
-    "--amp bf16": lambda two, local, bp, vf, spk: not spk and not local,
-    "--fused": lambda two, local, bp, vf, spk: two and not spk,
-    "--vf-form paper-code": lambda two, local, bp, vf, spk: vf,
-    "--wd-compensation": lambda two, local, bp, vf, spk: local,
-    "--bptt-steps 5": lambda two, local, bp, vf, spk: bp,
+FLAGS = {  # flag argv -> predicate(two, local, bptt, vf, spiking, holomorphic): is it honoured?
+    "--compile": lambda two, local, bp, vf, spk, holo: not spk,
+    "--channels-last": lambda two, local, bp, vf, spk, holo: not spk,
+    "--schedule evenodd": lambda two, local, bp, vf, spk, holo: not spk,
+    "--tol 1e-3": lambda two, local, bp, vf, spk, holo: not spk and not bp,
+    "--amp bf16": lambda two, local, bp, vf, spk, holo: not spk and not local and not holo,
+    "--fused": lambda two, local, bp, vf, spk, holo: two and not spk,
+    "--hep-points 8": lambda two, local, bp, vf, spk, holo: holo,
+    "--vf-form paper-code": lambda two, local, bp, vf, spk, holo: vf,
+    "--wd-compensation": lambda two, local, bp, vf, spk, holo: local,
+    "--bptt-steps 5": lambda two, local, bp, vf, spk, holo: bp,
 }
 
 

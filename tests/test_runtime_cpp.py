@@ -89,6 +89,32 @@ def test_ep_infer_cli(build, golden, tmp_path):
     assert bad.returncode == 1 and "format version" in bad.stderr and "export/to_onnx.py" in bad.stderr
 
 
+def test_ep_infer_raw_images_and_bad_arguments(build, golden, tmp_path):
+    """--raw: uint8 0..255 images preprocessed by the model's metadata give the scores of the
+    Python-preprocessed float input; bad numbers and a dtype that does not match --raw exit 2."""
+    exe, model = str(build / "ep_infer"), str(golden / "digits_sym_ce_trained.onnx")
+    common = ["--max-steps", "40", "--tol", "0", "--out"]
+    sh([exe, model, str(golden / "digits.npy"), *common, str(tmp_path / "f.npy")])
+    sh([exe, model, str(golden / "digits_raw.npy"), "--raw", *common, str(tmp_path / "r.npy")])
+    assert np.abs(np.load(tmp_path / "f.npy") - np.load(tmp_path / "r.npy")).max() < 1e-5
+    for args, says in [
+        ([str(golden / "digits_raw.npy")], "pass --raw"),
+        ([str(golden / "digits.npy"), "--raw"], "--raw expects uint8"),
+        ([str(golden / "digits.npy"), "--max-steps", "-5"], "--max-steps -5"),
+        ([str(golden / "digits.npy"), "--max-steps", "99999999999"], "--max-steps 99999999999"),
+        ([str(golden / "digits.npy"), "--tol", "abc"], "--tol abc"),
+        ([str(golden / "digits.npy"), "--tol", "nan"], "--tol nan"),
+    ]:
+        p = subprocess.run([exe, model, *args], capture_output=True, text=True)
+        assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+    no_meta = str(golden / "cifar_sym_ce.onnx")
+    if Path(no_meta).exists():  # a model without preprocessing metadata refuses --raw
+        x = tmp_path / "c.npy"
+        np.save(x, np.zeros((1, 3, 32, 32), np.uint8))
+        p = subprocess.run([exe, no_meta, str(x), "--raw"], capture_output=True, text=True)
+        assert p.returncode == 2 and "preprocessing" in p.stderr
+
+
 def test_aarch64_build_under_qemu_matches_host(build, golden, tmp_path):
     need("aarch64-linux-gnu-g++", "qemu-aarch64")
     exe = tmp_path / "ep_infer_a64"

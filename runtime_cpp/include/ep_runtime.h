@@ -64,6 +64,7 @@ struct Model {
   float mean[4] = {0, 0, 0, 0};        // preprocessing: (img/255 - mean) / (std_scale * std)
   float std[4] = {1, 1, 1, 1};
   float std_scale = 1.0f;
+  bool has_preprocessing = false;      // mean and std were read for every input channel (<= 4)
   char error[256] = {0};               // why the last call failed
 };
 

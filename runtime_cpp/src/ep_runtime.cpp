@@ -485,10 +485,16 @@ Status parse_architecture(Found& f, Model* m) {
     Json pre = value_span(reinterpret_cast<const char*>(f.meta_pre.p), reinterpret_cast<const char*>(f.meta_pre.p) + f.meta_pre.n);
     double v;
     if (number(get(pre, "std_scale"), &v)) m->std_scale = float(v);
+    int read = 0;
     for (int i = 0; i < 4 && i < m->in_c; ++i) {
-      if (number(at(get(pre, "mean"), i), &v)) m->mean[i] = float(v);
-      if (number(at(get(pre, "std"), i), &v)) m->std[i] = float(v);
+      double mv, sv;
+      if (number(at(get(pre, "mean"), i), &mv) && number(at(get(pre, "std"), i), &sv) && sv > 0) {
+        m->mean[i] = float(mv);
+        m->std[i] = float(sv);
+        ++read;
+      }
     }
+    m->has_preprocessing = read == m->in_c && m->std_scale > 0;
   }
   return OK;
 }

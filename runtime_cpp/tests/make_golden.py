@@ -21,7 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from ep_compile.data import load_digits_set, normalize  # noqa: E402
+from ep_compile.data import load_digits_set, normalize, preprocessing_meta  # noqa: E402
 from ep_compile.dynamics import relax_until  # noqa: E402
 from ep_compile.estimators import Phases, get_estimator, set_grads  # noqa: E402
 from ep_compile.model import EPNet, ModelConfig  # noqa: E402
@@ -113,12 +113,17 @@ def main(argv=None):
         if data not in inputs:
             continue
         x = inputs[data]
-        m = build_onnx(model, {"default_T": "40"})
+        meta = {"default_T": "40"}
+        if data == "digits":  # the preprocessing contract, for ep_infer --raw
+            meta["preprocessing"] = preprocessing_meta({"mean": [0.3], "std": [0.37], "std_scale": 3.0}, (1, 8, 8))
+        m = build_onnx(model, meta)
         if name.endswith("_trained"):
             acc = (expected(model, x, 40, 0.0)[0].argmax(1) == yd.numpy()).mean()
             print(f"{name}: accuracy {acc:.2f} on the {len(yd)} golden digits")
         onnx.save(m, out / f"{name}.onnx")
         np.save(out / f"{data}.npy", x.numpy().astype(np.float32))
+        if data == "digits":
+            np.save(out / "digits_raw.npy", load_digits_set()[1].x[: len(x)].numpy())  # uint8 0..255
         sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         for steps, tol in ((40, 0.0), (400, 1e-5)):
             want, n = expected(model, x, steps, tol)

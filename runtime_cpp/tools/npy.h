@@ -1,4 +1,4 @@
-// Minimal .npy reader / writer for float32, C-order arrays (host tools only: uses the heap).
+// Minimal .npy reader (float32 or uint8) / writer (float32), C-order arrays (host tools only: uses the heap).
 #pragma once
 
 #include <cstdint>
@@ -11,7 +11,8 @@ namespace npy {
 
 struct Array {
   std::vector<std::int64_t> shape;
-  std::vector<float> data;
+  std::vector<float> data;  // uint8 files are widened to float (values 0..255)
+  bool uint8 = false;
 };
 
 // Returns an empty string on success, else what is wrong with the file.
@@ -33,7 +34,9 @@ inline std::string read(const char* path, Array* a) {
   } else return "unsupported .npy version";
   if (hstart + hlen > buf.size()) return "truncated .npy header";
   std::string h(reinterpret_cast<const char*>(buf.data() + hstart), hlen);
-  if (h.find("'descr': '<f4'") == std::string::npos) return "expected float32 ('<f4') data";
+  a->uint8 = h.find("'descr': '|u1'") != std::string::npos;
+  if (!a->uint8 && h.find("'descr': '<f4'") == std::string::npos) return "expected float32 ('<f4') or uint8 ('|u1') data";
+  const std::size_t item = a->uint8 ? 1 : 4;
   if (h.find("'fortran_order': False") == std::string::npos) return "expected C-order data";
   std::size_t p = h.find("'shape': (");
   if (p == std::string::npos) return "no shape in the .npy header";
@@ -52,9 +55,13 @@ inline std::string read(const char* path, Array* a) {
     if (total > (1LL << 32)) return "array too large";
   }
   const std::size_t data = hstart + hlen;
-  if (buf.size() - data != std::size_t(total) * 4) return "data size does not match the shape";
+  if (buf.size() - data != std::size_t(total) * item) return "data size does not match the shape";
   a->data.resize(std::size_t(total));
-  std::memcpy(a->data.data(), buf.data() + data, std::size_t(total) * 4);
+  if (a->uint8) {
+    for (std::size_t i = 0; i < std::size_t(total); ++i) a->data[i] = float(buf[data + i]);
+  } else {
+    std::memcpy(a->data.data(), buf.data() + data, std::size_t(total) * 4);
+  }
   return "";
 }
 

@@ -1,0 +1,224 @@
+"""Holomorphic EP (Laborieux and Zenke, NeurIPS 2022): the loss gradient at finite nudging.
+
+Let F(s, beta) = Phi(x, s) - beta l(s, y) and G(beta) = dF/dtheta at the nudged fixed point s_beta.
+When the dynamics are holomorphic in the states, G is holomorphic in beta and -dL/dtheta = G'(0)
+is a contour integral (Cauchy): on N nudges beta_k = |beta| e^{2 pi i k / N} on a circle,
+
+    grad = -(1/N) sum_k Re[ G(beta_k) / beta_k ]                                   (hEP, Eq. 9-10)
+
+whose error is the aliased Taylor term of order N + 1: O(|beta|^N). N = 2 (beta, -beta) is the
+symmetric estimate (Eq. 12). theta is real, so G(conj b) = conj G(b): only k = 0 .. N // 2 are run
+(as one batch of M x B states), each non-real point counted twice.
+
+What is holomorphic here. Conv, transposed conv and linear maps are (real weights act on the real and
+imaginary parts alike); so are the squared error and the softmax cross-entropy. The rest is taken
+from the free fixed point s*, which the real free phase reaches first:
+  max pool    the winners of P(w * s*) (real), fixed through every nudged phase, also to unpool;
+  avg pool    linear, nothing to fix: the safe choice;
+  hard sigmoid  each unit keeps the piece it sits on at s* (0, slope * u or 1): the nudged map is the
+              holomorphic continuation of that piece;
+  holo-sigmoid  analytic (model.holo_sigmoid), nothing to fix.
+BPTT through the real dynamics differentiates exactly these pieces at s*, so the estimate converges
+to the gradient as |beta|^N even where the real nudged dynamics would change a winner or a piece.
+The states of a phase, the winners and the pieces are local to each neuron: nothing here needs a
+global signal beyond the nudge.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .dynamics import preactivations, schedule_of, step
+from .estimators import Estimate, Phases, _estimate, _free, _grads
+from .model import ConfigError, ConvPool, EPNet, _avg_unpool
+
+
+def nudges(N: int, beta: float) -> tuple[list[complex], list[float]]:
+    """The points beta_k = beta e^{2 pi i k / N} for k = 0 .. N // 2 and their weights (1 for a real
+    point, 2 for a point that stands for itself and its conjugate)."""
+    pts, ws = [], []
+    for k in range(N // 2 + 1):
+        b = beta * complex(math.cos(2 * math.pi * k / N), math.sin(2 * math.pi * k / N))
+        real = k == 0 or 2 * k == N
+        pts.append(complex(b.real, 0.0) if real else b)
+        ws.append(1.0 if real else 2.0)
+    return pts, ws
+
+
+def _rl(op, z: torch.Tensor) -> torch.Tensor:
+    """A real-linear map (real weights, no bias) applied to a complex tensor."""
+    return torch.complex(op(z.real), op(z.imag))
+
+
+class Frozen:
+    """What the nudged phases keep from s*: the max-pool winners of every layer's forward drive and,
+    for the hard sigmoid, each unit's piece (-1: 0, 0: slope * u, 1: 1)."""
+
+    def __init__(self, model: EPNet, x, s_free, masks):
+        us, ctx = preactivations(model, x, s_free, masks)
+        self.idx = ctx  # [(B, C, H', W') flat winner indices, or None]
+        if model.cfg.activation == "holo-sigmoid":
+            self.pieces = None
+        else:
+            self.pieces = [torch.where(u <= 0, -1, torch.where(u * model.slope >= 1, 1, 0)) for u in us]
+
+    def repeat(self, M: int) -> Frozen:
+        new = object.__new__(Frozen)
+        new.idx = [None if i is None else i.repeat(M, *[1] * (i.dim() - 1)) for i in self.idx]
+        new.pieces = None if self.pieces is None else [p.repeat(M, *[1] * (p.dim() - 1)) for p in self.pieces]
+        return new
+
+
+def _pool(layer: ConvPool, u: torch.Tensor, idx) -> torch.Tensor:
+    """The 2x2 pooling of u (B, C, Hc, Wc) with the winners fixed by idx (max) or linear (avg)."""
+    if layer.pool == "max":
+        B, C = idx.shape[:2]
+        return u.flatten(2).gather(2, idx.flatten(2)).view(B, C, *idx.shape[2:])  # (B, C, H', W')
+    if layer.pool == "avg":  # floor at odd sizes, as avg_pool2d
+        h, w = u.shape[-2] // 2, u.shape[-1] // 2
+        return rearrange(u[..., : 2 * h, : 2 * w], "b c (h i) (w j) -> b c h w (i j)", i=2, j=2).mean(dim=-1)
+    return u
+
+
+def _unpool(layer: ConvPool, post: torch.Tensor, idx) -> torch.Tensor:
+    """Adjoint of _pool: (B, C, H', W') -> (B, C, Hc, Wc)."""
+    if layer.pool == "max":
+        B, C = post.shape[:2]
+        out = post.new_zeros(B, C, layer.conv_hw[0] * layer.conv_hw[1])
+        return out.scatter(2, idx.flatten(2), post.flatten(2)).view(B, C, *layer.conv_hw)
+    if layer.pool == "avg":
+        return _avg_unpool(post, layer.conv_hw)
+    return post
+
+
+def _forward(layer, pre: torch.Tensor, idx) -> torch.Tensor:
+    """P(w * s^{n-1}) + b for complex s^{n-1}, pooling fixed."""
+    if isinstance(layer, ConvPool):
+        u = _rl(lambda t: F.conv2d(t, layer.conv.weight, padding=layer.padding), pre)
+        return _pool(layer, u + layer.conv.bias.view(1, -1, 1, 1), idx)
+    return _rl(lambda t: F.linear(t.flatten(1), layer.lin.weight), pre) + layer.lin.bias
+
+
+def _feedback(layer, post: torch.Tensor, idx) -> torch.Tensor:
+    """w~ * P^-1(s^n) for complex s^n: unpool with the fixed winners, transposed conv."""
+    if isinstance(layer, ConvPool):
+        up = _unpool(layer, post, idx)
+        return _rl(lambda t: F.conv_transpose2d(t, layer.conv.weight, padding=layer.padding), up)
+    return _rl(lambda t: t @ layer.lin.weight, post).view(-1, *layer.in_shape)
+
+
+def _logits(model: EPNet, states, masks) -> torch.Tensor:
+    last = model.apply_masks(states, masks)[-1]
+    if model.readout is None:
+        return last  # (B, n_classes)
+    return _rl(lambda t: F.linear(t.flatten(1), model.readout.weight), last) + model.readout.bias
+
+
+def _onehot(model: EPNet, y, like) -> torch.Tensor:
+    return F.one_hot(y, model.cfg.n_classes).to(like.real.dtype)
+
+
+def _loss(model: EPNet, states, y, masks) -> torch.Tensor:
+    """l(s, y) per example (B,), holomorphic: 1/2 sum (s - y)^2 (no conjugate) or logsumexp(z) - z_y."""
+    z = _logits(model, states, masks)
+    if model.readout is None:
+        return 0.5 * (z - _onehot(model, y, z)).pow(2).sum(dim=1)
+    m = z.real.max(dim=1, keepdim=True).values.detach()
+    lse = m.squeeze(1) + torch.log(torch.exp(z - m).sum(dim=1))
+    return lse - z.gather(1, y.view(-1, 1)).squeeze(1)
+
+
+def _dloss_ds(model: EPNet, states, y, masks) -> torch.Tensor:
+    z = _logits(model, states, masks)
+    if model.readout is None:
+        return z - _onehot(model, y, z)
+    m = z.real.max(dim=1, keepdim=True).values
+    e = torch.exp(z - m)
+    err = e / e.sum(dim=1, keepdim=True) - _onehot(model, y, z)  # softmax - y
+    return _rl(lambda t: t @ model.readout.weight, err).view_as(states[-1])
+
+
+def _sigma(model: EPNet, u: torch.Tensor, piece) -> torch.Tensor:
+    if piece is None:
+        return model.sigma(u)  # holo-sigmoid
+    return torch.where(piece == 0, model.slope * u, (piece > 0).to(u.dtype))
+
+
+def complex_step(model: EPNet, x, states, frozen: Frozen, masks, y, beta, parity=None):
+    """One step of the continued dynamics for complex states (M B, *shape_n) and a complex beta
+    per example (M B,): the layers of the given parity (None: all) updated from `states`."""
+    dropped = model.apply_masks(states, masks)
+    layers = [x] + dropped
+    n_states, out = len(states), list(states)
+    for n in range(n_states):
+        if parity is not None and n % 2 != parity:
+            continue
+        u = _forward(model.layers[n], layers[n], frozen.idx[n])
+        if n + 1 < n_states:
+            nxt = model.layers[n + 1]
+            u = u + _feedback(nxt, dropped[n + 1], frozen.idx[n + 1])
+        if n == n_states - 1:
+            u = u - beta.view(-1, *[1] * (u.dim() - 1)) * _dloss_ds(model, states, y, masks)
+        if masks is not None and masks[n] is not None:
+            u = u * masks[n]
+        out[n] = _sigma(model, u, None if frozen.pieces is None else frozen.pieces[n])
+    return out
+
+
+def _phi(model: EPNet, x, states, frozen: Frozen, masks) -> torch.Tensor:
+    """Phi(x, s) per example (M B,) with the fixed pooling: sum_n s^n . P(w_n * s^{n-1})."""
+    layers = [x] + model.apply_masks(states, masks)
+    return sum(
+        (_forward(layer, layers[n], frozen.idx[n]) * layers[n + 1]).flatten(1).sum(dim=1)
+        for n, layer in enumerate(model.layers)
+    )
+
+
+def nudged_phases(model: EPNet, x, y, s_free, K: int, points: list[complex], masks=None, evenodd=False):
+    """The nudged states for every point, from s*, as one batch: [(M B, *shape_n)] complex, plus the
+    frozen winners/pieces and the repeated inputs the estimate needs."""
+    M, B = len(points), x.shape[0]
+    frozen = Frozen(model, x, s_free, masks).repeat(M)
+    cdt = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+
+    def rep(t):
+        return None if t is None else t.repeat(M, *[1] * (t.dim() - 1))
+
+    xs, ys = rep(x).to(cdt), rep(y)
+    ms = None if masks is None else [rep(m) for m in masks]
+    beta = torch.tensor(points, dtype=cdt, device=x.device).repeat_interleave(B)  # (M B,)
+    s = [rep(t).to(cdt) for t in s_free]
+    with torch.no_grad():
+        for _ in range(K):
+            if evenodd:
+                s = complex_step(model, xs, s, frozen, ms, ys, beta, parity=0)
+                s = complex_step(model, xs, s, frozen, ms, ys, beta, parity=1)
+            else:
+                s = complex_step(model, xs, s, frozen, ms, ys, beta)
+    return s, frozen, xs, ys, ms, beta
+
+
+def holomorphic(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step) -> Estimate:
+    """Holomorphic EP with phases.hep_points nudges of modulus phases.beta (see the module docstring)."""
+    if model.cfg.asymmetric:
+        raise ConfigError("estimator 'holomorphic' assumes symmetric weights but the model is asymmetric")
+    phases.require_beta("holomorphic")
+    if phases.fused or phases.amp:
+        raise ConfigError("estimator 'holomorphic' runs its own batched complex phases: drop --fused / --amp")
+    N, B = phases.hep_points, x.shape[0]
+    points, weights = nudges(N, phases.beta)
+    s_free, steps = _free(model, x, phases, masks, step_fn)
+    s, frozen, xs, ys, ms, beta = nudged_phases(
+        model, x, y, s_free, phases.K, points, masks, evenodd=schedule_of(step_fn) == "evenodd"
+    )
+    s = [t.detach() for t in s]
+    w = torch.tensor(weights, dtype=x.dtype, device=x.device)
+    with torch.enable_grad():
+        Fk = _phi(model, xs, s, frozen, ms) - beta * _loss(model, s, ys, ms)  # (M B,) F(s_k, beta_k)
+        per_point = (Fk / beta).view(len(points), B).mean(dim=1).real  # (M,) Re[F_k / beta_k]
+        grads = _grads(-(w * per_point).sum() / N, list(model.parameters()))
+    return _estimate(model, x, y, grads, s_free, masks, beta=phases.beta, free_steps=steps, hep_points=N)
