@@ -138,8 +138,12 @@ def regions(model: EPNet, x, states, masks=None, y=None, beta=None):
     """Per unit, which piece of the activation it sits on (-1 below, 0 linear, 1 saturated) and the
     max-pool winners: what the theorem tests watch for between s* and s^beta."""
     us, ctx = preactivations(model, x, states, masks, y, beta)
-    rs = [torch.where(u <= 0, -1, torch.where(u * model.slope >= 1, 1, 0)) for u in us]
-    return rs, [c for c in ctx if c is not None]
+    return pieces(model, us), [c for c in ctx if c is not None]
+
+
+def pieces(model: EPNet, us) -> list[torch.Tensor]:
+    """The piece of the hard sigmoid each unit of the drives `us` sits on: -1 (0), 0 (slope * u), 1 (1)."""
+    return [torch.where(u <= 0, -1, torch.where(u * model.slope >= 1, 1, 0)) for u in us]
 
 
 def count_changes(model: EPNet, x, s_a, s_b, masks=None, y=None, beta_a=None, beta_b=None) -> dict:

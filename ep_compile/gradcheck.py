@@ -194,11 +194,12 @@ def run(args) -> dict:
     if args.plot:
         one = "kp-vf-one-sided" if cfg.asymmetric else "one-sided"
         for beta in args.betas:  # Fig. 2 for every beta: the one-sided pair, every requested rule, BPTT
-            c = {f"{one} +beta": None, f"{one} -beta": None, **curves.get(beta, {})}
-            c.pop(one, None)  # the same curve as '+beta'
-            for sgn, label in ((1, f"{one} +beta"), (-1, f"{one} -beta")):
-                c[label] = ep_per_step(model, x, y, s_free, args.K, sgn * beta, one)[0]
-            c["BPTT"] = ref_steps
+            rest = dict(curves.get(beta, {}))
+            plus = rest.pop(one, None)  # a requested one-sided row is the '+beta' curve: not run again
+            if plus is None:
+                plus = ep_per_step(model, x, y, s_free, args.K, beta, one)[0]
+            minus = ep_per_step(model, x, y, s_free, args.K, -beta, one)[0]
+            c = {f"{one} +beta": plus, f"{one} -beta": minus, **rest, "BPTT": ref_steps}
             path = args.plot if len(args.betas) == 1 else _beta_path(args.plot, beta)
             plot(model, c, beta, path, gen)
             print(f"wrote {path}")

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .dynamics import preactivations, schedule_of, step
+from .dynamics import pieces, preactivations, schedule_of, step
 from .estimators import Estimate, Phases, _estimate, _free, _grads
 from .model import ConfigError, ConvPool, EPNet, _avg_unpool
 
@@ -64,7 +64,7 @@ class Frozen:
         if model.cfg.activation == "holo-sigmoid":
             self.pieces = None
         else:
-            self.pieces = [torch.where(u <= 0, -1, torch.where(u * model.slope >= 1, 1, 0)) for u in us]
+            self.pieces = pieces(model, us)
 
     def repeat(self, M: int) -> Frozen:
         new = object.__new__(Frozen)
