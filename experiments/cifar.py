@@ -577,8 +577,7 @@ def training_function(config, args):
         plot_curves(history, out / "curves.png", f"{config['estimator']} on {config['dataset']}")
         if "alignment_deg" in history[-1]:
             plot_alignment(history, out / "alignment.png", f"{config['estimator']}: angle between w^f and w^b")
-    if args.with_tracking:
-        accelerator.end_training()
+    accelerator.end_training()  # finishes trackers and destroys the process group: no gloo thread alive at exit
     reached = time_to_accuracy(history)
     if accelerator.is_main_process and history:
         (out / "time_to_accuracy.json").write_text(json.dumps(reached, indent=1))
