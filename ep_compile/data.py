@@ -17,9 +17,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import struct
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,28 +83,40 @@ def load_digits_set() -> tuple[Dataset, Dataset]:
     return Dataset(x[perm[n_test:]], y[perm[n_test:]], classes), Dataset(x[perm[:n_test]], y[perm[:n_test]], classes)
 
 
-def _decode(raw: bytes) -> torch.Tensor:
+def _decode(raw: bytes, name: str) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    img = Image.open(io.BytesIO(raw)).convert("RGB")
+    try:
+        img = Image.open(io.BytesIO(raw)).convert("RGB")
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ... on bad files
+        raise ConfigError(f"{name} is not a readable image ({type(e).__name__}: {e})") from None
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)  # (3, H, W) uint8
 
 
 def _image_tree(entries, what: str) -> tuple[Dataset, Dataset]:
-    """entries: iterable of (split, class, loader). Builds train/test sets with sorted class names."""
+    """entries: iterable of (split, class, name, loader). Builds train/test sets with sorted class names;
+    every image must decode and have the size of the first one."""
     groups: dict[str, dict[str, list]] = {"train": {}, "test": {}}
-    for split, cls, load in entries:
-        groups[split].setdefault(cls, []).append(load)
+    for split, cls, name, load in entries:
+        groups[split].setdefault(cls, []).append((name, load))
     if not groups["train"] or not groups["test"]:
         raise ConfigError(f"{what} holds no images in the layout train/<class>/*.jpg and test/<class>/*.jpg")
     classes = sorted(groups["train"])
-    out = []
+    out, first = [], None
     for split in ("train", "test"):
         xs, ys = [], []
         for i, cls in enumerate(classes):
-            for load in groups[split].get(cls, []):
-                xs.append(_decode(load()))
+            for name, load in groups[split].get(cls, []):
+                x = _decode(load(), f"{what}: {name}")
+                if first is None:
+                    first = (name, tuple(x.shape))
+                elif tuple(x.shape) != first[1]:
+                    raise ConfigError(
+                        f"{what}: {name} is {x.shape[1]}x{x.shape[2]}, {first[0]} is {first[1][1]}x{first[1][2]}: "
+                        "every image must have the same size"
+                    )
+                xs.append(x)
                 ys.append(i)
         out.append(Dataset(torch.stack(xs), torch.tensor(ys), classes))
     return out[0], out[1]
@@ -118,12 +132,15 @@ def _split_of(parts) -> tuple[str, str] | None:
 
 def load_image_archive(path: Path) -> tuple[Dataset, Dataset]:
     entries = []
-    with tarfile.open(path, "r:gz") as tar:
-        for m in tar:
-            key = _split_of(Path(m.name).parts) if m.isfile() else None
-            if key:
-                data = tar.extractfile(m).read()
-                entries.append((*key, lambda d=data: d))
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for m in tar:
+                key = _split_of(Path(m.name).parts) if m.isfile() else None
+                if key:
+                    data = tar.extractfile(m).read()
+                    entries.append((*key, m.name, lambda d=data: d))
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ConfigError(f"archive {path} is corrupt or truncated ({type(e).__name__}: {e})") from None
     return _image_tree(entries, f"archive {path}")
 
 
@@ -132,14 +149,22 @@ def load_image_folder(root: Path) -> tuple[Dataset, Dataset]:
     for p in sorted(root.rglob("*")):
         key = _split_of(p.relative_to(root).parts) if p.is_file() else None
         if key:
-            entries.append((*key, p.read_bytes))
+            entries.append((*key, str(p.relative_to(root)), p.read_bytes))
     return _image_tree(entries, f"folder {root}")
 
 
 def _read_idx(path: Path) -> torch.Tensor:
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    ndim = raw[3]
+    """An IDX file of uint8 (magic 0x00 0x00 0x08 ndim, big-endian dims, data), checked."""
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise ConfigError(f"{path} is corrupt or truncated ({type(e).__name__}: {e})") from None
+    ndim = raw[3] if len(raw) >= 4 else 0
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or not 1 <= ndim <= 4 or len(raw) < 4 + 4 * ndim:
+        raise ConfigError(f"{path} is not an IDX file of uint8 (magic 00 00 08 ndim, ndim 1..4)")
     dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    if len(raw) - 4 - 4 * ndim != math.prod(dims):
+        raise ConfigError(f"{path}: {len(raw) - 4 - 4 * ndim} data bytes for shape {dims}: truncated or corrupt")
     return torch.frombuffer(bytearray(raw[4 + 4 * ndim :]), dtype=torch.uint8).view(*dims)
 
 
@@ -176,6 +201,22 @@ def _torchvision_set(name: str, root: Path, download: bool) -> tuple[Dataset, Da
     return out[0], out[1]
 
 
+def _content_key(root: Path) -> str:
+    """Cache key of a data root: an archive's bytes (hashed), or a folder's every image path, size and
+    modification time, so that added, removed or replaced images make a new cache."""
+    h = hashlib.sha1(str(root.resolve()).encode())
+    if root.is_file():
+        with open(root, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    else:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def load_source(name: str, data_root: str | None = None, cache_dir: Path | None = None, log=print):
     """(train, test) Datasets for a data set name and optional local root."""
     if name not in DATASETS:
@@ -195,13 +236,14 @@ def load_source(name: str, data_root: str | None = None, cache_dir: Path | None 
     if root.is_dir() and (root / "cifar-10-batches-py").exists():
         return _torchvision_set(name, root, download=False)
     # ImageFolder tree or archive: decode once, cache as uint8 tensors
-    stat = root.stat()
-    key = hashlib.sha1(f"{root.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    cache = cache_dir / f"{name}-{key}.pt"
+    cache = cache_dir / f"{name}-{_content_key(root)}.pt"
     if cache.exists():
-        log(f"data: cached tensors {cache}")
-        d = torch.load(cache, weights_only=True)
-        return Dataset(d["train_x"], d["train_y"], d["classes"]), Dataset(d["test_x"], d["test_y"], d["classes"])
+        try:
+            d = torch.load(cache, weights_only=True)
+            log(f"data: cached tensors {cache}")
+            return Dataset(d["train_x"], d["train_y"], d["classes"]), Dataset(d["test_x"], d["test_y"], d["classes"])
+        except Exception as e:  # a truncated or corrupt cache file: decode again
+            log(f"data: warning: cache {cache} is unreadable ({type(e).__name__}); rebuilding it")
     log(f"data: decoding {root} once (cache: {cache})")
     if root.is_file() and root.name.endswith((".tar.gz", ".tgz")):
         train, test = load_image_archive(root)

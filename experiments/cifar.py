@@ -36,6 +36,7 @@ from ep_compile.spiking import SpikeConfig, SpikeState, check_spiking, spike_rep
 from ep_compile.training import (
     alignment_angles,
     atomic_save,
+    check_values,
     checkpoint_payload,
     epoch_order,
     flatten,
@@ -577,6 +578,7 @@ def training_function(config, args):
         plot_curves(history, out / "curves.png", f"{config['estimator']} on {config['dataset']}")
         if "alignment_deg" in history[-1]:
             plot_alignment(history, out / "alignment.png", f"{config['estimator']}: angle between w^f and w^b")
+    accelerator.wait_for_everyone()  # no rank tears its process group down while another still talks to it
     accelerator.end_training()  # finishes trackers and destroys the process group: no gloo thread alive at exit
     reached = time_to_accuracy(history)
     if accelerator.is_main_process and history:
@@ -686,6 +688,9 @@ def build_config(args) -> dict:
         config["out"] = f"runs/{args.preset}"
     if config["estimator"] not in ESTIMATORS:
         raise ConfigError(f"unknown estimator {config['estimator']!r}; valid: {', '.join(ESTIMATORS)}")
+    check_values(config)
+    if config["dtype"] not in DTYPES:
+        raise ConfigError(f"unknown dtype {config['dtype']!r}; valid: {', '.join(DTYPES)}")
     if config["dataset"] not in DATASETS:
         raise ConfigError(f"unknown dataset {config['dataset']!r}; valid: {', '.join(DATASETS)}")
     from ep_compile.estimators import check_compatible
@@ -841,4 +846,12 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # one of several processes: everything is written and the process group destroyed; skip the
+        # interpreter's teardown, where a rank was seen to die with "terminate called without an
+        # active exception" (SIGABRT) about once in 40 launches under load
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -1,6 +1,7 @@
 """runtime_cpp: build with CMake (-Wall -Wextra -Werror), golden cases from PyTorch/onnxruntime under
-ctest, the ep_infer CLI, the aarch64 build under qemu-user, the Cortex-M firmware under
-qemu-system-arm, and the libFuzzer target under ASan/UBSan."""
+ctest (final scores, per-step states, crafted files), two threads under TSan and everything under
+ASan/UBSan, the ep_infer CLI and its limits, the aarch64 build under qemu-user, the Cortex-M firmware
+under qemu-system-arm (also the 32-bit overflow check), and the libFuzzer targets under ASan/UBSan."""
 
 import os
 import re
@@ -59,6 +60,58 @@ def test_ctest_kernels_errors_and_golden_cases(build, golden):
     assert all(float(c[5]) <= 1e-4 for c in cases)
     assert any(float(c[3]) > 0 and int(c[4]) < int(c[2]) for c in cases)  # tolerance stops matched
     assert re.search(r"golden: \d+ cases, (\d+) corrupted files", out).group(1) != "0"
+    per_step = re.search(r"per-step golden: (\d+) layer states, max_abs_diff=(\S+)", out)
+    assert per_step and int(per_step.group(1)) >= 40 and float(per_step.group(2)) <= 1e-5
+    bad = dict(line.split() for line in (golden / "bad.txt").read_text().splitlines())
+    for crafted in ("bad_meta_pool", "bad_meta_slope", "bad_meta_padding", "bad_meta_readout"):
+        assert bad[f"{crafted}.onnx"] == "5"  # metadata edited, graph not: shape mismatch, checked by ctest
+    assert bad["bad_meta_huge.onnx"] == bad["bad_default_T.onnx"] == bad["bad_duplicate.onnx"] == "3"
+
+
+@pytest.mark.parametrize("sanitizer,args", [("thread", ["--threads"]), ("address,undefined", ["--golden"])])
+def test_runtime_under_sanitizers(golden, tmp_path, sanitizer, args):
+    """Two threads loading and running at once under TSan; every golden case, per-step state and
+    crafted file under ASan + UBSan (the loader keeps no static state: it is reentrant)."""
+    need("cmake", "clang++-14")
+    b = tmp_path / "san"
+    sh(["cmake", "-S", str(RT), "-B", str(b), "-DCMAKE_CXX_COMPILER=clang++-14", f"-DEP_SANITIZE={sanitizer}"])
+    sh(["cmake", "--build", str(b), "--target", "test_runtime", "-j2"])
+    p = sh([str(b / "test_runtime"), *args, str(golden)], env={**os.environ, "TSAN_OPTIONS": "halt_on_error=1"})
+    assert "all checks passed" in p.stdout and "WARNING" not in p.stderr
+
+
+def test_ep_infer_limits_nan_and_sizes(build, golden, tmp_path):
+    """NaN input is reported as non-convergence (exit 1), a batch above --max-memory-mb is refused
+    before anything is allocated, and --sizes prints the buffers an embedded caller needs."""
+    exe, model = str(build / "ep_infer"), str(golden / "digits_sym_ce_trained.onnx")
+    x = np.load(golden / "digits.npy")
+    x[0, 0, 3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    p = subprocess.run([exe, model, str(tmp_path / "nan.npy"), "--max-steps", "50"], capture_output=True, text=True)
+    assert p.returncode == 1 and "did not converge: non-finite input" in p.stderr, p.stderr
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(model)  # a NaN weight: the state becomes NaN, which is not convergence either
+    w = next(t for t in m.graph.initializer if t.name == "layer1.weight")
+    bad_w = numpy_helper.to_array(w).copy()
+    bad_w.flat[0] = np.nan
+    w.CopyFrom(numpy_helper.from_array(bad_w, "layer1.weight"))
+    onnx.save(m, tmp_path / "nan_weight.onnx")
+    p = subprocess.run(
+        [exe, str(tmp_path / "nan_weight.onnx"), str(golden / "digits.npy"), "--tol", "1e-5"],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 1 and "state became non-finite" in p.stderr and "at step 1" in p.stderr, p.stderr
+    np.save(tmp_path / "big.npy", np.zeros((60000, 1, 8, 8), np.float32))  # 15 MB file, ~220 MB workspace
+    p = subprocess.run([exe, model, str(tmp_path / "big.npy"), "--max-memory-mb", "64"], capture_output=True, text=True)
+    assert p.returncode == 1 and "--max-memory-mb 64" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = subprocess.run([exe, model, str(tmp_path / "big.npy"), "--max-memory-mb", "0"], capture_output=True, text=True)
+    assert p.returncode == 2 and "--max-memory-mb 0" in p.stderr
+    sizes = sh([exe, "--sizes", model, "16"]).stdout
+    got = dict(kv.split("=") for kv in sizes.split())
+    assert got["n_classes"] == "10" and got["input"] == "1x8x8" and int(got["workspace_bytes"]) > 0
 
 
 def test_ep_infer_cli(build, golden, tmp_path):
@@ -153,7 +206,17 @@ def test_cortex_m_firmware_under_qemu_matches_host(build, golden, tmp_path, caps
     imgs = tmp_path / "imgs.npy"
     np.save(imgs, np.load(golden / "digits.npy")[:8])
     model = golden / "digits_sym_ce_trained.onnx"
-    p = sh([sys.executable, str(RT / "firmware" / "build_firmware.py"), str(model), str(imgs), str(tmp_path / "fw")])
+    p = sh(
+        [
+            sys.executable,
+            str(RT / "firmware" / "build_firmware.py"),
+            str(model),
+            str(imgs),
+            str(tmp_path / "fw"),
+            "--ep-infer",
+            str(build / "ep_infer"),
+        ]
+    )
     size = re.search(r"flash (\d+) B .* static RAM (\d+) B", p.stdout)
     assert size and int(size.group(1)) < 256 * 1024 and int(size.group(2)) < 64 * 1024
     run = subprocess.run(
@@ -180,22 +243,76 @@ def test_cortex_m_firmware_under_qemu_matches_host(build, golden, tmp_path, caps
         print(f"\n  Cortex-M4 firmware: {p.stdout.strip()}")
 
 
-def test_fuzz_loader_under_asan_ubsan(build, golden, tmp_path, capsys):
+def qemu_m4(elf):
+    return subprocess.run(
+        [
+            "qemu-system-arm",
+            "-M",
+            "mps2-an386",
+            "-nographic",
+            "-semihosting-config",
+            "enable=on,target=native",
+            "-kernel",
+            str(elf),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_32bit_workspace_overflow_fails_cleanly_on_cortex_m(build, tmp_path):
+    """A small file whose batch of 400 images needs ~4.5 GB of workspace: on the 64-bit host the size
+    is exact, on the 32-bit Cortex-M (size_t of 4 bytes) workspace_bytes says 0 and run() refuses with
+    'too large for this platform' instead of accepting a wrapped size and writing past the buffer."""
+    need("arm-none-eabi-g++", "qemu-system-arm")
+    sys.path.insert(0, str(ROOT))
+    import onnx
+
+    from ep_compile.model import EPNet, ModelConfig
+    from ep_compile.onnx_export import build_onnx
+
+    net = EPNet(ModelConfig(in_shape=(1, 1024, 1024), channels=[2] * 7, paddings=[1] * 7, pools=["max"] * 7, loss="ce"))
+    model = tmp_path / "huge_states.onnx"
+    onnx.save(build_onnx(net, {"default_T": "5"}), model)
+    assert model.stat().st_size < 64 * 1024
+    host = dict(kv.split("=") for kv in sh([str(build / "ep_infer"), "--sizes", str(model), "400"]).stdout.split())
+    assert int(host["workspace_bytes"]) > 2**32  # what the batch really needs
+    sh(
+        [
+            sys.executable,
+            str(RT / "firmware" / "build_firmware.py"),
+            str(model),
+            "none",
+            str(tmp_path / "fw"),
+            "--ep-infer",
+            str(build / "ep_infer"),
+            "--check-batch",
+            "400",
+        ]
+    )
+    run = qemu_m4(tmp_path / "fw" / "firmware.elf")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "batch 400: workspace_bytes 0, run: too large for this platform" in run.stdout, run.stdout
+
+
+@pytest.mark.parametrize("target", ["fuzz_loader", "fuzz_run"])
+def test_fuzz_under_asan_ubsan(golden, tmp_path, capsys, target):
     need("clang++-14")
     b = tmp_path / "fuzzbuild"
     sh(["cmake", "-S", str(RT), "-B", str(b), "-DEP_FUZZ=ON", "-DCMAKE_CXX_COMPILER=clang++-14"])
-    sh(["cmake", "--build", str(b), "--target", "fuzz_loader", "-j2"])
+    sh(["cmake", "--build", str(b), "--target", target, "-j2"])
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    for f in golden.glob("*.onnx"):
-        if not f.name.startswith("bad_"):
-            shutil.copy(f, corpus)
+    for f in golden.glob("fuzz_seed_*.onnx"):  # a few KB each
+        shutil.copy(f, corpus)
     seconds = os.environ.get("EP_FUZZ_SECONDS", "60")
     p = subprocess.run(
         [
-            str(b / "fuzz_loader"),
+            str(b / target),
             str(corpus),
             f"-max_total_time={seconds}",
+            "-max_len=8192",
             "-rss_limit_mb=2048",
             "-print_final_stats=1",
         ],
@@ -205,6 +322,11 @@ def test_fuzz_loader_under_asan_ubsan(build, golden, tmp_path, capsys):
     )
     assert p.returncode == 0, p.stderr[-4000:]
     runs = int(re.search(r"stat::number_of_executed_units: (\d+)", p.stderr).group(1))
+    rate = runs / float(seconds)
+    cov = re.search(r"cov: (\d+) ft: (\d+)", p.stderr)
     assert runs > 100
     with capsys.disabled():
-        print(f"\n  fuzz_loader: {runs} executions in {seconds} s, no finding")
+        print(
+            f"\n  {target}: {runs} executions in {seconds} s ({rate:.0f}/s), "
+            f"coverage {cov.group(1) if cov else '?'} edges, no finding"
+        )

@@ -1,9 +1,10 @@
 """Build the bare-metal Cortex-M demo around an exported model and some images, and report its size.
 
     python runtime_cpp/firmware/build_firmware.py MODEL.onnx IMAGES.npy OUT_DIR [--cpu m4|m3] [--max-steps N] [--tol t]
+        [--ep-infer build/runtime_cpp/ep_infer] [--check-batch B]
 
-Writes OUT_DIR/model_data.h (the .onnx bytes as a const array in flash, the images, the arena size)
-and OUT_DIR/firmware.elf, then prints the flash / RAM use from arm-none-eabi-size. Run it with
+Writes OUT_DIR/model_data.h (the .onnx bytes as a const array in flash, the images, the buffer sizes
+that the host build's `ep_infer --sizes` reports for this model) and OUT_DIR/firmware.elf, then prints the flash / RAM use from arm-none-eabi-size. Run it with
     qemu-system-arm -M mps2-an386 -nographic -semihosting-config enable=on,target=native -kernel OUT_DIR/firmware.elf
 """
 
@@ -43,9 +44,22 @@ def arena_floats(model_path) -> int:
     return int(sum(np.prod(t.dims) for t in wanted))
 
 
-def write_header(model_path, images, out: Path, max_steps: int, tol: float):
+def buffer_sizes(model_path, ep_infer: str) -> dict:
+    """arena_floats, workspace_bytes (batch 1), n_classes of the model, as the runtime computes them."""
+    if not Path(ep_infer).exists():
+        raise SystemExit(
+            f"{ep_infer} not found: build the host runtime first (cmake -S runtime_cpp -B build/runtime_cpp "
+            "&& cmake --build build/runtime_cpp) or pass --ep-infer"
+        )
+    p = subprocess.run([ep_infer, "--sizes", str(model_path), "1"], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(p.stderr.strip())
+    return {k: v for k, v in (kv.split("=") for kv in p.stdout.split())}
+
+
+def write_header(model_path, images, out: Path, max_steps: int, tol: float, sizes: dict, check_batch: int):
     data = Path(model_path).read_bytes()
-    x = np.load(images).astype(np.float32)
+    x = np.load(images).astype(np.float32) if images != "none" else np.zeros((1, 1), np.float32)
     rows = ",\n".join(
         "  {" + ", ".join(f"{v.hex()}" if False else f"{float(v)!r}f" for v in img.ravel()) + "}" for img in x
     )
@@ -57,6 +71,9 @@ def write_header(model_path, images, out: Path, max_steps: int, tol: float):
         f"static const int kNumImages = {len(x)};\n"
         f"static const float kImages[{len(x)}][{x[0].size}] = {{\n{rows}}};\n"
         f"static const std::size_t kArenaFloats = {arena_floats(model_path)};\n"
+        f"static const std::size_t kWorkBytes = {16 if check_batch else max(16, int(sizes['workspace_bytes']))};\n"
+        f"static const int kNumClasses = {int(sizes['n_classes'])};\n"
+        f"static const int kCheckBatch = {check_batch};\n"
         f"static const int kMaxSteps = {max_steps};\nstatic const float kTol = {tol!r}f;\n"
     )
 
@@ -64,15 +81,27 @@ def write_header(model_path, images, out: Path, max_steps: int, tol: float):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", help="an .onnx file written by export/to_onnx.py")
-    p.add_argument("images", help="float32 .npy (N, C, H, W) of preprocessed images")
+    p.add_argument("images", help="float32 .npy (N, C, H, W) of preprocessed images, or none (with --check-batch)")
     p.add_argument("out", help="build folder")
     p.add_argument("--cpu", choices=list(CPUS), default="m4", help="Cortex-M4 (hard float) or M3 (soft float)")
     p.add_argument("--max-steps", type=int, default=40, help="free-phase steps")
     p.add_argument("--tol", type=float, default=0.0, help="stop tolerance (0: max-steps)")
+    p.add_argument(
+        "--ep-infer",
+        default=str(HERE.parents[1] / "build" / "runtime_cpp" / "ep_infer"),
+        help="the host build's ep_infer, asked for the buffer sizes (ep_infer --sizes)",
+    )
+    p.add_argument(
+        "--check-batch",
+        type=int,
+        default=0,
+        help="only print what a batch of B images needs on the core (the 32-bit overflow check)",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_header(args.model, args.images, out / "model_data.h", args.max_steps, args.tol)
+    sizes = buffer_sizes(args.model, args.ep_infer)
+    write_header(args.model, args.images, out / "model_data.h", args.max_steps, args.tol, sizes, args.check_batch)
     root = HERE.parent
     elf = out / "firmware.elf"
     objs = []

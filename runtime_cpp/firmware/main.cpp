@@ -7,7 +7,8 @@
 #include <cstdio>
 
 #include "ep_runtime.h"
-#include "model_data.h"  // kModel[], kModelSize, kImages[][], kNumImages, kArenaFloats, kMaxSteps, kTol
+#include "model_data.h"  // kModel[], kModelSize, kImages[][], kNumImages, kArenaFloats, kWorkBytes,
+                         // kNumClasses, kMaxSteps, kTol, kCheckBatch (build_firmware.py, from the model)
 
 extern "C" void* _sbrk(std::ptrdiff_t) {
   errno = ENOMEM;
@@ -15,7 +16,8 @@ extern "C" void* _sbrk(std::ptrdiff_t) {
 }
 
 static float g_arena[kArenaFloats];
-alignas(16) static unsigned char g_work[24 * 1024];
+alignas(16) static unsigned char g_work[kWorkBytes];  // what ep::workspace_bytes(model, 1) said on the host
+static float g_scores[kNumClasses];
 static ep::Model g_model;
 
 int main() {
@@ -25,12 +27,20 @@ int main() {
     std::printf("load failed: %s\n", g_model.error);
     return 2;
   }
-  if (ep::workspace_bytes(g_model, 1) > sizeof(g_work)) {
+  if (kCheckBatch > 0) {  // only report what a batch needs on this 32-bit core: 0 = too large (overflow)
+    const std::size_t need = ep::workspace_bytes(g_model, kCheckBatch);
+    int steps = 0;
+    float residual = 0;
+    s = ep::run(g_model, kImages[0], kCheckBatch, 1, 0.0f, g_work, sizeof(g_work), g_scores, &steps, &residual);
+    std::printf("batch %d: workspace_bytes %u, run: %s\n", kCheckBatch, unsigned(need), ep::status_name(s));
+    return 0;
+  }
+  if (g_model.n_classes != kNumClasses || ep::workspace_bytes(g_model, 1) > sizeof(g_work)) {
     std::printf("workspace too small: %u bytes needed\n", unsigned(ep::workspace_bytes(g_model, 1)));
     return 3;
   }
   for (int i = 0; i < kNumImages; ++i) {
-    float scores[ep::MAX_CLASSES > 16 ? 16 : ep::MAX_CLASSES];
+    float* scores = g_scores;
     int steps = 0;
     float residual = 0;
     s = ep::run(g_model, kImages[i], 1, kMaxSteps, kTol, g_work, sizeof(g_work), scores, &steps, &residual);

@@ -29,6 +29,8 @@ enum Status : int {
   ERR_SHAPE = 5,        // an initializer or layer shape that does not fit the architecture
   ERR_UNSUPPORTED = 6,  // a layer kind, pooling or option this runtime does not implement
   ERR_MISSING = 7,      // a required initializer or metadata entry is absent
+  ERR_TOO_LARGE = 8,    // a size overflows this platform's size_t (e.g. a 32-bit core)
+  ERR_NONFINITE = 9,    // a NaN / Inf input, or a NaN state (non-finite weights): not converged
 };
 
 const char* status_name(Status s);
@@ -74,13 +76,26 @@ Status required_arena(const std::uint8_t* buf, std::size_t len, std::size_t* n_f
 // Parse an ep_compile .onnx file held in memory; weights are copied into `arena` (aligned, so a
 // model linked into flash as bytes works on cores that fault on unaligned float loads).
 Status load(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t arena_floats, Model* m);
-// Bytes of workspace run() needs for `batch` images.
+// Bytes of workspace run() / step() need for `batch` images; 0 when the model is not loaded, batch
+// < 1, or the size overflows size_t (every size is computed with overflow checks).
 std::size_t workspace_bytes(const Model& m, int batch);
 // The free phase: from s = 0, at most max_steps synchronous steps, stopping after the first step
 // whose largest state change is below tol (tol = 0: always max_steps). x: (batch, C, H, W)
 // preprocessed; scores: (batch, n_classes). Deterministic, single-threaded, no allocation.
+// A NaN / Inf input (checked first, steps = 0) or a NaN state stops with ERR_NONFINITE and residual
+// NaN: it never "converges".
 Status run(const Model& m, const float* x, int batch, int max_steps, float tol, void* workspace,
            std::size_t workspace_len, float* scores, int* steps, float* residual);
+
+// --- the same iteration one step at a time (run() is built on these): the state lives in the
+// workspace; reset_state() sets it to 0, step() applies one synchronous step of the dynamics
+// (dynamics.step of ep_compile with no nudge) and reports the largest change, state() reads a layer.
+Status reset_state(const Model& m, int batch, void* workspace, std::size_t workspace_len);
+Status step(const Model& m, const float* x, int batch, void* workspace, std::size_t workspace_len, float* residual);
+// Layer n's state, (batch, out_c, out_h, out_w) row-major, inside the workspace; nullptr on bad arguments.
+const float* state(const Model& m, int batch, const void* workspace, std::size_t workspace_len, int n);
+// scores (batch, n_classes) from the current state: the read-out, or the output layer itself.
+Status read_scores(const Model& m, int batch, const void* workspace, std::size_t workspace_len, float* scores);
 
 // --- kernels: free functions with explicit buffers and dimensions (one image: no batch index)
 void conv2d(float* out, const float* in, const float* w, const float* b, int cin, int h, int wd,

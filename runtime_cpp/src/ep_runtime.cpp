@@ -21,6 +21,8 @@ const char* status_name(Status s) {
     case ERR_SHAPE: return "shape mismatch";
     case ERR_UNSUPPORTED: return "unsupported";
     case ERR_MISSING: return "missing entry";
+    case ERR_TOO_LARGE: return "too large for this platform";
+    case ERR_NONFINITE: return "non-finite state (NaN or Inf): not converged";
   }
   return "unknown status";
 }
@@ -238,9 +240,18 @@ Json at(Json arr, int i) {
   return Json{};
 }
 
+// Elements of an array, in one pass (linear in its text); -1 when malformed.
 int length(Json arr) {
+  if (!arr.ok() || arr.p >= arr.end || *arr.p != '[') return -1;
+  const char* p = ws(arr.p + 1, arr.end);
   int n = 0;
-  while (at(arr, n).ok()) ++n;
+  while (p < arr.end && *p != ']') {
+    Json v = value_span(p, arr.end);
+    if (!v.ok() || n == 1 << 30) return -1;
+    ++n;
+    p = ws(v.end, arr.end);
+    if (p < arr.end && *p == ',') p = ws(p + 1, arr.end);
+  }
   return n;
 }
 
@@ -297,26 +308,195 @@ bool shape3(Json v, int* c, int* h, int* w) {
 
 // ------------------------------------------------------------------------------- the loader
 
-struct Found {
-  Span meta_version, meta_arch, meta_pre, meta_T;
-  Tensor weight[MAX_LAYERS], bias[MAX_LAYERS], weight_b[MAX_LAYERS], ro_w, ro_b;
-  bool has_w[MAX_LAYERS] = {false}, has_b[MAX_LAYERS] = {false}, has_wb[MAX_LAYERS] = {false};
-  bool has_ro_w = false, has_ro_b = false;
-  bool want_b[MAX_LAYERS] = {false};  // the architecture says the layer has backward weights
+// What the loader keeps of one initializer: its data span and shape, not its name (~64 bytes).
+struct Slot {
+  Span data;                  // raw_data, or packed float_data
+  std::int64_t dims[4] = {0};
+  int ndim = 0;               // 5: more than 4 dimensions (never a valid shape here)
+  std::uint64_t data_type = 0;
+  bool present = false, external = false, raw = false;
+  std::int64_t numel() const {
+    std::int64_t n = 1;
+    for (int i = 0; i < ndim && i < 4; ++i) n *= dims[i];
+    return n;
+  }
 };
 
-void note_tensor(const Tensor& t, Found* f) {
-  if (t.name.eq("readout.weight")) { f->ro_w = t; f->has_ro_w = true; return; }
-  if (t.name.eq("readout.bias")) { f->ro_b = t; f->has_ro_b = true; return; }
-  char name[32];
-  for (int n = 0; n < MAX_LAYERS; ++n) {
-    std::snprintf(name, sizeof(name), "layer%d.weight", n + 1);
-    if (t.name.eq(name)) { f->weight[n] = t; f->has_w[n] = true; return; }
-    std::snprintf(name, sizeof(name), "layer%d.bias", n + 1);
-    if (t.name.eq(name)) { f->bias[n] = t; f->has_b[n] = true; return; }
-    std::snprintf(name, sizeof(name), "layer%d.weight_b", n + 1);
-    if (t.name.eq(name)) { f->weight_b[n] = t; f->has_wb[n] = true; return; }
+// What the graph's nodes say about each layer, to check the metadata against (the loader runs the
+// architecture of the metadata, so metadata and graph must not disagree silently).
+struct Facts {
+  bool conv[MAX_LAYERS] = {false}, dense[MAX_LAYERS] = {false}, readout = false;
+  int kernel[MAX_LAYERS] = {0}, pad[MAX_LAYERS] = {0};
+  Pool pool[MAX_LAYERS] = {};
+  Span conv_out[MAX_LAYERS];
+  float slope = -1.0f;        // alpha of the HardSigmoid nodes (-1: none seen)
+  bool slopes_agree = true;
+};
+
+// Everything scan() finds, kept on the caller's stack (about 4 KB): no static state, so two
+// threads may load at once.
+struct Found {
+  Span meta_version, meta_arch, meta_pre, meta_T;
+  Slot weight[MAX_LAYERS], bias[MAX_LAYERS], weight_b[MAX_LAYERS], ro_w, ro_b;
+  bool want_b[MAX_LAYERS] = {false};  // the architecture says the layer has backward weights
+  bool duplicate = false;
+  Facts facts;
+};
+
+// "layer<N><suffix>" -> N - 1, else -1.
+int layer_of(Span s, const char* suffix) {
+  const std::size_t sl = std::strlen(suffix);
+  if (s.n < 6 + sl || std::memcmp(s.p, "layer", 5) != 0 || std::memcmp(s.p + s.n - sl, suffix, sl) != 0) return -1;
+  int n = 0;
+  for (std::size_t i = 5; i < s.n - sl; ++i) {
+    if (s.p[i] < '0' || s.p[i] > '9' || n > MAX_LAYERS) return -1;
+    n = n * 10 + (s.p[i] - '0');
   }
+  return n >= 1 && n <= MAX_LAYERS && s.n - sl > 5 ? n - 1 : -1;
+}
+
+void note_tensor(const Tensor& t, Found* f) {
+  Slot* slot = nullptr;
+  int n;
+  if (t.name.eq("readout.weight")) slot = &f->ro_w;
+  else if (t.name.eq("readout.bias")) slot = &f->ro_b;
+  else if ((n = layer_of(t.name, ".weight")) >= 0) slot = &f->weight[n];
+  else if ((n = layer_of(t.name, ".bias")) >= 0) slot = &f->bias[n];
+  else if ((n = layer_of(t.name, ".weight_b")) >= 0) slot = &f->weight_b[n];
+  if (slot == nullptr) return;
+  if (slot->present) f->duplicate = true;
+  slot->present = true;
+  slot->external = t.external;
+  slot->data_type = t.data_type;
+  slot->raw = t.raw.n > 0;
+  slot->data = t.raw.n ? t.raw : t.floats;
+  slot->ndim = t.ndim > 4 ? 5 : t.ndim;
+  for (int i = 0; i < t.ndim && i < 4; ++i) slot->dims[i] = t.dims[i];
+}
+
+// AttributeProto: name, and its int / float / ints / graph values.
+struct Attr {
+  Span name, graph;
+  std::int64_t i = 0, ints[4] = {0};
+  int n_ints = 0;
+  float f = 0.0f;
+  bool has_graph = false;
+};
+
+bool parse_attr(Span s, Attr* a) {
+  Reader r{s.p, s.p + s.n};
+  while (!r.done()) {
+    std::uint32_t fld, w;
+    std::uint64_t v;
+    if (!r.key(&fld, &w)) return false;
+    if (fld == 1 && w == 2) {
+      if (!r.bytes(&a->name)) return false;
+    } else if (fld == 2 && w == 5) {
+      if (r.end - r.p < 4) return false;
+      std::memcpy(&a->f, r.p, 4);
+      r.p += 4;
+    } else if (fld == 3 && w == 0) {
+      if (!r.varint(&v)) return false;
+      a->i = std::int64_t(v);
+    } else if (fld == 6 && w == 2) {
+      if (!r.bytes(&a->graph)) return false;
+      a->has_graph = true;
+    } else if (fld == 8 && w == 0) {
+      if (!r.varint(&v)) return false;
+      if (a->n_ints < 4) a->ints[a->n_ints] = std::int64_t(v);
+      ++a->n_ints;
+    } else if (fld == 8 && w == 2) {
+      Span ps;
+      if (!r.bytes(&ps)) return false;
+      Reader pr{ps.p, ps.p + ps.n};
+      while (!pr.done()) {
+        if (!pr.varint(&v)) return false;
+        if (a->n_ints < 4) a->ints[a->n_ints] = std::int64_t(v);
+        ++a->n_ints;
+      }
+    } else if (!r.skip(w)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool scan_graph(Span graph, Found* f, int depth);
+
+// NodeProto: records what a Conv / Gemm / pool / HardSigmoid node says about the layers, and walks
+// into subgraphs (the Loop's body holds the step).
+bool scan_node(Span s, Found* f, int depth) {
+  Span inputs[3], output, op;
+  int n_in = 0, n_out = 0;
+  Attr kernel, pads, alpha;
+  bool has_alpha = false;
+  Reader r{s.p, s.p + s.n};
+  while (!r.done()) {
+    std::uint32_t fld, w;
+    if (!r.key(&fld, &w)) return false;
+    Span v;
+    if (fld == 1 && w == 2) {
+      if (!r.bytes(&v)) return false;
+      if (n_in < 3) inputs[n_in] = v;
+      ++n_in;
+    } else if (fld == 2 && w == 2) {
+      if (!r.bytes(&v)) return false;
+      if (n_out++ == 0) output = v;
+    } else if (fld == 4 && w == 2) {
+      if (!r.bytes(&op)) return false;
+    } else if (fld == 5 && w == 2) {
+      Attr a;
+      if (!r.bytes(&v) || !parse_attr(v, &a)) return false;
+      if (a.has_graph && !scan_graph(a.graph, f, depth + 1)) return false;
+      if (a.name.eq("kernel_shape")) kernel = a;
+      if (a.name.eq("pads")) pads = a;
+      if (a.name.eq("alpha")) { alpha = a; has_alpha = true; }
+    } else if (!r.skip(w)) {
+      return false;
+    }
+  }
+  Facts& k = f->facts;
+  const int n = n_in >= 2 ? layer_of(inputs[1], ".weight") : -1;
+  if (op.eq("Conv") && n >= 0) {
+    k.conv[n] = true;
+    k.kernel[n] = kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
+    const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] && pads.ints[0] == pads.ints[3];
+    k.pad[n] = pads.n_ints == 0 ? 0 : same && pads.ints[0] < 64 ? int(pads.ints[0]) : -1;
+    k.conv_out[n] = output;
+  } else if (op.eq("Gemm") && n >= 0) {
+    k.dense[n] = true;
+  } else if (op.eq("Gemm") && n_in >= 2 && inputs[1].eq("readout.weight")) {
+    k.readout = true;
+  } else if ((op.eq("MaxPool") || op.eq("AveragePool")) && n_in >= 1) {
+    for (int l = 0; l < MAX_LAYERS; ++l)
+      if (k.conv_out[l].n > 0 && k.conv_out[l].n == inputs[0].n && std::memcmp(k.conv_out[l].p, inputs[0].p, inputs[0].n) == 0)
+        k.pool[l] = op.eq("MaxPool") ? Pool::Max : Pool::Avg;
+  } else if (op.eq("HardSigmoid")) {
+    const float a = has_alpha ? alpha.f : 0.2f;  // ONNX's default alpha
+    if (k.slope >= 0.0f && a != k.slope) k.slopes_agree = false;
+    k.slope = a;
+  }
+  return true;
+}
+
+bool scan_graph(Span graph, Found* f, int depth) {
+  if (depth > 4) return false;
+  Reader g{graph.p, graph.p + graph.n};
+  while (!g.done()) {
+    std::uint32_t fld, w;
+    Span v;
+    if (!g.key(&fld, &w)) return false;
+    if (fld == 1 && w == 2) {
+      if (!g.bytes(&v) || !scan_node(v, f, depth)) return false;
+    } else if (fld == 5 && w == 2) {
+      Tensor t;
+      if (!g.bytes(&v) || !parse_tensor(v, &t)) return false;
+      if (depth == 0) note_tensor(t, f);
+    } else if (!g.skip(w)) {
+      return false;
+    }
+  }
+  return true;
 }
 
 Status scan(const std::uint8_t* buf, std::size_t len, Found* f, Model* m) {
@@ -328,6 +508,7 @@ Status scan(const std::uint8_t* buf, std::size_t len, Found* f, Model* m) {
     std::uint32_t fld, w;
     if (!r.key(&fld, &w)) return fail(m, ERR_PARSE, "not an ONNX protobuf (bad field key at byte %ld)", long(r.p - buf));
     if (fld == 7 && w == 2) {
+      if (has_graph) return fail(m, ERR_PARSE, "two graphs in the file: not an ep_compile export");
       if (!r.bytes(&graph)) return fail(m, ERR_PARSE, "truncated graph");
       has_graph = true;
     } else if (fld == 14 && w == 2) {
@@ -350,46 +531,36 @@ Status scan(const std::uint8_t* buf, std::size_t len, Found* f, Model* m) {
     }
   }
   if (!has_graph) return fail(m, ERR_PARSE, "no graph in the file: not an ONNX model");
-  Reader g{graph.p, graph.p + graph.n};
-  while (!g.done()) {
-    std::uint32_t fld, w;
-    if (!g.key(&fld, &w)) return fail(m, ERR_PARSE, "corrupt graph");
-    if (fld == 5 && w == 2) {
-      Span ts;
-      Tensor t;
-      if (!g.bytes(&ts) || !parse_tensor(ts, &t)) return fail(m, ERR_PARSE, "corrupt initializer in the graph");
-      note_tensor(t, f);
-    } else if (!g.skip(w)) {
-      return fail(m, ERR_PARSE, "corrupt graph");
-    }
-  }
+  if (!scan_graph(graph, f, 0)) return fail(m, ERR_PARSE, "corrupt graph (a node, attribute or initializer does not parse)");
+  if (f->duplicate) return fail(m, ERR_PARSE, "an initializer name appears twice; %s", REEXPORT);
   return OK;
 }
 
-Status check_tensor(const Tensor& t, const std::int64_t* want, int ndim, const char* what, Model* m) {
+Status check_tensor(const Slot& t, const std::int64_t* want, int ndim, const char* what, Model* m) {
   if (t.external) return fail(m, ERR_UNSUPPORTED, "%s: external data is not supported; %s", what, REEXPORT);
   if (t.data_type != 1) return fail(m, ERR_UNSUPPORTED, "%s: data type %d, expected float32; %s", what, int(t.data_type), REEXPORT);
   bool same = t.ndim == ndim;
   for (int i = 0; same && i < ndim; ++i) same = t.dims[i] == want[i];
   if (!same) {
     char got[96] = {0}, exp[96] = {0};
-    for (int i = 0; i < t.ndim; ++i) std::snprintf(got + std::strlen(got), sizeof(got) - std::strlen(got), "%s%lld", i ? "x" : "", (long long)t.dims[i]);
+    for (int i = 0; i < t.ndim && i < 4; ++i) std::snprintf(got + std::strlen(got), sizeof(got) - std::strlen(got), "%s%lld", i ? "x" : "", (long long)t.dims[i]);
     for (int i = 0; i < ndim; ++i) std::snprintf(exp + std::strlen(exp), sizeof(exp) - std::strlen(exp), "%s%lld", i ? "x" : "", (long long)want[i]);
     return fail(m, ERR_SHAPE, "%s has shape %s, the architecture needs %s; %s", what, got, exp, REEXPORT);
   }
-  std::size_t bytes = std::size_t(t.numel()) * 4;
-  if (!(t.raw.n == bytes || (t.raw.n == 0 && t.floats.n == bytes)))
-    return fail(m, ERR_SHAPE, "%s holds %zu bytes of data for %lld floats; %s", what, t.raw.n ? t.raw.n : t.floats.n, (long long)t.numel(), REEXPORT);
+  // numel <= MAX_ELEMENTS (2^28): 4 * numel fits a 32-bit size_t
+  if (std::uint64_t(t.data.n) != std::uint64_t(t.numel()) * 4)
+    return fail(m, ERR_SHAPE, "%s holds %zu bytes of data for %lld floats; %s", what, t.data.n, (long long)t.numel(), REEXPORT);
   return OK;
 }
 
-const float* place(const Tensor& t, float* arena, std::size_t* used) {
-  const Span& s = t.raw.n ? t.raw : t.floats;
+const float* place(const Slot& t, float* arena, std::size_t* used) {
   float* dst = arena + *used;
-  if (arena != nullptr) std::memcpy(dst, s.p, s.n);  // little-endian float32 on every target here
+  std::memcpy(dst, t.data.p, t.data.n);  // little-endian float32 on every target here
   *used += std::size_t(t.numel());
   return dst;
 }
+
+const char* pool_name(Pool p) { return p == Pool::Max ? "max" : p == Pool::Avg ? "avg" : "none"; }
 
 Status parse_architecture(Found& f, Model* m) {
   if (f.meta_version.n == 0) return fail(m, ERR_MISSING, "no ep_compile.format_version metadata: not an ep_compile export; %s", REEXPORT);
@@ -407,6 +578,12 @@ Status parse_architecture(Found& f, Model* m) {
     return fail(m, ERR_PARSE, "architecture metadata is malformed or has %d layers (1..%d supported)", n_layers, MAX_LAYERS);
   m->slope = float(slope);
   m->readout = is_true(get(arch, "readout"));
+  if (std::int64_t(m->in_c) * m->in_h * m->in_w > MAX_ELEMENTS) return fail(m, ERR_SHAPE, "the input %dx%dx%d is too large", m->in_c, m->in_h, m->in_w);
+  const Facts& k = f.facts;
+  if (k.slope < 0.0f || !k.slopes_agree || k.slope != m->slope)
+    return fail(m, ERR_SHAPE, "the metadata's slope %g is not the graph's HardSigmoid alpha (%g): metadata and graph disagree; %s", slope, double(k.slope), REEXPORT);
+  if (m->readout != k.readout)
+    return fail(m, ERR_SHAPE, "the metadata says readout=%s, the graph %s a read-out Gemm: metadata and graph disagree; %s", m->readout ? "true" : "false", k.readout ? "has" : "has no", REEXPORT);
   m->n_layers = n_layers;
   int c = m->in_c, h = m->in_h, w = m->in_w;
   for (int n = 0; n < n_layers; ++n) {
@@ -433,8 +610,11 @@ Status parse_architecture(Found& f, Model* m) {
       int ph = L.pool == Pool::None ? L.conv_h : L.conv_h / 2, pw = L.pool == Pool::None ? L.conv_w : L.conv_w / 2;
       if (L.conv_h < 1 || L.conv_w < 1 || ph != L.out_h || pw != L.out_w || length(get(d, "out_shape")) != 3)
         return fail(m, ERR_SHAPE, "layer %d: conv %dx%d pad %d on %dx%d gives no %dx%d state; %s", n + 1, L.kernel, L.kernel, L.padding, h, w, L.out_h, L.out_w, REEXPORT);
+      if (!k.conv[n] || k.kernel[n] != L.kernel || k.pad[n] != L.padding || k.pool[n] != L.pool)
+        return fail(m, ERR_SHAPE, "layer %d: the metadata says conv %dx%d pad %d pool %s, the graph's nodes say %s %dx%d pad %d pool %s: metadata and graph disagree; %s",
+                    n + 1, L.kernel, L.kernel, L.padding, pool_name(L.pool), k.conv[n] ? "conv" : "no conv", k.kernel[n], k.kernel[n], k.pad[n], pool_name(k.pool[n]), REEXPORT);
       const std::int64_t wd[4] = {L.out_c, c, L.kernel, L.kernel}, bd[1] = {L.out_c};
-      if (!f.has_w[n] || !f.has_b[n]) return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
+      if (!f.weight[n].present || !f.bias[n].present) return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
       char what[40];
       std::snprintf(what, sizeof(what), "layer%d.weight", n + 1);
       if (Status s = check_tensor(f.weight[n], wd, 4, what, m)) return s;
@@ -442,23 +622,24 @@ Status parse_architecture(Found& f, Model* m) {
       if (Status s = check_tensor(f.bias[n], bd, 1, what, m)) return s;
       if (wb) {
         std::snprintf(what, sizeof(what), "layer%d.weight_b", n + 1);
-        if (!f.has_wb[n]) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
+        if (!f.weight_b[n].present) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
         if (Status s = check_tensor(f.weight_b[n], wd, 4, what, m)) return s;
       }
     } else if (is_str(get(d, "kind"), "dense")) {
       L.kind = Kind::Dense;
       if (length(get(d, "out_shape")) != 1) return fail(m, ERR_SHAPE, "layer %d: a dense layer has a flat output", n + 1);
+      if (!k.dense[n] || k.conv[n]) return fail(m, ERR_SHAPE, "layer %d: the metadata says dense, the graph's nodes do not: metadata and graph disagree; %s", n + 1, REEXPORT);
       std::int64_t n_in = std::int64_t(c) * h * w;
       const std::int64_t wd[2] = {L.out_c, n_in}, bd[1] = {L.out_c};
       char what[40];
       std::snprintf(what, sizeof(what), "layer%d.weight", n + 1);
-      if (!f.has_w[n] || !f.has_b[n]) return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
+      if (!f.weight[n].present || !f.bias[n].present) return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
       if (Status s = check_tensor(f.weight[n], wd, 2, what, m)) return s;
       std::snprintf(what, sizeof(what), "layer%d.bias", n + 1);
       if (Status s = check_tensor(f.bias[n], bd, 1, what, m)) return s;
       if (wb) {
         std::snprintf(what, sizeof(what), "layer%d.weight_b", n + 1);
-        if (!f.has_wb[n]) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
+        if (!f.weight_b[n].present) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
         if (Status s = check_tensor(f.weight_b[n], wd, 2, what, m)) return s;
       }
     } else {
@@ -470,16 +651,16 @@ Status parse_architecture(Found& f, Model* m) {
   const Layer& last = m->layers[n_layers - 1];
   if (m->readout) {
     const std::int64_t wd[2] = {m->n_classes, last.out_size()}, bd[1] = {m->n_classes};
-    if (!f.has_ro_w || !f.has_ro_b) return fail(m, ERR_MISSING, "readout.weight or readout.bias is missing; %s", REEXPORT);
+    if (!f.ro_w.present || !f.ro_b.present) return fail(m, ERR_MISSING, "readout.weight or readout.bias is missing; %s", REEXPORT);
     if (Status s = check_tensor(f.ro_w, wd, 2, "readout.weight", m)) return s;
     if (Status s = check_tensor(f.ro_b, bd, 1, "readout.bias", m)) return s;
   } else if (last.out_size() != m->n_classes) {
     return fail(m, ERR_SHAPE, "the output layer has %lld units for %d classes; %s", (long long)last.out_size(), m->n_classes, REEXPORT);
   }
-  if (f.meta_T.n > 0 && f.meta_T.n < 12) {
-    char t[12] = {0};
-    std::memcpy(t, f.meta_T.p, f.meta_T.n);
-    m->default_steps = std::atoi(t);
+  if (f.meta_T.n > 0) {  // optional; when present it must be an integer in [1, 1e6]
+    Json t{reinterpret_cast<const char*>(f.meta_T.p), reinterpret_cast<const char*>(f.meta_T.p) + f.meta_T.n};
+    if (!integer(t, 1, 1000000, &m->default_steps))
+      return fail(m, ERR_PARSE, "ep_compile.default_T '%.*s' is not an integer in [1, 1000000]; %s", int(f.meta_T.n < 24 ? f.meta_T.n : 24), reinterpret_cast<const char*>(f.meta_T.p), REEXPORT);
   }
   if (f.meta_pre.n > 0) {  // optional: only the CLI's help uses it
     Json pre = value_span(reinterpret_cast<const char*>(f.meta_pre.p), reinterpret_cast<const char*>(f.meta_pre.p) + f.meta_pre.n);
@@ -500,14 +681,16 @@ Status parse_architecture(Found& f, Model* m) {
 }
 
 Status build(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t arena_floats, Model* m, std::size_t* needed) {
-  static Found f;  // large (tensor descriptors): static, so no stack burst on small cores
-  f = Found();
+  Found f;  // on this call's stack (~4 KB): reentrant
   if (Status s = scan(buf, len, &f, m)) return s;
   if (Status s = parse_architecture(f, m)) return s;
-  std::size_t used = 0;
+  std::uint64_t total = 0;  // each tensor <= 2^28 floats: 64 bits cannot overflow
   for (int n = 0; n < m->n_layers; ++n)
-    used += std::size_t(f.weight[n].numel() * (f.want_b[n] ? 2 : 1) + f.bias[n].numel());
-  if (m->readout) used += std::size_t(f.ro_w.numel() + f.ro_b.numel());
+    total += std::uint64_t(f.weight[n].numel()) * (f.want_b[n] ? 2 : 1) + std::uint64_t(f.bias[n].numel());
+  if (m->readout) total += std::uint64_t(f.ro_w.numel() + f.ro_b.numel());
+  if (total > std::uint64_t(SIZE_MAX / sizeof(float)))
+    return fail(m, ERR_TOO_LARGE, "the weights need %llu floats, more than this platform can address", (unsigned long long)total);
+  std::size_t used = std::size_t(total);
   *needed = used;
   if (arena == nullptr) return OK;
   if (arena_floats < used) return fail(m, ERR_ARGUMENT, "weight arena holds %zu floats, the model needs %zu", arena_floats, used);
@@ -528,7 +711,7 @@ Status build(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t
 }  // namespace
 
 Status required_arena(const std::uint8_t* buf, std::size_t len, std::size_t* n_floats, Model* diagnostics) {
-  static Model scratch;
+  Model scratch;  // on the stack: reentrant
   Model* m = diagnostics != nullptr ? diagnostics : &scratch;
   *m = Model();
   if (n_floats == nullptr) return ERR_ARGUMENT;
@@ -549,6 +732,63 @@ Status load(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t 
 
 // ------------------------------------------------------------------------------- kernels
 
+namespace {
+
+// C (m x n) = A (m x kk) . B (kk x n), B and C row-major with leading dimensions ldb / ldc; A[i][k]
+// is a[i * ai + k * ak] (a plain or a transposed weight matrix). Register tiles of MR x NR with every
+// output summed over k in ascending order from 0, as a plain triple loop would: the same bits as the
+// reference order, so the reproducible build (-ffp-contract=off) is bitwise the same on every target.
+#if defined(__AVX__)
+constexpr int MR = 4, NR = 16;  // 8 accumulators of 8 floats (16 ymm registers)
+#else
+constexpr int MR = 4, NR = 8;  // SSE2 / NEON: 8 accumulators of 4 floats (16 xmm / 32 q registers)
+#endif
+
+template <int R, int C>
+inline void tile(float* c, std::size_t ldc, const float* a, std::size_t ai, std::size_t ak, const float* b,
+                 std::size_t ldb, int kk) {
+  float acc[R][C] = {};
+  for (int k = 0; k < kk; ++k) {
+    const float* bk = b + std::size_t(k) * ldb;
+    for (int i = 0; i < R; ++i) {
+      const float av = a[i * ai + std::size_t(k) * ak];
+      for (int j = 0; j < C; ++j) acc[i][j] += av * bk[j];
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < C; ++j) c[i * ldc + j] = acc[i][j];
+}
+
+// The edges: the same order, runtime sizes.
+void tile_edge(float* c, std::size_t ldc, const float* a, std::size_t ai, std::size_t ak, const float* b,
+               std::size_t ldb, int kk, int mr, int nr) {
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j) {
+      float acc = 0.0f;
+      for (int k = 0; k < kk; ++k) acc += a[i * ai + std::size_t(k) * ak] * b[std::size_t(k) * ldb + j];
+      c[i * ldc + j] = acc;
+    }
+}
+
+void gemm(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n, int kk) {
+  const int n_full = n - n % NR, m_full = m - m % MR;
+  for (int i0 = 0; i0 < m; i0 += MR) {
+    const int mr = std::min(MR, m - i0);
+    const float* ar = a + std::size_t(i0) * ai;
+    float* cr = c + std::size_t(i0) * n;
+    for (int j0 = 0; j0 < n_full; j0 += NR) {
+      if (i0 < m_full) tile<MR, NR>(cr + j0, std::size_t(n), ar, ai, ak, b + j0, std::size_t(n), kk);
+      else tile_edge(cr + j0, std::size_t(n), ar, ai, ak, b + j0, std::size_t(n), kk, mr, NR);
+    }
+    if (n_full < n) {
+      if (n - n_full == 4 && i0 < m_full) tile<MR, 4>(cr + n_full, std::size_t(n), ar, ai, ak, b + n_full, std::size_t(n), kk);
+      else tile_edge(cr + n_full, std::size_t(n), ar, ai, ak, b + n_full, std::size_t(n), kk, mr, n - n_full);
+    }
+  }
+}
+
+}  // namespace
+
 void conv2d(float* out, const float* in, const float* w, const float* b, int cin, int h, int wd, int cout, int k, int pad, float* col) {
   const int hc = h + 2 * pad - k + 1, wc = wd + 2 * pad - k + 1, npix = hc * wc, rows = cin * k * k;
   for (int ci = 0; ci < cin; ++ci)  // im2col: col (cin*k*k, hc*wc)
@@ -563,31 +803,15 @@ void conv2d(float* out, const float* in, const float* w, const float* b, int cin
           }
         }
       }
-  for (int co = 0; co < cout; ++co) {  // out (cout, npix) = w (cout, rows) . col
-    float* o = out + std::size_t(co) * npix;
-    const float bias = b != nullptr ? b[co] : 0.0f;
-    for (int j = 0; j < npix; ++j) o[j] = 0.0f;
-    const float* wr = w + std::size_t(co) * rows;
-    for (int r = 0; r < rows; ++r) {
-      const float a = wr[r];
-      const float* c = col + std::size_t(r) * npix;
-      for (int j = 0; j < npix; ++j) o[j] += a * c[j];
-    }
-    for (int j = 0; j < npix; ++j) o[j] += bias;
-  }
+  gemm(out, w, std::size_t(rows), 1, col, cout, npix, rows);  // out (cout, npix) = w (cout, rows) . col
+  if (b != nullptr)
+    for (int co = 0; co < cout; ++co)
+      for (int j = 0; j < npix; ++j) out[std::size_t(co) * npix + j] += b[co];
 }
 
 void conv2d_transpose(float* out, const float* in, const float* w, int cout, int hc, int wc, int cin, int h, int wd, int k, int pad, float* col) {
   const int npix = hc * wc, rows = cin * k * k;
-  for (int r = 0; r < rows; ++r) {  // col (rows, npix) = w^T . in
-    float* c = col + std::size_t(r) * npix;
-    for (int j = 0; j < npix; ++j) c[j] = 0.0f;
-    for (int co = 0; co < cout; ++co) {
-      const float a = w[std::size_t(co) * rows + r];
-      const float* x = in + std::size_t(co) * npix;
-      for (int j = 0; j < npix; ++j) c[j] += a * x[j];
-    }
-  }
+  gemm(col, w, 1, std::size_t(rows), in, rows, npix, cout);  // col (rows, npix) = w^T (rows, cout) . in
   for (std::size_t i = 0; i < std::size_t(cin) * h * wd; ++i) out[i] = 0.0f;
   for (int ci = 0; ci < cin; ++ci)  // col2im: scatter-add into (cin, h, wd)
     for (int kh = 0; kh < k; ++kh)
@@ -683,32 +907,46 @@ struct Work {  // views into the caller's workspace, laid out by carve()
 
 std::size_t col_rows(const Layer& L) { return L.kind == Kind::Conv ? std::size_t(L.in_c) * L.kernel * L.kernel : 0; }
 
+// Checked size arithmetic: false on overflow of size_t (4 bytes on a Cortex-M).
+bool mul(std::size_t a, std::size_t b, std::size_t* out) {
+  if (a != 0 && b > SIZE_MAX / a) return false;
+  *out = a * b;
+  return true;
+}
+
+// Lays out the workspace (base == nullptr: only measures); returns its size, 0 on overflow.
 std::size_t carve(const Model& m, int batch, std::uint8_t* base, Work* w) {
   std::size_t off = 0, conv = 1, col = 1, fb = 1;
-  auto take = [&](std::size_t bytes) {
+  bool ok = true;
+  auto take = [&](std::size_t floats) -> std::uint8_t* {  // 4-byte elements, 16-byte aligned blocks
+    std::size_t bytes;
+    ok = ok && mul(floats, 4, &bytes) && bytes <= SIZE_MAX - 15 && off <= SIZE_MAX - ((bytes + 15) & ~std::size_t(15));
+    if (!ok) return nullptr;
     std::uint8_t* p = base ? base + off : nullptr;
     off += (bytes + 15) & ~std::size_t(15);
     return p;
   };
   for (int n = 0; n < m.n_layers; ++n) {
     const Layer& L = m.layers[n];
-    const std::size_t s = std::size_t(L.out_size()) * batch;
-    w->cur[n] = reinterpret_cast<float*>(take(4 * s));
-    w->next[n] = reinterpret_cast<float*>(take(4 * s));
-    w->drive[n] = reinterpret_cast<float*>(take(4 * s));
-    w->idx[n] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max ? 4 * s : 0));
-    w->idx_b[n] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max && L.weight_b ? 4 * s : 0));
+    std::size_t s = 0, rows_pix = 0;
+    ok = ok && mul(std::size_t(L.out_size()), std::size_t(batch), &s);
+    w->cur[n] = reinterpret_cast<float*>(take(s));
+    w->next[n] = reinterpret_cast<float*>(take(s));
+    w->drive[n] = reinterpret_cast<float*>(take(s));
+    w->idx[n] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max ? s : 0));
+    w->idx_b[n] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max && L.weight_b ? s : 0));
     if (L.kind == Kind::Conv) {
       conv = std::max(conv, std::size_t(L.conv_size()));
-      col = std::max(col, col_rows(L) * L.conv_h * L.conv_w);
+      ok = ok && mul(col_rows(L), std::size_t(L.conv_size() / L.conv_c), &rows_pix);
+      col = std::max(col, rows_pix);
     }
     fb = std::max(fb, std::size_t(L.in_size()));
   }
-  w->conv = reinterpret_cast<float*>(take(4 * conv));
-  w->col = reinterpret_cast<float*>(take(4 * col));
-  w->unpool = reinterpret_cast<float*>(take(4 * conv));
-  w->fb = reinterpret_cast<float*>(take(4 * fb));
-  return off;
+  w->conv = reinterpret_cast<float*>(take(conv));
+  w->col = reinterpret_cast<float*>(take(col));
+  w->unpool = reinterpret_cast<float*>(take(conv));
+  w->fb = reinterpret_cast<float*>(take(fb));
+  return ok ? off : 0;
 }
 
 // P(w * pre) for one image; max-pool indices into idx (when pooling is max).
@@ -748,68 +986,120 @@ std::size_t workspace_bytes(const Model& m, int batch) {
   return batch > 0 && m.n_layers > 0 ? carve(m, batch, nullptr, &w) : 0;
 }
 
-Status run(const Model& m, const float* x, int batch, int max_steps, float tol, void* workspace, std::size_t workspace_len,
-           float* scores, int* steps, float* residual) {
-  if (m.n_layers < 1 || x == nullptr || batch < 1 || max_steps < 0 || !(tol >= 0.0f) || workspace == nullptr ||
-      scores == nullptr || steps == nullptr || residual == nullptr)
-    return ERR_ARGUMENT;
-  if ((reinterpret_cast<std::uintptr_t>(workspace) & 15) != 0 || workspace_len < workspace_bytes(m, batch)) return ERR_ARGUMENT;
+namespace {
+
+// The workspace's layout after the argument checks every entry point shares; false on bad ones.
+bool layout(const Model& m, int batch, const void* workspace, std::size_t len, Work* w) {
+  if (m.n_layers < 1 || batch < 1 || workspace == nullptr || (reinterpret_cast<std::uintptr_t>(workspace) & 15) != 0) return false;
+  const std::size_t need = workspace_bytes(m, batch);
+  if (need == 0 || len < need) return false;
+  carve(m, batch, static_cast<std::uint8_t*>(const_cast<void*>(workspace)), w);
+  return true;
+}
+
+}  // namespace
+
+Status reset_state(const Model& m, int batch, void* workspace, std::size_t workspace_len) {
   Work w;
-  carve(m, batch, static_cast<std::uint8_t*>(workspace), &w);
-  const int L = m.n_layers;
-  for (int n = 0; n < L; ++n)
+  if (!layout(m, batch, workspace, workspace_len, &w)) return workspace_bytes(m, batch) == 0 && m.n_layers > 0 && batch > 0 ? ERR_TOO_LARGE : ERR_ARGUMENT;
+  for (int n = 0; n < m.n_layers; ++n)
     for (std::size_t i = 0; i < std::size_t(m.layers[n].out_size()) * batch; ++i) w.cur[n][i] = 0.0f;
+  return OK;
+}
+
+const float* state(const Model& m, int batch, const void* workspace, std::size_t workspace_len, int n) {
+  Work w;
+  if (n < 0 || n >= m.n_layers || !layout(m, batch, workspace, workspace_len, &w)) return nullptr;
+  return w.cur[n];
+}
+
+Status step(const Model& m, const float* x, int batch, void* workspace, std::size_t workspace_len, float* residual) {
+  Work w;
+  if (x == nullptr || residual == nullptr) return ERR_ARGUMENT;
+  if (!layout(m, batch, workspace, workspace_len, &w)) return workspace_bytes(m, batch) == 0 && m.n_layers > 0 && batch > 0 ? ERR_TOO_LARGE : ERR_ARGUMENT;
+  const int L = m.n_layers;
   const std::size_t in_size = std::size_t(m.in_c) * m.in_h * m.in_w;
-  float res = INFINITY;
-  int t = 0;
-  while (t < max_steps) {
-    for (int b = 0; b < batch; ++b) {  // bottom-up drives and pooling indices, from s_t
-      for (int n = 0; n < L; ++n) {
-        const Layer& Ly = m.layers[n];
-        const std::size_t os = std::size_t(Ly.out_size()) * b, is = std::size_t(Ly.in_size()) * b;
-        const float* pre = n == 0 ? x + in_size * b : w.cur[n - 1] + is;
-        forward(Ly, pre, Ly.weight, Ly.bias, w.drive[n] + os, Ly.pool == Pool::Max ? w.idx[n] + os : nullptr, w);
-        if (Ly.weight_b != nullptr && Ly.pool == Pool::Max)  // the backward conv's own indices
-          forward(Ly, pre, Ly.weight_b, nullptr, w.unpool, w.idx_b[n] + os, w);
-      }
+  for (int b = 0; b < batch; ++b) {  // bottom-up drives and pooling indices, from s_t
+    for (int n = 0; n < L; ++n) {
+      const Layer& Ly = m.layers[n];
+      const std::size_t os = std::size_t(Ly.out_size()) * b, is = std::size_t(Ly.in_size()) * b;
+      const float* pre = n == 0 ? x + in_size * b : w.cur[n - 1] + is;
+      forward(Ly, pre, Ly.weight, Ly.bias, w.drive[n] + os, Ly.pool == Pool::Max ? w.idx[n] + os : nullptr, w);
+      if (Ly.weight_b != nullptr && Ly.pool == Pool::Max)  // the backward conv's own indices
+        forward(Ly, pre, Ly.weight_b, nullptr, w.unpool, w.idx_b[n] + os, w);
     }
-    res = 0.0f;
-    for (int b = 0; b < batch; ++b) {
-      for (int n = 0; n < L; ++n) {
-        const Layer& Ly = m.layers[n];
-        const std::size_t sz = std::size_t(Ly.out_size()), os = sz * b;
-        const float* fb = nullptr;
-        if (n + 1 < L) {  // top-down drive through the next layer's adjoint
-          const Layer& up = m.layers[n + 1];
-          const std::size_t us = std::size_t(up.out_size()) * b;
-          const std::int32_t* idx = up.pool == Pool::Max ? (up.weight_b ? w.idx_b[n + 1] : w.idx[n + 1]) + us : nullptr;
-          feedback(up, w.cur[n + 1] + us, idx, w);
-          fb = w.fb;
-        }
-        for (std::size_t i = 0; i < sz; ++i) {
-          float u = w.drive[n][os + i];
-          if (fb != nullptr) u = u + fb[i];
-          float s = u * m.slope;
-          s = s < 0.0f ? 0.0f : (s > 1.0f ? 1.0f : s);
-          const float d = std::fabs(s - w.cur[n][os + i]);
-          if (d > res) res = d;
-          w.next[n][os + i] = s;
-        }
-      }
-    }
-    for (int n = 0; n < L; ++n) std::memcpy(w.cur[n], w.next[n], 4 * std::size_t(m.layers[n].out_size()) * batch);
-    ++t;
-    if (res < tol) break;
   }
-  const Layer& last = m.layers[L - 1];
+  float res = 0.0f;
+  bool nan = false;
   for (int b = 0; b < batch; ++b) {
-    const float* s = w.cur[L - 1] + std::size_t(last.out_size()) * b;
+    for (int n = 0; n < L; ++n) {
+      const Layer& Ly = m.layers[n];
+      const std::size_t sz = std::size_t(Ly.out_size()), os = sz * b;
+      const float* fb = nullptr;
+      if (n + 1 < L) {  // top-down drive through the next layer's adjoint
+        const Layer& up = m.layers[n + 1];
+        const std::size_t us = std::size_t(up.out_size()) * b;
+        const std::int32_t* idx = up.pool == Pool::Max ? (up.weight_b ? w.idx_b[n + 1] : w.idx[n + 1]) + us : nullptr;
+        feedback(up, w.cur[n + 1] + us, idx, w);
+        fb = w.fb;
+      }
+      for (std::size_t i = 0; i < sz; ++i) {
+        float u = w.drive[n][os + i];
+        if (fb != nullptr) u = u + fb[i];
+        float s = u * m.slope;
+        s = s < 0.0f ? 0.0f : (s > 1.0f ? 1.0f : s);  // +-Inf clamp to 1 / 0; NaN passes through
+        const float d = std::fabs(s - w.cur[n][os + i]);
+        if (d != d) nan = true;
+        else if (d > res) res = d;
+        w.next[n][os + i] = s;
+      }
+    }
+  }
+  for (int n = 0; n < L; ++n) std::memcpy(w.cur[n], w.next[n], 4 * std::size_t(m.layers[n].out_size()) * batch);
+  *residual = nan ? NAN : res;
+  return nan ? ERR_NONFINITE : OK;
+}
+
+Status read_scores(const Model& m, int batch, const void* workspace, std::size_t workspace_len, float* scores) {
+  Work w;
+  if (scores == nullptr || !layout(m, batch, workspace, workspace_len, &w)) return ERR_ARGUMENT;
+  const Layer& last = m.layers[m.n_layers - 1];
+  for (int b = 0; b < batch; ++b) {
+    const float* s = w.cur[m.n_layers - 1] + std::size_t(last.out_size()) * b;
     if (m.readout) dense(scores + std::size_t(m.n_classes) * b, s, m.readout_w, m.readout_b, int(last.out_size()), m.n_classes);
     else std::memcpy(scores + std::size_t(m.n_classes) * b, s, 4 * std::size_t(m.n_classes));
   }
+  return OK;
+}
+
+Status run(const Model& m, const float* x, int batch, int max_steps, float tol, void* workspace, std::size_t workspace_len,
+           float* scores, int* steps, float* residual) {
+  if (x == nullptr || max_steps < 0 || !(tol >= 0.0f) || scores == nullptr || steps == nullptr || residual == nullptr)
+    return ERR_ARGUMENT;
+  if (Status s = reset_state(m, batch, workspace, workspace_len)) return s;
+  float res = INFINITY;
+  int t = 0;
+  const std::size_t n_in = std::size_t(m.in_c) * m.in_h * m.in_w * std::size_t(batch);
+  for (std::size_t i = 0; i < n_in; ++i) {  // a NaN input can hide behind a max pool: refuse it here
+    if (!std::isfinite(x[i])) {
+      *steps = 0;
+      *residual = NAN;
+      return ERR_NONFINITE;
+    }
+  }
+  while (t < max_steps) {
+    Status s = step(m, x, batch, workspace, workspace_len, &res);
+    ++t;
+    if (s != OK) {
+      *steps = t;
+      *residual = res;
+      return s;
+    }
+    if (res < tol) break;
+  }
   *steps = t;
   *residual = res;
-  return OK;
+  return read_scores(m, batch, workspace, workspace_len, scores);
 }
 
 }  // namespace ep

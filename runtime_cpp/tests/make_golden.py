@@ -5,11 +5,14 @@ against onnxruntime here), and corrupted files with the status the loader must r
     python runtime_cpp/tests/make_golden.py OUT_DIR [--cifar ../shared/data/cifar10-jpeg.tar.gz]
 
 OUT_DIR/cases.txt: model input expected max_steps tol expected_steps atol   (one case per line)
+OUT_DIR/steps.txt: model input step layer expected atol   (the state of one layer after `step` steps
+                   of dynamics.step from s = 0, for ep::step())
 OUT_DIR/bad.txt:   file expected_status
 """
 
 import argparse
 import io
+import json
 import sys
 import tarfile
 from pathlib import Path
@@ -22,12 +25,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from ep_compile.data import load_digits_set, normalize, preprocessing_meta  # noqa: E402
-from ep_compile.dynamics import relax_until  # noqa: E402
+from ep_compile.dynamics import relax_until, step  # noqa: E402
 from ep_compile.estimators import Phases, get_estimator, set_grads  # noqa: E402
 from ep_compile.model import EPNet, ModelConfig  # noqa: E402
 from ep_compile.onnx_export import build_onnx  # noqa: E402
 
 ATOL = 1e-4  # scores: C++ sums in another order than oneDNN / MLAS
+STEP_ATOL = 1e-5  # states in [0, 1] after a few steps: rounding of one conv sum, a little amplified
+STEPS = (1, 2, 3, 10)  # per-step golden states
 
 
 def digits_images(n=16):
@@ -136,6 +141,27 @@ def main(argv=None):
             lines.append(f"{name}.onnx {data}.npy {exp} {steps} {tol:g} {n} {ATOL:g}")
     (out / "cases.txt").write_text("\n".join(lines) + "\n")
 
+    # per-step states: dynamics.step from s = 0, every layer, for ep::step(). The digits nets only: in
+    # the random-init CIFAR nets some 2x2 pool windows hold values equal to within rounding (saturated
+    # regions), where the C++ and oneDNN summation orders pick different winners for a few steps
+    # (measured: up to 5e-4 on a few elements at steps 2-10, the same fixed point after 40 steps)
+    step_lines = []
+    for name in ("digits_sym_ce_trained", "digits_asym_ce_trained", "digits_asym_mse", "digits_sym_mse_avg_fc"):
+        data, model = models[name]
+        if data not in inputs:
+            continue
+        x = inputs[data]
+        with torch.no_grad():
+            s = model.init_states(len(x), x)
+            for t in range(1, max(STEPS) + 1):
+                s = step(model, x, s)
+                if t in STEPS:
+                    for n, sn in enumerate(s):
+                        fname = f"{name}_step{t}_s{n + 1}.npy"
+                        np.save(out / fname, sn.numpy().astype(np.float32))
+                        step_lines.append(f"{name}.onnx {data}.npy {t} {n} {fname} {STEP_ATOL:g}")
+    (out / "steps.txt").write_text("\n".join(step_lines) + "\n")
+
     # corrupted files: each must give an error code, never a crash
     good = (out / "digits_sym_ce_trained.onnx").read_bytes()
     bad = []
@@ -147,6 +173,7 @@ def main(argv=None):
         "format version mismatch": 4,
         "shape mismatch": 5,
         "missing entry": 7,
+        "too large for this platform": 8,
     }
 
     def put(fname, data, status):
@@ -173,6 +200,31 @@ def main(argv=None):
     m = onnx.load_from_string(good)
     m.graph.initializer.remove(next(t for t in m.graph.initializer if t.name == "readout.bias"))
     put("bad_missing.onnx", m.SerializeToString(), "missing entry")
+
+    # edited metadata whose graph was not edited: the loader checks the architecture against the nodes
+    def edit_arch(fname, change, status="shape mismatch"):
+        m = onnx.load_from_string(good)
+        for prop in m.metadata_props:
+            if prop.key == "ep_compile.architecture":
+                arch = json.loads(prop.value)
+                change(arch)
+                prop.value = json.dumps(arch)
+        put(fname, m.SerializeToString(), status)
+
+    edit_arch("bad_meta_pool.onnx", lambda a: a["layers"][1].update(pool="avg"))
+    edit_arch("bad_meta_slope.onnx", lambda a: a.update(slope=1.0))
+    edit_arch("bad_meta_padding.onnx", lambda a: a["layers"][0].update(padding=2, out_shape=[8, 5, 5]))
+    edit_arch("bad_meta_readout.onnx", lambda a: a.update(readout=False))
+    # huge metadata (a 200,000-element list): refused in linear time
+    edit_arch("bad_meta_huge.onnx", lambda a: a.update(in_shape=[1] * 200000), "parse error")
+    m = onnx.load_from_string(good)  # a huge default step count: refused, not a hang
+    for prop in m.metadata_props:
+        if prop.key == "ep_compile.default_T":
+            prop.value = "99999999999"
+    put("bad_default_T.onnx", m.SerializeToString(), "parse error")
+    m = onnx.load_from_string(good)  # the same initializer twice
+    m.graph.initializer.append(onnx.TensorProto.FromString(m.graph.initializer[0].SerializeToString()))
+    put("bad_duplicate.onnx", m.SerializeToString(), "parse error")
     rng = np.random.default_rng(0)
     for i in range(40):  # bit flips anywhere: any status, but the loader must return
         flipped = bytearray(good)
@@ -180,6 +232,18 @@ def main(argv=None):
         flipped[pos] ^= 1 << int(rng.integers(8))
         put(f"bad_flip_{i}.onnx", bytes(flipped), "any")
     (out / "bad.txt").write_text("\n".join(bad) + "\n")
+
+    # small seeds for the fuzz targets (a few KB each: many executions per second)
+    torch.manual_seed(2)
+    tiny = dict(in_shape=(1, 4, 4), channels=[2, 2], paddings=[1, 1])
+    seeds = {
+        "fuzz_seed_ce_max_avg": EPNet(ModelConfig(**tiny, pools=["max", "avg"])),
+        "fuzz_seed_mse_asym_fc": EPNet(
+            ModelConfig(**tiny, pools=["none", "max"], fc=[10], loss="mse", asymmetric=True)
+        ),
+    }
+    for name, model in seeds.items():
+        onnx.save(build_onnx(model, {"default_T": "5"}), out / f"{name}.onnx")
     print(f"wrote {len(lines)} golden cases and {len(bad)} corrupted files to {out}")
 
 

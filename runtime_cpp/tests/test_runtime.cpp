@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ep_runtime.h"
@@ -148,10 +149,98 @@ static void run_golden(const std::string& dir) {
   std::printf("golden: %d cases, %d corrupted files\n", n_cases, n_bad);
 }
 
+// A loaded model, its workspace (16-byte aligned) and the input of a golden case.
+struct Loaded {
+  std::vector<std::uint8_t> file;
+  std::vector<float> arena;
+  std::vector<unsigned char> work;
+  ep::Model m;
+  void* w = nullptr;
+  std::size_t ws = 0;
+  bool load(const std::string& path, int batch) {
+    bool ok = false;
+    file = npy::read_file(path.c_str(), &ok);
+    std::size_t nf = 0;
+    if (!ok || ep::required_arena(file.data(), file.size(), &nf, &m) != ep::OK) return false;
+    arena.assign(nf + 1, 0.0f);
+    if (ep::load(file.data(), file.size(), arena.data(), arena.size(), &m) != ep::OK) return false;
+    ws = ep::workspace_bytes(m, batch);
+    work.assign(ws + 16, 0);
+    w = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(work.data()) + 15) & ~std::uintptr_t(15));
+    return ws > 0;
+  }
+};
+
+// ep::step() against dynamics.step: the state of every layer after 1, 2, 3 and 10 steps from s = 0.
+static void run_steps(const std::string& dir) {
+  std::FILE* f = std::fopen((dir + "/steps.txt").c_str(), "r");
+  CHECK(f != nullptr, "no %s/steps.txt", dir.c_str());
+  if (f == nullptr) return;
+  char model[256], input[256], expected[256];
+  int want_step, layer, n_cases = 0;
+  float atol, worst_all = 0;
+  while (std::fscanf(f, "%255s %255s %d %d %255s %f", model, input, &want_step, &layer, expected, &atol) == 6) {
+    ++n_cases;
+    npy::Array x, want;
+    CHECK(npy::read((dir + "/" + input).c_str(), &x).empty() && npy::read((dir + "/" + expected).c_str(), &want).empty(), "%s: npy", expected);
+    const int batch = int(x.shape[0]);
+    Loaded L;
+    CHECK(L.load(dir + "/" + model, batch), "%s: load", model);
+    CHECK(ep::reset_state(L.m, batch, L.w, L.ws) == ep::OK, "reset_state");
+    float res = 0;
+    for (int t = 0; t < want_step; ++t) CHECK(ep::step(L.m, x.data.data(), batch, L.w, L.ws, &res) == ep::OK, "%s: step %d", model, t + 1);
+    const float* s = ep::state(L.m, batch, L.w, L.ws, layer);
+    CHECK(s != nullptr, "state()");
+    if (s == nullptr) continue;
+    const std::size_t n = std::size_t(L.m.layers[layer].out_size()) * batch;
+    CHECK(n == want.data.size(), "%s: layer %d holds %zu values, expected %zu", model, layer, n, want.data.size());
+    float worst = 0;
+    for (std::size_t i = 0; i < n && i < want.data.size(); ++i) worst = std::fmax(worst, std::fabs(s[i] - want.data[i]));
+    CHECK(worst <= atol, "%s step %d layer %d: max |s - expected| = %g > %g", model, want_step, layer + 1, worst, atol);
+    worst_all = std::fmax(worst_all, worst);
+  }
+  std::fclose(f);
+  CHECK(n_cases > 0, "no per-step cases");
+  std::printf("per-step golden: %d layer states, max_abs_diff=%.3g\n", n_cases, double(worst_all));
+}
+
+// Two threads load and run the same file at once (run under TSan / ASan by the tests): the loader
+// keeps no state of its own, so both get the single-thread scores bit for bit.
+static void run_threads(const std::string& dir) {
+  const std::string model = dir + "/digits_sym_ce_trained.onnx";
+  npy::Array x;
+  CHECK(npy::read((dir + "/digits.npy").c_str(), &x).empty(), "digits.npy");
+  const int batch = int(x.shape[0]);
+  auto scores_of = [&](std::vector<float>* out, bool* ok) {
+    *ok = true;
+    for (int rep = 0; rep < 20; ++rep) {
+      Loaded L;
+      if (!L.load(model, batch)) { *ok = false; return; }
+      out->assign(std::size_t(batch) * L.m.n_classes, 0.0f);
+      int steps = 0;
+      float res = 0;
+      if (ep::run(L.m, x.data.data(), batch, 5, 0.0f, L.w, L.ws, out->data(), &steps, &res) != ep::OK) *ok = false;
+    }
+  };
+  std::vector<float> ref, a, b;
+  bool ok_ref = false, ok_a = false, ok_b = false;
+  scores_of(&ref, &ok_ref);
+  std::thread ta(scores_of, &a, &ok_a), tb(scores_of, &b, &ok_b);
+  ta.join();
+  tb.join();
+  CHECK(ok_ref && ok_a && ok_b, "a thread failed to load or run");
+  CHECK(a == ref && b == ref, "two threads at once gave other scores than one thread");
+  std::printf("threads: two threads x 20 loads+runs equal to one thread\n");
+}
+
 int main(int argc, char** argv) {
   test_adjoints();
   test_garbage();
-  if (argc == 3 && !std::strcmp(argv[1], "--golden")) run_golden(argv[2]);
+  if (argc == 3 && !std::strcmp(argv[1], "--golden")) {
+    run_golden(argv[2]);
+    run_steps(argv[2]);
+  }
+  if (argc == 3 && !std::strcmp(argv[1], "--threads")) run_threads(argv[2]);
   if (failures) std::fprintf(stderr, "%d check(s) failed\n", failures);
   else std::printf("all checks passed\n");
   return failures ? 1 : 0;

@@ -1,13 +1,16 @@
-// ep_infer model.onnx input.npy [--raw] [--max-steps N] [--tol t] [--out scores.npy]
+// ep_infer model.onnx input.npy [--raw] [--max-steps N] [--tol t] [--max-memory-mb M] [--out scores.npy]
+// ep_infer --sizes model.onnx [batch]
 // Runs the free phase of an exported EP network on a float32 (N, C, H, W) batch of preprocessed
 // images, or with --raw on uint8 images 0..255, preprocessed here by the model's metadata
 // ((raw / 255 - mean) / (std_scale * std)); prints the predicted class of each image and the
-// steps used; writes the scores.
+// steps used; writes the scores. Every buffer (file, weights, input, workspace) is counted against
+// --max-memory-mb (default 2048) before it is allocated: a crafted file cannot make it allocate more.
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -32,12 +35,37 @@ static bool parse_float(const char* s, float* out) {
   return true;
 }
 
-int main(int argc, char** argv) {
-  if (argc < 3) {
-    std::fprintf(stderr, "usage: ep_infer model.onnx input.npy [--raw] [--max-steps N] [--tol t] [--out scores.npy]\n");
+static int infer(char** argv, bool raw_input, int max_steps, float tol, std::uint64_t cap, const char* out);
+
+// ep_infer --sizes model.onnx [batch]: the buffers an embedded caller must provide (build_firmware.py).
+static int sizes(const char* path, const char* batch_arg) {
+  int batch = 0;
+  if (!parse_int(batch_arg, 1, 1 << 20, &batch)) {
+    std::fprintf(stderr, "ep_infer: --sizes batch %s: expected an integer in [1, 1048576]\n", batch_arg);
     return 2;
   }
-  int max_steps = -1;
+  bool ok = false;
+  std::vector<std::uint8_t> file = npy::read_file(path, &ok);
+  if (!ok) { std::fprintf(stderr, "ep_infer: cannot read %s\n", path); return 1; }
+  static ep::Model m;
+  std::size_t n_floats = 0;
+  ep::Status s = ep::required_arena(file.data(), file.size(), &n_floats, &m);
+  std::vector<float> arena(s == ep::OK ? n_floats + 1 : 1);
+  if (s == ep::OK) s = ep::load(file.data(), file.size(), arena.data(), arena.size(), &m);
+  if (s != ep::OK) { std::fprintf(stderr, "ep_infer: %s: %s: %s\n", path, ep::status_name(s), m.error); return 1; }
+  std::printf("arena_floats=%zu workspace_bytes=%zu n_classes=%d input=%dx%dx%d batch=%d\n", n_floats,
+              ep::workspace_bytes(m, batch), m.n_classes, m.in_c, m.in_h, m.in_w, batch);
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc >= 3 && !std::strcmp(argv[1], "--sizes")) return sizes(argv[2], argc > 3 ? argv[3] : "1");
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: ep_infer model.onnx input.npy [--raw] [--max-steps N] [--tol t] [--max-memory-mb M] [--out scores.npy]\n"
+                         "       ep_infer --sizes model.onnx [batch]   (buffer sizes for an embedded caller)\n");
+    return 2;
+  }
+  int max_steps = -1, max_mb = 2048;
   float tol = 0.0f;
   bool raw_input = false;
   const char* out = nullptr;
@@ -52,6 +80,11 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ep_infer: --tol %s: expected a finite number >= 0\n", argv[i]);
         return 2;
       }
+    } else if (!std::strcmp(argv[i], "--max-memory-mb") && i + 1 < argc) {
+      if (!parse_int(argv[++i], 1, 1 << 20, &max_mb)) {
+        std::fprintf(stderr, "ep_infer: --max-memory-mb %s: expected an integer in [1, 1048576]\n", argv[i]);
+        return 2;
+      }
     } else if (!std::strcmp(argv[i], "--raw")) {
       raw_input = true;
     } else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) {
@@ -61,18 +94,42 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  try {
+    return infer(argv, raw_input, max_steps, tol, std::uint64_t(max_mb) << 20, out);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "ep_infer: out of memory below --max-memory-mb %d\n", max_mb);
+    return 1;
+  }
+}
+
+static int infer(char** argv, bool raw_input, int max_steps, float tol, std::uint64_t cap, const char* out) {
+  std::uint64_t used = 0;  // bytes allocated so far, against the cap
+  auto within = [&](std::uint64_t bytes, const char* what) {
+    used += bytes;
+    if (used <= cap) return true;
+    std::fprintf(stderr, "ep_infer: %s would need %llu MB in all, above --max-memory-mb %llu\n", what,
+                 (unsigned long long)(used >> 20) + 1, (unsigned long long)(cap >> 20));
+    return false;
+  };
+  std::uint64_t fsize = 0;
+  if (!npy::file_size(argv[1], &fsize)) { std::fprintf(stderr, "ep_infer: cannot read %s\n", argv[1]); return 1; }
+  if (!within(fsize, argv[1])) return 1;
   bool ok = false;
   std::vector<std::uint8_t> file = npy::read_file(argv[1], &ok);
   if (!ok) { std::fprintf(stderr, "ep_infer: cannot read %s\n", argv[1]); return 1; }
   std::size_t n_floats = 0;
   static ep::Model m;
   ep::Status s = ep::required_arena(file.data(), file.size(), &n_floats, &m);
-  std::vector<float> arena(n_floats > 0 ? n_floats : 1);
+  if (s == ep::OK && !within(std::uint64_t(n_floats) * 4, "the weights")) return 1;
+  std::vector<float> arena(s == ep::OK && n_floats > 0 ? n_floats : 1);
   if (s == ep::OK) s = ep::load(file.data(), file.size(), arena.data(), arena.size(), &m);
   if (s != ep::OK) {
     std::fprintf(stderr, "ep_infer: %s: %s: %s\n", argv[1], ep::status_name(s), m.error);
     return 1;
   }
+  std::uint64_t xsize = 0;
+  if (!npy::file_size(argv[2], &xsize)) { std::fprintf(stderr, "ep_infer: cannot read %s\n", argv[2]); return 1; }
+  if (!within(xsize * 5, argv[2])) return 1;  // the file, and its float32 copy when uint8
   npy::Array x;
   std::string err = npy::read(argv[2], &x);
   if (!err.empty()) { std::fprintf(stderr, "ep_infer: %s: %s\n", argv[2], err.c_str()); return 1; }
@@ -100,12 +157,23 @@ int main(int argc, char** argv) {
   }
   const int batch = int(x.shape[0]);
   if (max_steps < 0) max_steps = m.default_steps > 0 ? m.default_steps : 250;
-  std::vector<unsigned char> raw(ep::workspace_bytes(m, batch) + 16);
+  const std::size_t ws = ep::workspace_bytes(m, batch);
+  if (ws == 0) {
+    std::fprintf(stderr, "ep_infer: a batch of %d images needs a workspace too large for this platform\n", batch);
+    return 1;
+  }
+  if (!within(std::uint64_t(ws) + std::uint64_t(batch) * m.n_classes * 4, "the workspace")) return 1;
+  std::vector<unsigned char> raw(ws + 16);
   void* work = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(raw.data()) + 15) & ~std::uintptr_t(15));
   std::vector<float> scores(std::size_t(batch) * m.n_classes);
   int steps = 0;
   float residual = 0.0f;
   s = ep::run(m, x.data.data(), batch, max_steps, tol, work, raw.size() - 16, scores.data(), &steps, &residual);
+  if (s == ep::ERR_NONFINITE) {
+    std::fprintf(stderr, "ep_infer: did not converge: %s (NaN or Inf) at step %d\n",
+                 steps == 0 ? "non-finite input" : "the state became non-finite", steps);
+    return 1;
+  }
   if (s != ep::OK) { std::fprintf(stderr, "ep_infer: run: %s\n", ep::status_name(s)); return 1; }
   for (int b = 0; b < batch; ++b) {
     int best = 0;

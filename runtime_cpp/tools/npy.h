@@ -83,6 +83,18 @@ inline bool write(const char* path, const std::vector<std::int64_t>& shape, cons
   return std::fclose(f) == 0 && ok;
 }
 
+// The size of a file in bytes, read before anything is allocated for it.
+inline bool file_size(const char* path, std::uint64_t* size) {
+  std::FILE* f = std::fopen(path, "rb");
+  if (f == nullptr) return false;
+  bool ok = std::fseek(f, 0, SEEK_END) == 0;
+  const long n = ok ? std::ftell(f) : -1;
+  std::fclose(f);
+  if (n < 0) return false;
+  *size = std::uint64_t(n);
+  return true;
+}
+
 inline std::vector<std::uint8_t> read_file(const char* path, bool* ok) {
   std::vector<std::uint8_t> buf;
   std::FILE* f = std::fopen(path, "rb");
