@@ -26,6 +26,7 @@ import contextlib
 import torch
 
 from .dynamics import step
+from .registry import register
 
 # name -> (rule, two-sided)
 CONTINUAL = {
@@ -108,3 +109,9 @@ def continual_estimator(name: str):
     estimator.__name__ = name.replace("-", "_")
     estimator.__doc__ = f"{name}: continual weight updates during the nudged phase, rule {rule!r}"
     return estimator
+
+
+for _name, (_rule, _two) in CONTINUAL.items():
+    register(
+        _name, continual_estimator(_name), rule=_rule, two_sided=_two, needs_asymmetric=_rule != "ep", time_local=True
+    )

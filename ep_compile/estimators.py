@@ -26,6 +26,7 @@ import torch
 
 from .dynamics import relax, relax_until, step
 from .model import ConfigError, EPNet
+from .registry import ENTRIES, ESTIMATORS, get_estimator, register  # noqa: F401  (get_estimator: re-exported)
 
 VF_FORMS = ("linearized", "paper-code")
 
@@ -209,7 +210,7 @@ def _estimate(model, x, y, grads, s_free, masks, **info) -> Estimate:
 
 def check_compatible(name: str, model: EPNet) -> None:
     """Symmetric-weight estimators need w^b = w^f; VF and KP-VF need separate backward weights."""
-    rule = SPECS[name][0] if name in SPECS else CONTINUAL[name][0] if name in CONTINUAL else None
+    rule = ENTRIES[name].rule if name in ENTRIES else SPECS[name][0] if name in SPECS else None
     if rule == "ep" and model.cfg.asymmetric:
         raise ConfigError(
             f"estimator {name!r} assumes symmetric weights but the model is asymmetric; "
@@ -269,7 +270,9 @@ def rule_gradient(name: str, model: EPNet, x, y, s_free, s_pos, s_neg, beta: flo
 def _make(name: str):
     rule, two_sided, random = SPECS[name]
 
-    def estimator(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step, sign=1.0):
+    def estimator(
+        model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step, apply_update=None, sign=1.0
+    ):
         check_compatible(name, model)
         phases.require_beta(name)
         if random:  # Alg. 1: the sign of beta drawn from the (seeded) generator
@@ -302,11 +305,9 @@ SPECS = {
     "kp-vf": ("kp-vf", True, False),  # Eq. 43-45
     "kp-vf-one-sided": ("kp-vf", False, False),
 }
-one_sided, random_sign, symmetric = _make("one-sided"), _make("random-sign"), _make("symmetric")
-vf, vf_one_sided, kp_vf, kp_vf_one_sided = (_make(n) for n in ("vf", "vf-one-sided", "kp-vf", "kp-vf-one-sided"))
 
 
-def bptt(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step):
+def bptt(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step, apply_update=None):
     """Backpropagation through the last `bptt_steps` (default all T) steps of the free phase."""
     model.check_input(x)
     k = phases.bptt_steps or phases.T
@@ -324,38 +325,16 @@ def bptt(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step
     return _estimate(model, x, y, grads, s_T, masks, bptt_steps=k)
 
 
-ESTIMATORS = {
-    "one-sided": one_sided,
-    "random-sign": random_sign,
-    "symmetric": symmetric,
-    "vf": vf,
-    "vf-one-sided": vf_one_sided,
-    "kp-vf": kp_vf,
-    "kp-vf-one-sided": kp_vf_one_sided,
-    "bptt": bptt,
-}
-
-
-def get_estimator(name: str):
-    if name not in ESTIMATORS:
-        raise ConfigError(f"unknown estimator {name!r}; valid: {', '.join(ESTIMATORS)}")
-    return ESTIMATORS[name]
+for _name, (_rule, _two, _rand) in SPECS.items():
+    register(
+        _name, _make(_name), rule=_rule, two_sided=_two, random_sign=_rand, needs_asymmetric=_rule in ("vf", "kp-vf")
+    )
+register("bptt", bptt)
+one_sided, random_sign, symmetric = (ESTIMATORS[n] for n in ("one-sided", "random-sign", "symmetric"))
+vf, vf_one_sided, kp_vf, kp_vf_one_sided = (ESTIMATORS[n] for n in ("vf", "vf-one-sided", "kp-vf", "kp-vf-one-sided"))
 
 
 def set_grads(model: EPNet, grads: list[torch.Tensor]) -> None:
     """Write an estimate into .grad so any torch optimizer can take the step."""
     for p, g in zip(model.parameters(), grads):
         p.grad = g.detach().to(p.dtype)
-
-
-from .continual import CONTINUAL, continual_estimator  # noqa: E402  (continual builds on the rules above)
-
-ESTIMATORS.update({name: continual_estimator(name) for name in CONTINUAL})
-
-from .spiking import SPIKING, spiking_estimator  # noqa: E402
-
-ESTIMATORS.update({name: spiking_estimator(name) for name in SPIKING})
-
-from .holomorphic import holomorphic  # noqa: E402
-
-ESTIMATORS["holomorphic"] = holomorphic

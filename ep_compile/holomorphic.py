@@ -35,6 +35,7 @@ from einops import rearrange
 from .dynamics import pieces, preactivations, schedule_of, step
 from .estimators import Estimate, Phases, _estimate, _free, _grads
 from .model import ConfigError, ConvPool, EPNet, _avg_unpool
+from .registry import register
 
 
 def nudges(N: int, beta: float) -> tuple[list[complex], list[float]]:
@@ -202,7 +203,9 @@ def nudged_phases(model: EPNet, x, y, s_free, K: int, points: list[complex], mas
     return s, frozen, xs, ys, ms, beta
 
 
-def holomorphic(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step) -> Estimate:
+def holomorphic(
+    model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step_fn=step, apply_update=None
+) -> Estimate:
     """Holomorphic EP with phases.hep_points nudges of modulus phases.beta (see the module docstring)."""
     if model.cfg.asymmetric:
         raise ConfigError("estimator 'holomorphic' assumes symmetric weights but the model is asymmetric")
@@ -222,3 +225,6 @@ def holomorphic(model: EPNet, x, y, phases: Phases, *, masks=None, generator=Non
         per_point = (Fk / beta).view(len(points), B).mean(dim=1).real  # (M,) Re[F_k / beta_k]
         grads = _grads(-(w * per_point).sum() / N, list(model.parameters()))
     return _estimate(model, x, y, grads, s_free, masks, beta=phases.beta, free_steps=steps, hep_points=N)
+
+
+register("holomorphic", holomorphic, two_sided=True)

@@ -10,8 +10,11 @@ spikes with a running average whose step size follows a schedule:
 with lambda_t = 1 / (t + t0) (harmonic: the exact spike average once t0 = 0), a constant, or
 (t + t0)^-kappa. The decoded rates r are what the network settles to and what the estimators use:
 the symmetric EP estimate of Eq. 12 from r^+-beta, and a time-local rule (C-EP increments between
-consecutive decoded states). Max-pool feedback through spikes mismatches (Lin, Bal, Sengupta 2024):
-spiking nets use average pooling (its feedback is nearest upsampling / 4) or none.
+consecutive decoded states). Max pooling: a unit pools the conv of the rates it decodes, and its
+feedback goes back through the winners of that same conv, so forward and feedback agree at every
+step (max-pool feedback read off raw spikes would not: Lin, Bal, Sengupta 2024). Measured on a
+conv-max-pool net: the spiking estimate is within 5% (relative L2) of the rate network's at T=800,
+K=200 (tests/test_spiking.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 
 from .dynamics import preactivations
 from .model import ConfigError, ConvPool, EPNet
+from .registry import register
 
 QUANTIZERS = ("sigma-delta", "stochastic")
 SCHEDULES = ("harmonic", "constant", "power")
@@ -71,12 +75,10 @@ class SpikeState:
 
 
 def check_spiking(model: EPNet) -> None:
-    bad = [i + 1 for i, layer in enumerate(model.layers) if isinstance(layer, ConvPool) and layer.pool == "max"]
-    if bad:
-        raise ConfigError(
-            f"spiking mode does not support max pooling (conv layers {bad}): its feedback through spikes "
-            "mismatches; use average pooling (--pools avg ..., nearest-upsampling feedback) or none"
-        )
+    """Spiking nets run every layer kind of the rate network (conv with max, average or no pooling,
+    dense); nothing to refuse. Kept as the one place for such checks."""
+    if not model.layers:
+        raise ConfigError("a spiking network needs at least one layer")
 
 
 def spiking_step(
@@ -235,3 +237,5 @@ def spiking_estimator(name: str):
 
 
 SPIKING = ("spiking-symmetric", "spiking-c-ep")
+register("spiking-symmetric", spiking_estimator("spiking-symmetric"), rule="ep", two_sided=True, spiking=True)
+register("spiking-c-ep", spiking_estimator("spiking-c-ep"), rule="ep", two_sided=True, spiking=True, time_local=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -65,6 +66,8 @@ VALUE_RULES = {
     "val_size": (lambda v: v >= 0, "an integer >= 0"),
     "train_subset": (lambda v: v >= 1, "an integer >= 1"),
     "test_subset": (lambda v: v >= 1, "an integer >= 1"),
+    "stop_at_accuracy": (lambda v: _finite(v) and 0 <= v <= 1, "a fraction in [0, 1] (0: off)"),
+    "max_hours": (lambda v: _finite(v) and v >= 0, "a number of hours >= 0 (0: off)"),
 }
 
 
@@ -195,16 +198,33 @@ def alignment_angles(model) -> dict:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+_reached: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """Testing: with EP_KILL_AT=name:n in the environment, SIGKILL this process the n-th time it
+    reaches `name` (a point inside the checkpoint write), so tests can check that a kill at any
+    instant loses nothing but the work since the last checkpoint."""
+    spec = os.environ.get("EP_KILL_AT", "")
+    if spec.partition(":")[0] == name:
+        _reached[name] = _reached.get(name, 0) + 1
+        if str(_reached[name]) == spec.partition(":")[2]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temp file in the same folder, fsync, then rename: a kill mid-write leaves the
-    previous checkpoint intact."""
+    previous checkpoint intact (and the temp file, which the next start removes)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         torch.save(obj, f)
+        kill_point("checkpoint-written")
         f.flush()
         os.fsync(f.fileno())
+    kill_point("checkpoint-synced")
     os.replace(tmp, path)
+    kill_point("checkpoint-replaced")
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -27,11 +27,11 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from ep_compile.continual import CONTINUAL
 from ep_compile.data import DATASETS, augment, make_splits, preprocess
 from ep_compile.dynamics import make_step, relax_until
-from ep_compile.estimators import ESTIMATORS, SPECS, Phases, get_estimator, set_grads
+from ep_compile.estimators import ESTIMATORS, Phases, get_estimator, set_grads
 from ep_compile.model import ConfigError
+from ep_compile.registry import entry
 from ep_compile.spiking import SpikeConfig, SpikeState, check_spiking, spike_report, spiking_phase
 from ep_compile.training import (
     alignment_angles,
@@ -40,6 +40,7 @@ from ep_compile.training import (
     checkpoint_payload,
     epoch_order,
     flatten,
+    kill_point,
     load_checkpoint,
     make_optimizer,
     model_from_config,
@@ -194,12 +195,11 @@ PRESETS = {
     "digits-cvf-mlp": {**MLP1, **DIGITS_DATA, "estimator": "c-vf", "asymmetric": True},
     "digits-cep-conv": {**DIGITS, "estimator": "c-ep", "momentum": 0.0},
     "digits-cvf-conv": {**DIGITS, "estimator": "c-vf", "asymmetric": True, "momentum": 0.0},
-    # spiking EP: binary spikes through sigma-delta encoders, average pooling
+    # spiking EP: binary spikes through sigma-delta encoders, max pooling as in the rate net (98.3%)
     "digits-spiking": {
         **DIGITS,
         "neuron": "spiking",
         "estimator": "spiking-symmetric",
-        "pools": ["avg", "avg"],
         "T": 60,
         "K": 20,
         "lrs": [0.5, 0.25, 0.1],
@@ -265,6 +265,8 @@ RUN_DEFAULTS = dict(
     eval_every=0.0,
     vf_form="linearized",
     hep_points=4,
+    stop_at_accuracy=0.0,  # 0: train every epoch
+    max_hours=0.0,  # 0: no wall-clock budget
 )
 
 
@@ -436,6 +438,7 @@ def training_function(config, args):
         if accelerator.is_main_process:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            kill_point("metrics-row-written")  # testing hook: the row is written, the checkpoint not yet
 
     if args.with_tracking:
         accelerator.init_trackers("ep_compile", {k: str(v) for k, v in config.items()})
@@ -460,7 +463,7 @@ def training_function(config, args):
         if not torch.isfinite(flatten([p.detach() for p in model.parameters()])).all():
             raise Diverged(f"non-finite weights after the update at {where}")
 
-    continual = config["estimator"] in CONTINUAL or config["estimator"] == "spiking-c-ep"
+    continual = entry(config["estimator"]).time_local
     group_of = [i for i, g in enumerate(optimizer.param_groups) for _ in g["params"]]
 
     def compensate(grads, k, K):
@@ -567,6 +570,13 @@ def training_function(config, args):
             best_val = score
             save(epoch + 1, 0, [0.0, 0.0, 0.0], "best.pt")
         save(epoch + 1, 0, [0.0, 0.0, 0.0])
+        if config.get("stop_at_accuracy") and 1 - test_err >= config["stop_at_accuracy"]:
+            log(f"test accuracy {100 * (1 - test_err):.2f}% >= --stop-at-accuracy: stopping after epoch {epoch + 1}")
+            break
+        spent = time.time() - wall0
+        if config.get("max_hours") and spent + (time.time() - t0) > 3600 * config["max_hours"]:
+            log(f"another epoch would end past --max-hours {config['max_hours']:g}: stopping after epoch {epoch + 1}")
+            break
 
     final = flatten([p.detach() for p in model.parameters()])
     if world > 1:  # every process must hold the same weights
@@ -647,6 +657,8 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--check-every": ("check_every", int, "measure the state change every N steps (fewer host syncs)"),
     "--amp": ("amp", str, "bf16: run the phases under bfloat16 autocast (estimate taken in float32)"),
     "--compile-mode": ("compile_mode", str, "torch.compile mode, e.g. reduce-overhead (CUDA graphs on a GPU)"),
+    "--stop-at-accuracy": ("stop_at_accuracy", float, "stop after the first epoch whose test accuracy reaches this"),
+    "--max-hours": ("max_hours", float, "stop after the last epoch that ends within this many hours of training"),
 }
 LIST_KEYS = {"lrs", "channels", "kernels", "paddings", "pools", "fc", "dropout"}
 
@@ -664,8 +676,10 @@ def build_config(args) -> dict:
     for flag in ("asymmetric", "fused", "channels_last", "wd_compensation", "lr_per_step"):
         if getattr(args, flag):
             config[flag] = True
-    if args.no_augment:
-        config["augment"] = False
+    if args.no_augment and args.augment:
+        raise ConfigError("--augment and --no-augment contradict each other: give one")
+    if args.no_augment or args.augment:
+        config["augment"] = bool(args.augment)
     if args.neuron is not None:
         config["neuron"] = args.neuron
     spike = dict(config.get("spike", {}))
@@ -707,8 +721,9 @@ def check_honoured(config: dict, given: set) -> None:
     """Refuse, in one line, every setting the chosen path would silently ignore."""
     est = config["estimator"]
     spiking, bptt_est = config["neuron"] == "spiking", est == "bptt"
-    time_local = est in CONTINUAL or est == "spiking-c-ep"
-    two_sided = est in SPECS and SPECS[est][1]
+    e = entry(est)
+    time_local = e.time_local
+    fusable = e.two_sided and e.rule is not None and not (e.time_local or e.spiking)  # symmetric, vf, kp-vf
     ignored = []
     if spiking:  # the spiking phases run their own eager loop with a decoder schedule
         ignored += [f for f, on in (("--compile", config["compile"]), ("--fused", config["fused"])) if on]
@@ -716,7 +731,7 @@ def check_honoured(config: dict, given: set) -> None:
         ignored += [f"--tol {config['tol']}"] if config["tol"] > 0 else []
         ignored += [f"--amp {config['amp']}"] if config["amp"] else []
         ignored += ["--channels-last"] if config["channels_last"] else []
-    if config["fused"] and not two_sided and not spiking:
+    if config["fused"] and not fusable and not spiking:
         ignored.append("--fused (only two-phase estimators: symmetric, vf, kp-vf)")
     if config["tol"] > 0 and bptt_est:
         ignored.append(f"--tol {config['tol']} (BPTT unrolls all T steps)")
@@ -737,7 +752,13 @@ def check_honoured(config: dict, given: set) -> None:
         raise ConfigError(f"{what} would ignore {', '.join(ignored)}: drop it or change the estimator")
 
 
-RESUME_MAY_CHANGE = {"epochs", "checkpoint_every", "eval_batch_size"}  # applied, and said so
+RESUME_MAY_CHANGE = {
+    "epochs",
+    "checkpoint_every",
+    "eval_batch_size",
+    "stop_at_accuracy",
+    "max_hours",
+}  # applied, said so
 
 
 def resume_config(args) -> dict:
@@ -770,6 +791,7 @@ def main(argv=None):
     for flag, (key, typ, hlp) in CONFIG_FLAGS.items():
         parser.add_argument(flag, dest=key, type=typ, nargs="+" if key in LIST_KEYS else None, default=None, help=hlp)
     parser.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    parser.add_argument("--augment", action="store_true", help="random crop and flip (the paper's augmentation)")
     parser.add_argument("--asymmetric", action="store_true", help="separate backward weights (for vf, kp-vf, bptt)")
     parser.add_argument(
         "--lr-per-step", action="store_true", help="move the learning-rate schedule every step, not every epoch"

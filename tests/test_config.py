@@ -1,5 +1,7 @@
 """Bad input gets a clear error naming the bad value."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import small_cfg
@@ -76,3 +78,36 @@ def test_gradcheck_cli_bad_input_exits_2(capsys):
     assert "unknown estimator 'nope'; valid:" in capsys.readouterr().err
     assert gradcheck.main(["--arch", "mnist", "--data", "digits", "--T", "3", "--K", "2"]) == 2
     assert "--data digits gives (1, 8, 8) images" in capsys.readouterr().err
+
+
+def test_import_graph_of_the_package_has_no_cycle():
+    """Module-level and in-function relative imports of ep_compile/ form no cycle: the estimator
+    modules register themselves into registry.py, which imports none of them."""
+    import ast
+
+    pkg = Path(__file__).resolve().parents[1] / "ep_compile"
+    edges = {}
+    for f in pkg.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+        edges[f.stem] = deps
+    done, stack = set(), []
+
+    def visit(m):
+        assert m not in stack, f"import cycle: {' -> '.join(stack[stack.index(m) :] + [m])}"
+        if m in done:
+            return
+        stack.append(m)
+        for d in edges.get(m, ()):
+            visit(d)
+        stack.pop()
+        done.add(m)
+
+    for m in edges:
+        visit(m)
+    assert "registry" in edges and edges["registry"] <= {"model"}
+    from ep_compile.registry import ENTRIES
+
+    assert ENTRIES["c-ep"].time_local and ENTRIES["spiking-c-ep"].spiking and ENTRIES["kp-vf"].needs_asymmetric

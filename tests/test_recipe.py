@@ -227,3 +227,18 @@ def test_accelerate_launch_without_config_matches_plain_python(tmp_path):
     for x, y in zip(ra, rb, strict=True):
         for key in ("train_error", "train_loss", "val_error", "test_error"):
             assert x[key] == pytest.approx(y[key], abs=1e-9), key
+
+
+def test_stop_at_accuracy_and_max_hours_end_a_run_early(tmp_path, capsys, monkeypatch):
+    """--stop-at-accuracy ends after the first epoch at the target; --max-hours after the last epoch
+    that fits the budget (the ablation runs of experiments/ablation.py use both)."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import cifar
+
+    base = ["--no-compile", "--cpu", "--epochs", "6", "--T", "10", "--K", "4"]
+    assert cifar.main(base + ["--out", str(tmp_path / "a"), "--stop-at-accuracy", "0.5"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) < 6 and 1 - rows[-1]["test_error"] >= 0.5 and all(1 - r["test_error"] < 0.5 for r in rows[:-1])
+    assert cifar.main(base + ["--out", str(tmp_path / "b"), "--max-hours", "1e-6"]) == 0
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert "stopping after epoch 1" in capsys.readouterr().out

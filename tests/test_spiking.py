@@ -11,7 +11,7 @@ from conftest import small_cfg, train
 
 from ep_compile.dynamics import relax
 from ep_compile.estimators import ESTIMATORS, Phases, symmetric
-from ep_compile.model import ConfigError, EPNet
+from ep_compile.model import ConfigError, EPNet, ModelConfig
 from ep_compile.spiking import SpikeConfig, SpikeState, spike_report, spiking_phase
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +60,25 @@ def test_spiking_estimate_follows_rate_ep():
         assert rep["spikes_per_neuron"] > 0 and 0 < rep["events_per_rate_mac"] < 1
 
 
+def test_spiking_max_pool_estimate_matches_rate_ep_in_scale_and_direction():
+    """Max pooling in the spiking net: units pool the conv of the rates they decode and feed back
+    through the winners of that conv. The spiking symmetric estimate approaches the rate network's
+    as the phases lengthen; stated tolerance: relative L2 error below 8% at T=1600, K=400, beta=0.5
+    (measured 5.9%; 14.7% at T=400, K=100), and the same norm within 5% (measured 1.2%)."""
+    torch.manual_seed(0)
+    model = EPNet(ModelConfig(in_shape=(1, 8, 8), channels=[8, 16], paddings=[1, 1], pools=["max", "max"], n_classes=4))
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(8, 1, 8, 8, generator=g), torch.randint(0, 4, (8,), generator=g)
+    errs = []
+    for T, K in ((400, 100), (1600, 400)):
+        rate = torch.cat([t.flatten() for t in symmetric(model, x, y, Phases(T=T, K=K, beta=0.5)).grads])
+        est = ESTIMATORS["spiking-symmetric"](model, x, y, Phases(T=T, K=K, beta=0.5))
+        spk = torch.cat([t.flatten() for t in est.grads])
+        errs.append(((spk - rate).norm() / rate.norm()).item())
+        assert abs(spk.norm() / rate.norm() - 1) < 0.05
+    assert errs[1] < 0.08 and errs[1] < errs[0], errs
+
+
 def test_spike_report_counts():
     model = conv_net()
     x = torch.rand(2, 1, 8, 8)
@@ -70,9 +89,6 @@ def test_spike_report_counts():
 
 
 def test_bad_spiking_options():
-    x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
-    with pytest.raises(ConfigError, match=r"spiking mode does not support max pooling \(conv layers \[1, 2\]\)"):
-        ESTIMATORS["spiking-symmetric"](EPNet(small_cfg()), x, y, Phases(T=2, K=2, beta=0.1))
     with pytest.raises(ConfigError, match="unknown spike quantizer 'poisson'; valid: sigma-delta, stochastic"):
         SpikeConfig(quantizer="poisson")
     with pytest.raises(ConfigError, match="unknown step-size schedule 'linear'"):
@@ -89,7 +105,7 @@ def test_spiking_ep_learns_digits_and_logs_spikes(tmp_path):
     out = tmp_path / "spk"
     last = train(out, "--preset", "digits-spiking")[-1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    assert 1 - last["test_error"] >= 0.85, last
+    assert 1 - last["test_error"] >= 0.95, last  # max pooling, as the rate net (measured 98.3%)
     assert (
         last["spikes_per_neuron_inference"] > 0
         and last["spikes_per_neuron_iteration"] > last["spikes_per_neuron_inference"]

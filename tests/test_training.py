@@ -87,6 +87,33 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(tmp_path):
         assert a["train_error"] == b["train_error"] and a["test_error"] == b["test_error"]
 
 
+@pytest.mark.parametrize(
+    "point", ["metrics-row-written:1", "checkpoint-written:3", "checkpoint-synced:5", "checkpoint-replaced:7"]
+)
+def test_kill_inside_checkpoint_write_then_resume(tmp_path, point):
+    """SIGKILL at points inside the checkpoint write (EP_KILL_AT=point:n, training.kill_point): the
+    resumed run ends bitwise equal to an uninterrupted one, with one metrics row per epoch and no
+    temp file left."""
+    args = SMALL + ["--checkpoint-every", "1"]
+    full = tmp_path / "full"
+    if not full.exists():
+        run_script(args + ["--out", str(full)])
+    crash = tmp_path / "crash"
+    p = subprocess.run(
+        [sys.executable, SCRIPT, *args, "--out", str(crash)],
+        env={**ENV, "EP_KILL_AT": point},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == -9, p.stderr[-2000:]  # it was killed there
+    run_script(["--resume", str(crash)])
+    assert torch.equal(weights(full), weights(crash))
+    rows = [json.loads(line) for line in (crash / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert list(crash.glob(".*tmp*")) == []
+
+
 def test_symmetric_ce_ep_learns_digits(tmp_path):
     """The embedded default (symmetric EP, cross-entropy read-out) on real digits: >= 95% test
     accuracy. A broken estimator (e.g. a wrong sign or a missing 1/beta) stays far below."""

@@ -560,6 +560,21 @@ const float* place(const Slot& t, float* arena, std::size_t* used) {
   return dst;
 }
 
+// Layer n's weight (and backward weight when the architecture says so) of shape wd, and its bias.
+Status check_layer_tensors(const Found& f, int n, const std::int64_t* wd, int ndim, bool wb, Model* m) {
+  if (!f.weight[n].present || !f.bias[n].present) return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
+  char what[40];
+  std::snprintf(what, sizeof(what), "layer%d.weight", n + 1);
+  if (Status s = check_tensor(f.weight[n], wd, ndim, what, m)) return s;
+  const std::int64_t bd[1] = {wd[0]};
+  std::snprintf(what, sizeof(what), "layer%d.bias", n + 1);
+  if (Status s = check_tensor(f.bias[n], bd, 1, what, m)) return s;
+  if (!wb) return OK;
+  std::snprintf(what, sizeof(what), "layer%d.weight_b", n + 1);
+  if (!f.weight_b[n].present) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
+  return check_tensor(f.weight_b[n], wd, ndim, what, m);
+}
+
 const char* pool_name(Pool p) { return p == Pool::Max ? "max" : p == Pool::Avg ? "avg" : "none"; }
 
 Status parse_architecture(Found& f, Model* m) {
@@ -613,35 +628,14 @@ Status parse_architecture(Found& f, Model* m) {
       if (!k.conv[n] || k.kernel[n] != L.kernel || k.pad[n] != L.padding || k.pool[n] != L.pool)
         return fail(m, ERR_SHAPE, "layer %d: the metadata says conv %dx%d pad %d pool %s, the graph's nodes say %s %dx%d pad %d pool %s: metadata and graph disagree; %s",
                     n + 1, L.kernel, L.kernel, L.padding, pool_name(L.pool), k.conv[n] ? "conv" : "no conv", k.kernel[n], k.kernel[n], k.pad[n], pool_name(k.pool[n]), REEXPORT);
-      const std::int64_t wd[4] = {L.out_c, c, L.kernel, L.kernel}, bd[1] = {L.out_c};
-      if (!f.weight[n].present || !f.bias[n].present) return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
-      char what[40];
-      std::snprintf(what, sizeof(what), "layer%d.weight", n + 1);
-      if (Status s = check_tensor(f.weight[n], wd, 4, what, m)) return s;
-      std::snprintf(what, sizeof(what), "layer%d.bias", n + 1);
-      if (Status s = check_tensor(f.bias[n], bd, 1, what, m)) return s;
-      if (wb) {
-        std::snprintf(what, sizeof(what), "layer%d.weight_b", n + 1);
-        if (!f.weight_b[n].present) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
-        if (Status s = check_tensor(f.weight_b[n], wd, 4, what, m)) return s;
-      }
+      const std::int64_t wd[4] = {L.out_c, c, L.kernel, L.kernel};
+      if (Status s = check_layer_tensors(f, n, wd, 4, wb, m)) return s;
     } else if (is_str(get(d, "kind"), "dense")) {
       L.kind = Kind::Dense;
       if (length(get(d, "out_shape")) != 1) return fail(m, ERR_SHAPE, "layer %d: a dense layer has a flat output", n + 1);
       if (!k.dense[n] || k.conv[n]) return fail(m, ERR_SHAPE, "layer %d: the metadata says dense, the graph's nodes do not: metadata and graph disagree; %s", n + 1, REEXPORT);
-      std::int64_t n_in = std::int64_t(c) * h * w;
-      const std::int64_t wd[2] = {L.out_c, n_in}, bd[1] = {L.out_c};
-      char what[40];
-      std::snprintf(what, sizeof(what), "layer%d.weight", n + 1);
-      if (!f.weight[n].present || !f.bias[n].present) return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
-      if (Status s = check_tensor(f.weight[n], wd, 2, what, m)) return s;
-      std::snprintf(what, sizeof(what), "layer%d.bias", n + 1);
-      if (Status s = check_tensor(f.bias[n], bd, 1, what, m)) return s;
-      if (wb) {
-        std::snprintf(what, sizeof(what), "layer%d.weight_b", n + 1);
-        if (!f.weight_b[n].present) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
-        if (Status s = check_tensor(f.weight_b[n], wd, 2, what, m)) return s;
-      }
+      const std::int64_t wd[2] = {L.out_c, std::int64_t(c) * h * w};
+      if (Status s = check_layer_tensors(f, n, wd, 2, wb, m)) return s;
     } else {
       return fail(m, ERR_UNSUPPORTED, "layer %d: unknown kind (conv and dense are supported)", n + 1);
     }
