@@ -88,7 +88,7 @@ def test_spike_report_counts():
     assert rep["spikes_per_neuron"] == pytest.approx(sum(float(n) for n in st.spikes) / (2 * neurons))
 
 
-def test_bad_spiking_options():
+def test_bad_spiking_options(tmp_path):
     with pytest.raises(ConfigError, match="unknown spike quantizer 'poisson'; valid: sigma-delta, stochastic"):
         SpikeConfig(quantizer="poisson")
     with pytest.raises(ConfigError, match="unknown step-size schedule 'linear'"):
@@ -96,9 +96,10 @@ def test_bad_spiking_options():
     sys.path.insert(0, str(ROOT / "experiments"))
     import cifar
 
-    assert cifar.main(["--preset", "digits-spiking", "--estimator", "kp-vf", "--cpu"]) == 2
-    assert cifar.main(["--preset", "digits-ce-symmetric", "--spike-quantizer", "stochastic", "--cpu"]) == 2
-    assert cifar.main(["--preset", "digits-spiking", "--pools", "max", "max", "--cpu"]) == 2
+    out = ["--out", str(tmp_path / "never"), "--cpu"]  # refused before anything is written there
+    assert cifar.main(["--preset", "digits-spiking", "--estimator", "kp-vf", *out]) == 2
+    assert cifar.main(["--preset", "digits-ce-symmetric", "--spike-quantizer", "stochastic", *out]) == 2
+    assert not (tmp_path / "never").exists()
 
 
 def test_spiking_ep_learns_digits_and_logs_spikes(tmp_path):
