@@ -83,6 +83,28 @@ static void test_garbage() {
   CHECK(ep::load(no_graph, sizeof(no_graph), arena, 4, &m) == ep::ERR_PARSE && m.error[0] != 0, "error message");
 }
 
+// A loaded model, its workspace (16-byte aligned) and the input of a golden case.
+struct Loaded {
+  std::vector<std::uint8_t> file;
+  std::vector<float> arena;
+  std::vector<unsigned char> work;
+  ep::Model m;
+  void* w = nullptr;
+  std::size_t ws = 0;
+  bool load(const std::string& path, int batch) {
+    bool ok = false;
+    file = npy::read_file(path.c_str(), &ok);
+    std::size_t nf = 0;
+    if (!ok || ep::required_arena(file.data(), file.size(), &nf, &m) != ep::OK) return false;
+    arena.assign(nf + 1, 0.0f);
+    if (ep::load(file.data(), file.size(), arena.data(), arena.size(), &m) != ep::OK) return false;
+    ws = ep::workspace_bytes(m, batch);
+    work.assign(ws + 16, 0);
+    w = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(work.data()) + 15) & ~std::uintptr_t(15));
+    return ws > 0;
+  }
+};
+
 static void run_golden(const std::string& dir) {
   std::FILE* f = std::fopen((dir + "/cases.txt").c_str(), "r");
   CHECK(f != nullptr, "no %s/cases.txt", dir.c_str());
@@ -92,24 +114,18 @@ static void run_golden(const std::string& dir) {
   float tol, atol;
   while (std::fscanf(f, "%255s %255s %255s %d %f %d %f", model, input, expected, &max_steps, &tol, &want_steps, &atol) == 7) {
     ++n_cases;
-    bool ok = false;
-    auto file = npy::read_file((dir + "/" + model).c_str(), &ok);
-    std::size_t nf = 0;
-    CHECK(ok && ep::required_arena(file.data(), file.size(), &nf) == ep::OK, "%s: arena", model);
-    std::vector<float> arena(nf + 1);
-    static ep::Model m;
-    ep::Status s = ep::load(file.data(), file.size(), arena.data(), arena.size(), &m);
-    CHECK(s == ep::OK, "%s: load: %s", model, m.error);
-    if (s != ep::OK) continue;
     npy::Array x, want;
     CHECK(npy::read((dir + "/" + input).c_str(), &x).empty() && npy::read((dir + "/" + expected).c_str(), &want).empty(), "%s: npy", input);
     const int batch = int(x.shape[0]);
-    std::vector<unsigned char> work(ep::workspace_bytes(m, batch) + 16);
-    void* w = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(work.data()) + 15) & ~std::uintptr_t(15));
+    Loaded L;
+    const bool loaded = L.load(dir + "/" + model, batch);
+    CHECK(loaded, "%s: load: %s", model, L.m.error);
+    if (!loaded) continue;
+    const ep::Model& m = L.m;
     std::vector<float> scores(std::size_t(batch) * m.n_classes);
     int steps = -1;
     float res = 0;
-    s = ep::run(m, x.data.data(), batch, max_steps, tol, w, work.size() - 16, scores.data(), &steps, &res);
+    ep::Status s = ep::run(m, x.data.data(), batch, max_steps, tol, L.w, L.ws, scores.data(), &steps, &res);
     CHECK(s == ep::OK, "%s: run", model);
     float worst = 0;
     int same_pred = 1;
@@ -148,28 +164,6 @@ static void run_golden(const std::string& dir) {
   if (f != nullptr) std::fclose(f);
   std::printf("golden: %d cases, %d corrupted files\n", n_cases, n_bad);
 }
-
-// A loaded model, its workspace (16-byte aligned) and the input of a golden case.
-struct Loaded {
-  std::vector<std::uint8_t> file;
-  std::vector<float> arena;
-  std::vector<unsigned char> work;
-  ep::Model m;
-  void* w = nullptr;
-  std::size_t ws = 0;
-  bool load(const std::string& path, int batch) {
-    bool ok = false;
-    file = npy::read_file(path.c_str(), &ok);
-    std::size_t nf = 0;
-    if (!ok || ep::required_arena(file.data(), file.size(), &nf, &m) != ep::OK) return false;
-    arena.assign(nf + 1, 0.0f);
-    if (ep::load(file.data(), file.size(), arena.data(), arena.size(), &m) != ep::OK) return false;
-    ws = ep::workspace_bytes(m, batch);
-    work.assign(ws + 16, 0);
-    w = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(work.data()) + 15) & ~std::uintptr_t(15));
-    return ws > 0;
-  }
-};
 
 // ep::step() against dynamics.step: the state of every layer after 1, 2, 3 and 10 steps from s = 0.
 static void run_steps(const std::string& dir) {
