@@ -22,18 +22,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
-from cifar import PRESETS, RUN_DEFAULTS  # noqa: E402
-
+from ep_compile.config import RunConfig  # noqa: E402
 from ep_compile.data import augment, make_splits, preprocess  # noqa: E402
 from ep_compile.dynamics import make_step  # noqa: E402
 from ep_compile.estimators import Phases, get_estimator, set_grads  # noqa: E402
+from ep_compile.presets import PRESETS  # noqa: E402
 from ep_compile.training import make_optimizer, model_from_config, step_generator  # noqa: E402
 
 NARROW = {"channels": [32, 64, 128, 256], "paddings": [1, 1, 1, 0]}
 RECIPES = {
-    "paper (T=250, K=25, sync, SGD)": {**RUN_DEFAULTS, **PRESETS["ce-symmetric"], **NARROW, "compile": True},
-    "cifar10-cpu (T=20, K=8, even/odd, AdamW)": {**RUN_DEFAULTS, **PRESETS["cifar10-cpu"]},
+    "paper (T=250, K=25, sync, SGD)": RunConfig.from_dict({**PRESETS["ce-symmetric"], **NARROW, "compile": True}),
+    "cifar10-cpu (T=20, K=8, even/odd, AdamW)": RunConfig.from_dict(PRESETS["cifar10-cpu"]),
 }
 
 
@@ -85,7 +84,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     splits = make_splits("cifar10", args.data_root, val_size=0)
-    runs = {name: Runner({**c, "mean": splits.mean, "std": splits.std}, splits) for name, c in RECIPES.items()}
+    runs = {}
+    for name, c in RECIPES.items():
+        c.mean, c.std = splits.mean, splits.std
+        runs[name] = Runner(c, splits)
     for r in runs.values():
         r.iterate()  # warm-up (compile)
     while any(len(r.seconds) < args.iterations for r in runs.values()):

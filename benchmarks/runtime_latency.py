@@ -41,11 +41,21 @@ def main(argv=None):
     for build, folder in builds.items():
         flag = "ON" if build == "native" else "OFF"
         subprocess.run(
-            ["cmake", "-S", str(ROOT / "runtime_cpp"), "-B", str(folder), "-DCMAKE_BUILD_TYPE=Release", f"-DEP_FAST={flag}"],
+            [
+                "cmake",
+                "-S",
+                str(ROOT / "runtime_cpp"),
+                "-B",
+                str(folder),
+                "-DCMAKE_BUILD_TYPE=Release",
+                f"-DEP_FAST={flag}",
+            ],
             check=True,
             capture_output=True,
         )
-        subprocess.run(["cmake", "--build", str(folder), "--target", "ep_bench", "-j2"], check=True, capture_output=True)
+        subprocess.run(
+            ["cmake", "--build", str(folder), "--target", "ep_bench", "-j2"], check=True, capture_output=True
+        )
     rows = []
     for name, arch, steps in (
         ("paper CIFAR-10 net", "cifar10", args.steps_cifar),

@@ -8,6 +8,7 @@ processes see the same numbers, and a resumed run continues bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,82 +20,11 @@ import torch
 from .model import ConfigError, EPNet, ModelConfig
 
 CHECKPOINT_VERSION = 1
-MODEL_KEYS = (
-    "in_shape",
-    "channels",
-    "kernels",
-    "paddings",
-    "pools",
-    "fc",
-    "n_classes",
-    "loss",
-    "activation",
-    "dropout",
-    "asymmetric",
-    "init_gain",
-)
+MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))  # the model's part of a run config
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-# setting -> (test every value must pass, what the message says is expected); flags are --key-with-dashes
-VALUE_RULES = {
-    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "epochs": (lambda v: v >= 1, "an integer >= 1"),
-    "T": (lambda v: v >= 1, "an integer >= 1"),
-    "K": (lambda v: v >= 1, "an integer >= 1"),
-    "beta": (_finite, "a finite number"),
-    "tol": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
-    "check_every": (lambda v: v >= 1, "an integer >= 1"),
-    "checkpoint_every": (lambda v: v >= 0, "an integer >= 0 (0: once per epoch)"),
-    "lrs": (lambda v: _finite(v) and v > 0, "finite numbers > 0"),
-    "momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
-    "lr_min": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
-    "decay_epochs": (lambda v: v >= 0, "an integer >= 0"),
-    "warmup_epochs": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
-    "eval_every": (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0: once per epoch)"),
-    "std_scale": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
-    "channels": (lambda v: v >= 1, "integers >= 1"),
-    "kernels": (lambda v: v >= 1, "integers >= 1"),
-    "paddings": (lambda v: v >= 0, "integers >= 0"),
-    "fc": (lambda v: v >= 1, "integers >= 1"),
-    "dropout": (lambda v: _finite(v) and 0 <= v < 1, "probabilities in [0, 1)"),
-    "val_size": (lambda v: v >= 0, "an integer >= 0"),
-    "train_subset": (lambda v: v >= 1, "an integer >= 1"),
-    "test_subset": (lambda v: v >= 1, "an integer >= 1"),
-    "stop_at_accuracy": (lambda v: _finite(v) and 0 <= v <= 1, "a fraction in [0, 1] (0: off)"),
-    "max_hours": (lambda v: _finite(v) and v >= 0, "a number of hours >= 0 (0: off)"),
-}
-
-
-def check_values(config: dict) -> None:
-    """Every numeric setting in its range, before anything is built or written: one ConfigError
-    naming the flag and the value it got."""
-    for key, (ok, expected) in VALUE_RULES.items():
-        v = config.get(key)
-        if v is None:
-            continue
-        values = v if isinstance(v, (list, tuple)) else [v]
-        if not all(isinstance(x, (int, float)) and ok(x) for x in values):
-            shown = " ".join(str(x) for x in values)
-            raise ConfigError(f"--{key.replace('_', '-')} {shown}: expected {expected}")
-    if config.get("K", 0) > config.get("T", 0) and config.get("estimator") != "bptt":
-        raise ConfigError(
-            f"--K {config['K']} exceeds --T {config['T']}: the nudged phase is at most as long as the free one"
-        )
-    if config.get("bptt_steps") is not None and not 1 <= config["bptt_steps"] <= config.get("T", 0):
-        raise ConfigError(f"--bptt-steps {config['bptt_steps']}: expected an integer in [1, T={config.get('T')}]")
-    if config.get("data_root") and config.get("dataset") == "digits":
-        raise ConfigError(
-            f"--data-root {config['data_root']}: the digits set ships with scikit-learn and takes no data root"
-        )
-
-
-def model_from_config(config: dict) -> EPNet:
+def model_from_config(config) -> EPNet:
+    """The model of a run config (a RunConfig or the dict stored in a checkpoint)."""
     return EPNet(ModelConfig.from_dict({k: config[k] for k in MODEL_KEYS if k in config}))
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import small_cfg, train
 
+from ep_compile.config import RunConfig
 from ep_compile.model import ConfigError, EPNet
 from ep_compile.training import lr_at, make_optimizer
 
@@ -109,8 +110,9 @@ def test_every_preset_is_listed_and_builds(capsys, monkeypatch, tmp_path):
     for name in cifar.PRESETS:
         assert cifar.main(["--preset", name, "--out", str(tmp_path / name)]) == 0, name
         assert built[name]["estimator"]
-    bptt_rows = [n for n, p in cifar.PRESETS.items() if p["estimator"] == "bptt" and p.get("T") == 250]
-    assert bptt_rows and all(cifar.PRESETS[n]["bptt_steps"] == cifar.PRESETS[n]["K"] for n in bptt_rows)
+    full = {n: RunConfig.from_dict(p) for n, p in cifar.PRESETS.items()}
+    bptt_rows = [n for n, c in full.items() if c.estimator == "bptt" and c.T == 250]
+    assert bptt_rows and all(full[n].bptt_steps == full[n].K for n in bptt_rows)
 
 
 def test_fresh_run_refuses_an_existing_run_folder(tmp_path):

@@ -1,6 +1,7 @@
 """experiments/cifar.py end to end: accelerate launch with 2 processes, exact resume after SIGKILL,
 learning on real digits, bad input, divergence."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,6 +19,8 @@ SMALL = ["--no-compile", "--epochs", "2", "--train-subset", "256", "--T", "10", 
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import cifar  # noqa: E402
+
+from ep_compile import registry  # noqa: E402
 
 
 def weights(run: Path, name="last.pt") -> torch.Tensor:
@@ -172,14 +175,14 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monke
     base = SMALL + ["--epochs", "1", "--out", str(out)]
     assert cifar.main(base) == 0
     good = (out / "last.pt").read_bytes()
-    real = cifar.get_estimator("symmetric")
+    real = registry.ENTRIES["symmetric"]
 
     def poisoned(*a, **k):
-        est = real(*a, **k)
+        est = real.fn(*a, **k)
         est.grads[0] = est.grads[0] * float("nan")
         return est
 
-    monkeypatch.setattr(cifar, "get_estimator", lambda name: poisoned)
+    monkeypatch.setitem(registry.ENTRIES, "symmetric", dataclasses.replace(real, fn=poisoned))
     assert cifar.main(["--resume", str(out), "--epochs", "2"]) == 3
     err = capsys.readouterr().err
     assert "non-finite gradient estimate or loss at epoch 2, batch 1" in err and "is intact" in err

@@ -6,22 +6,20 @@ Usage: python benchmarks/recipe_pilots/trained_gradients.py runs/RUN/last.pt | i
 """
 
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-import cifar  # noqa: E402  (the presets)
-
+from ep_compile.config import RunConfig
 from ep_compile.data import make_splits, normalize
 from ep_compile.dynamics import relax_until, step_evenodd
 from ep_compile.estimators import Phases, bptt, symmetric
+from ep_compile.presets import PRESETS
 from ep_compile.training import load_checkpoint, model_from_config
 
 torch.set_num_threads(1)
 s = make_splits("cifar10", "../shared/data/cifar10-jpeg.tar.gz", 0, None, None, 0, None, log=lambda *a: None)
 if sys.argv[1] == "init":
-    cfg = {**cifar.RUN_DEFAULTS, **cifar.PRESETS["cifar10-cpu"], "mean": s.mean, "std": s.std}
+    cfg = RunConfig.from_dict({**PRESETS["cifar10-cpu"], "mean": s.mean, "std": s.std})
     torch.manual_seed(0)
     ck = {"epoch": 0, "step": 0}
     m = model_from_config(cfg)

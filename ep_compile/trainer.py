@@ -1,0 +1,361 @@
+"""The training loop of every estimator and of BPTT, on one or many processes through accelerate:
+`Trainer(cfg, accelerator, splits).fit()`.
+
+EP sets .grad by hand, so DDP's backward hooks never fire: each process estimates the gradient on its
+slice of the global batch and one flattened all-reduce per step averages the estimates. Every random
+draw (crop, flip, dropout mask, sign of beta) comes from a generator seeded by (seed, epoch, step) for
+the global batch, so 1 and N processes, and a resumed run, see the same numbers. A run folder holds
+last.pt / best.pt (written atomically), config.json and metrics.jsonl, which always mirrors the
+checkpoint's history: a kill at any instant loses only the work since the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from .data import augment, preprocess
+from .dynamics import make_step, relax_until
+from .estimators import Phases, set_grads
+from .registry import entry
+from .spiking import SpikeConfig, SpikeState, spike_report, spiking_phase
+from .training import (
+    alignment_angles,
+    atomic_save,
+    checkpoint_payload,
+    epoch_order,
+    flatten,
+    kill_point,
+    load_checkpoint,
+    make_optimizer,
+    model_from_config,
+    plot_alignment,
+    plot_curves,
+    set_epoch_lr,
+    step_generator,
+    unflatten,
+    wd_compensate,
+)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class Diverged(RuntimeError):
+    """A non-finite estimate, loss or weight: the run stops, its last checkpoint stays as it was."""
+
+
+def time_to_accuracy(history, levels=(0.5, 0.6, 0.65, 0.7)) -> dict:
+    """Wall seconds at the first evaluation whose test accuracy reached each level (None: never)."""
+    out = {}
+    for level in levels:
+        hit = [r["wall_seconds"] for r in history if "wall_seconds" in r and 1 - r["test_error"] >= level]
+        out[f"{round(100 * level)}%"] = hit[0] if hit else None
+    return out
+
+
+def make_phases(cfg) -> Phases:
+    spiking = cfg["neuron"] == "spiking"
+    phases = Phases(
+        spiking=SpikeConfig(**cfg["spike"]) if spiking else None,
+        **{
+            k: cfg[k]
+            for k in ("T", "K", "beta", "bptt_steps", "tol", "check_every", "fused", "amp", "vf_form", "hep_points")
+        },
+    )
+    if cfg["estimator"] != "bptt":
+        phases.require_beta(cfg["estimator"])
+    return phases
+
+
+class Trainer:
+    """One run: model, optimizer, estimator and phases from `cfg`, data from `splits`, processes and
+    devices from `accelerator`; resumes from `resume` (a run folder or .pt file) when given."""
+
+    def __init__(self, cfg, accelerator, splits, resume=None, log=print):
+        self.cfg, self.acc, self.splits, self.log = cfg, accelerator, splits, log
+        self.device, self.world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+        self.dtype = DTYPES[cfg["dtype"]]
+        self.B = cfg["batch_size"]
+        self.lo, self.hi = rank * self.B // self.world, (rank + 1) * self.B // self.world  # this process's slice
+        torch.manual_seed(cfg["seed"])
+        fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+        self.model = model_from_config(cfg).to(device=self.device, dtype=self.dtype).to(memory_format=fmt)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.estimate = entry(cfg["estimator"]).fn
+        self.time_local = entry(cfg["estimator"]).time_local
+        self.spiking = cfg["neuron"] == "spiking"
+        self.phases = make_phases(cfg)
+        self.step_fn = make_step(cfg["compile"], cfg["schedule"], cfg["compile_mode"])
+        self.group_of = [i for i, g in enumerate(self.optimizer.param_groups) for _ in g["params"]]
+        self.epoch, self.step, self.best, self.history = 0, 0, None, []
+        self.stats = [0.0, 0.0, 0.0]  # this epoch so far on this process: wrong, loss sum, count
+        self.wall_offset = 0.0  # wall seconds of training (and evaluation) before this process started
+        self.spike_stats, self.train_spikes = [], []
+        if resume:
+            ck = load_checkpoint(resume)
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.epoch, self.step, self.best, self.history = (
+                ck["epoch"],
+                ck["step"],
+                ck["best_val_error"],
+                ck["metrics"],
+            )
+            self.stats = ck.get("epoch_stats", self.stats)
+            self.wall_offset = ck.get("wall_seconds", 0.0)
+            torch.set_rng_state(ck["torch_rng"])
+            log(f"resumed from {resume}: epoch {self.epoch}, step {self.step}")
+
+    # ------------------------------------------------------------------ one batch
+    def prep(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = preprocess(x_uint8, self.cfg, self.dtype)  # the contract export writes into the ONNX metadata
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg["channels_last"] else x
+
+    @torch.no_grad()
+    def free_phase(self, x: torch.Tensor):
+        """The settled state of the free phase for inference, and the steps it took: the rate network's
+        fixed point (early stop with tol), or the spiking network's decoded rates."""
+        if self.spiking:
+            p = self.phases
+            st = spiking_phase(self.model, x, SpikeState.zeros(self.model, x), p.T, p.spiking, p.spiking.t0)
+            self.spike_stats.append(spike_report(self.model, st, x.shape[0], p.T)["spikes_per_neuron"])
+            return st.rates, p.T
+        s0 = self.model.init_states(x.shape[0], x)
+        s, n, _ = relax_until(
+            self.model, x, s0, self.phases.T, self.phases.tol, self.phases.check_every, step_fn=self.step_fn
+        )
+        return s, n
+
+    @torch.no_grad()
+    def evaluate(self, ds):
+        """Error of the free fixed point over a whole split (gathered across processes), and the mean
+        number of free-phase steps used (T, or fewer with --tol)."""
+        if len(ds.y) == 0:
+            return None, 0
+        loader = self.acc.prepare(DataLoader(TensorDataset(ds.x, ds.y), batch_size=self.cfg["eval_batch_size"]))
+        self.model.eval()
+        wrong, steps = [], []
+        for xb, yb in loader:
+            s, n = self.free_phase(self.prep(xb).to(self.device))
+            wrong.append(self.acc.gather_for_metrics(self.model.logits(s).argmax(1) != yb.to(self.device)))
+            steps.append(n)
+        self.model.train()
+        return torch.cat(wrong).float().mean().item(), sum(steps) / len(steps)
+
+    def update(self, grads, where: str) -> None:
+        """Average the estimate over processes (one flattened all-reduce), check it, take the step."""
+        flat = flatten(grads)
+        if self.world > 1:
+            flat = self.acc.reduce(flat, reduction="mean")
+        if not torch.isfinite(flat).all():
+            raise Diverged(f"non-finite gradient estimate or loss at {where}")
+        set_grads(self.model, unflatten(flat, grads))
+        self.optimizer.step()
+        if not torch.isfinite(flatten([p.detach() for p in self.model.parameters()])).all():
+            raise Diverged(f"non-finite weights after the update at {where}")
+
+    def train_step(self, epoch: int, step: int, order: torch.Tensor) -> None:
+        """Estimate on this process's slice of global batch `step` and update the weights (at every
+        nudged step for the time-local estimators)."""
+        cfg, B = self.cfg, self.B
+        idx = order[step * B : (step + 1) * B]
+        gen = step_generator(cfg["seed"], epoch, step)
+        xb = augment(self.splits.train.x[idx], gen) if cfg["augment"] else self.splits.train.x[idx]
+        x, y = self.prep(xb), self.splits.train.y[idx]  # (B, C, H, W), (B,) for the global batch
+        masks = self.model.dropout_masks(B, x, gen)
+        x, y = x[self.lo : self.hi].to(self.device), y[self.lo : self.hi].to(self.device)
+        masks = None if masks is None else [None if m is None else m[self.lo : self.hi].to(self.device) for m in masks]
+        where = f"epoch {epoch + 1}, batch {step + 1}"
+        kw = dict(masks=masks, generator=gen, step_fn=self.step_fn)
+        if self.time_local:  # C-EP & co. update the weights at every nudged step, through `update`
+
+            def apply(g, k, K):
+                if cfg["wd_compensation"]:
+                    g = wd_compensate(g, self.optimizer, k, K, self.group_of)
+                self.update(g, where)
+
+            est = self.estimate(self.model, x, y, self.phases, apply_update=apply, **kw)
+        else:
+            est = self.estimate(self.model, x, y, self.phases, **kw)
+            self.update(est.grads, where)
+        loss_sum = est.loss.sum().item()
+        if not math.isfinite(loss_sum):
+            raise Diverged(f"non-finite loss at {where}")
+        if "spikes_iteration" in est.info:
+            self.train_spikes.append(est.info["spikes_iteration"])
+        self.stats = [
+            self.stats[0] + (est.logits.argmax(1) != y).sum().item(),
+            self.stats[1] + loss_sum,
+            self.stats[2] + len(y),
+        ]
+
+    # ------------------------------------------------------------------ run folder
+    def open_run(self, out: Path) -> None:
+        """Create the run folder: stale temp files removed, config.json written (after validation and
+        the data load succeeded), metrics.jsonl cut back to the checkpoint's history."""
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        if self.acc.is_main_process:
+            for stale in out.glob(".*.tmp*"):  # temp files of a write that a kill interrupted
+                stale.unlink()
+            (out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
+            tmp = out / ".metrics.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            os.replace(tmp, out / "metrics.jsonl")
+        self.wall0 = time.time() - self.wall_offset
+
+    def log_row(self, row: dict) -> None:
+        self.history.append(row)
+        self.log(json.dumps(row))
+        if self.acc.is_main_process:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            kill_point("metrics-row-written")  # testing hook: the row is written, the checkpoint not yet
+
+    def save(self, epoch: int, step: int, stats, name: str = "last.pt") -> None:
+        if self.acc.is_main_process:
+            payload = checkpoint_payload(
+                self.model, self.optimizer, self.cfg.to_dict(), epoch, step, self.best, self.history
+            )
+            payload["model_config"] = self.cfg.model_config().to_dict()
+            payload["epoch_stats"] = stats
+            payload["wall_seconds"] = time.time() - self.wall0
+            atomic_save(payload, self.out / name)
+        self.acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------ epochs
+    def fit(self, crash_at_step: int = 0, tracking: bool = False) -> None:
+        """Train from the current position to the last epoch (or --stop-at-accuracy / --max-hours);
+        evaluate every epoch (and every --eval-every), checkpoint every epoch (and every
+        --checkpoint-every steps)."""
+        cfg, n_train = self.cfg, len(self.splits.train.y)
+        per_epoch = n_train // self.B  # drop the last partial batch: one shape, one compiled graph
+        eval_steps = round(cfg["eval_every"] * per_epoch) if 0 < cfg["eval_every"] < 1 else 0
+        done = 0
+        for epoch in range(self.epoch, cfg["epochs"]):
+            first = self.step if epoch == self.epoch else 0
+            if first == 0:
+                self.stats = [0.0, 0.0, 0.0]
+            lr = set_epoch_lr(self.optimizer, epoch, cfg)
+            order, t0 = epoch_order(cfg["seed"], epoch, n_train), time.time()
+            main = self.acc.is_local_main_process
+            bar = tqdm(
+                total=per_epoch,
+                initial=first,
+                disable=not main,
+                mininterval=2.0,
+                desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+            )
+            for step in range(first, per_epoch):
+                if cfg["lr_per_step"]:
+                    lr = set_epoch_lr(self.optimizer, epoch + step / per_epoch, cfg)
+                t_step = time.time()
+                self.train_step(epoch, step, order)
+                if done == 0 and cfg["compile"]:  # the first call compiles the step
+                    bar.set_description(f"epoch {epoch + 1}/{cfg['epochs']} (compiled in {time.time() - t_step:.0f} s)")
+                bar.update(1)
+                bar.set_postfix(err=f"{self.stats[0] / max(self.stats[2], 1):.3f}", lr=f"{lr:.3g}")
+                done += 1
+                now = eval_steps and (step + 1) % eval_steps == 0 and step + 1 <= per_epoch - eval_steps // 2
+                if now:  # a test-only row inside the epoch, checkpointed with it
+                    test_err, _ = self.evaluate(self.splits.test)
+                    ep = round(epoch + (step + 1) / per_epoch, 4)
+                    self.log_row(
+                        {
+                            "epoch": ep,
+                            "test_error": test_err,
+                            "lr": lr,
+                            "wall_seconds": time.time() - self.wall0,
+                            "partial": True,
+                        }
+                    )
+                every = cfg["checkpoint_every"]
+                if now or (every and (step + 1) % every == 0 and step + 1 < per_epoch):
+                    self.save(epoch, step + 1, self.stats)
+                if crash_at_step and done == crash_at_step:
+                    os.kill(os.getpid(), signal.SIGKILL)  # testing: a real kill, mid-epoch
+            bar.close()
+            row = self.end_epoch(epoch, lr, t0)
+            if tracking:
+                self.acc.log({k: v for k, v in row.items() if isinstance(v, float)}, step=epoch + 1)
+            if cfg["stop_at_accuracy"] and 1 - row["test_error"] >= cfg["stop_at_accuracy"]:
+                self.log(
+                    f"test accuracy {100 * (1 - row['test_error']):.2f}% >= --stop-at-accuracy: stopping after epoch {epoch + 1}"
+                )
+                break
+            if cfg["max_hours"] and time.time() - self.wall0 + (time.time() - t0) > 3600 * cfg["max_hours"]:
+                self.log(
+                    f"another epoch would end past --max-hours {cfg['max_hours']:g}: stopping after epoch {epoch + 1}"
+                )
+                break
+
+    def end_epoch(self, epoch: int, lr: float, t0: float) -> dict:
+        """Evaluate, log the epoch's row, checkpoint (best.pt on validation error, else train error)."""
+        tot = self.acc.reduce(torch.tensor(self.stats, dtype=torch.float64, device=self.device), reduction="sum")
+        (val_err, _), (test_err, eval_free) = self.evaluate(self.splits.val), self.evaluate(self.splits.test)
+        row = {
+            "epoch": epoch + 1,
+            "train_error": (tot[0] / tot[2]).item(),
+            "train_loss": (tot[1] / tot[2]).item(),
+            "val_error": val_err,
+            "test_error": test_err,
+            "lr": lr,
+            "epoch_seconds": time.time() - t0,
+            "eval_free_steps": eval_free,
+            "wall_seconds": time.time() - self.wall0,
+        }
+        angles = alignment_angles(self.model)
+        if angles:
+            row["alignment_deg"] = angles
+        if self.spiking and self.train_spikes:  # what neuromorphic hardware would pay
+            runs = self.train_spikes
+            row["spikes_per_neuron_inference"] = sum(self.spike_stats) / len(self.spike_stats)
+            row["spikes_per_neuron_iteration"] = sum(r["spikes_per_neuron"] for r in runs) / len(runs)
+            row["events_per_rate_mac"] = sum(r["events_per_rate_mac"] for r in runs) / len(runs)
+            self.spike_stats.clear()
+            self.train_spikes.clear()
+        self.log_row(row)
+        score = val_err if val_err is not None else row["train_error"]
+        if self.best is None or score < self.best:
+            self.best = score
+            self.save(epoch + 1, 0, [0.0, 0.0, 0.0], "best.pt")
+        self.save(epoch + 1, 0, [0.0, 0.0, 0.0])
+        self.epoch, self.step = epoch + 1, 0
+        return row
+
+    def finish(self) -> dict:
+        """Check the processes agree, plot, write time_to_accuracy.json; the last full epoch's row."""
+        out, main = self.out, self.acc.is_main_process
+        if self.world > 1:  # every process must hold the same weights
+            allw = self.acc.gather(flatten([p.detach() for p in self.model.parameters()])[None])
+            if main:
+                diff = (allw - allw[0]).abs().max().item()
+                (out / "ranks.json").write_text(json.dumps({"processes": self.world, "max_abs_weight_diff": diff}))
+        if main and self.history:
+            plot_curves(self.history, out / "curves.png", f"{self.cfg['estimator']} on {self.cfg['dataset']}")
+            if "alignment_deg" in self.history[-1]:
+                plot_alignment(
+                    self.history, out / "alignment.png", f"{self.cfg['estimator']}: angle between w^f and w^b"
+                )
+        reached = time_to_accuracy(self.history)
+        if main and self.history:
+            (out / "time_to_accuracy.json").write_text(json.dumps(reached, indent=1))
+        self.log(
+            "time to test accuracy: "
+            + ", ".join(f"{k}: {'not reached' if v is None else f'{v:.0f} s'}" for k, v in reached.items())
+        )
+        full = [r for r in self.history if not r.get("partial")]
+        if full:
+            self.log(
+                f"final test accuracy {100 * (1 - full[-1]['test_error']):.2f}% (test error {100 * full[-1]['test_error']:.2f}%), "
+                f"best validation error {100 * self.best:.2f}%; run folder {out}"
+            )
+        return full[-1] if full else {}
