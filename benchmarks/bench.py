@@ -54,18 +54,8 @@ def build(args, estimator, channels_last=False):
 
 
 def step_flops(model) -> int:
-    """Multiply-adds x 2 of one synchronous step per example: every conv / linear forward, plus the
-    transposed op of every layer above the first (the feedback)."""
-    total = 0
-    for n, layer in enumerate(model.layers):
-        if hasattr(layer, "conv"):
-            c = layer.conv
-            hc, wc = layer.conv_hw
-            f = 2 * c.out_channels * hc * wc * c.in_channels * c.kernel_size[0] * c.kernel_size[1]
-        else:
-            f = 2 * layer.lin.in_features * layer.lin.out_features
-        total += f * (2 if n > 0 else 1)
-    return total
+    """2 x the multiply-accumulates of one synchronous step per example (EPNet.macs_per_step)."""
+    return 2 * model.macs_per_step()
 
 
 def timed(fn, device, repeats):

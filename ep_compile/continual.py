@@ -52,12 +52,9 @@ def readout_gradient(model, y, s, masks, weight: float) -> list[torch.Tensor]:
 
 
 @contextlib.contextmanager
-def updates(params, apply_update, lr: float):
-    """The caller's update callback, or, when there is none (measuring, as gradcheck does), plain SGD
-    steps of size lr whose weights are put back on exit."""
-    if apply_update is not None:
-        yield apply_update
-        return
+def sgd_restored(params, lr: float):
+    """Plain SGD steps of size lr, sgd(grads, k, K), whose weights are put back on exit: measuring a
+    time-local estimator without training (gradcheck, or no update callback)."""
     saved = [p.detach().clone() for p in params]
 
     def sgd(g, k, K):
@@ -73,6 +70,37 @@ def updates(params, apply_update, lr: float):
                 p.copy_(v)
 
 
+@contextlib.contextmanager
+def updates(params, apply_update, lr: float):
+    """The caller's update callback, or, when there is none, SGD steps of size lr undone on exit."""
+    if apply_update is not None:
+        yield apply_update
+        return
+    with sgd_restored(params, lr) as sgd:
+        yield sgd
+
+
+def time_local_phase(
+    model, y, s, K: int, advance, increment, update, readout_weight: float, masks=None, rates=None, total=None
+):
+    """The one time-local loop (C-EP, C-VF, C-KPVF, spiking C-EP): K nudged steps s_{k+1} =
+    advance(s_k, k), each followed by update(increment(s_k, s_{k+1}), k, K), the weights moving
+    before the next step; the last increment adds the read-out's loss gradient at s_K (times
+    readout_weight). rates(s): the decoded state list of a state (identity for rate networks).
+    Returns `total` (None: zeros) plus every increment, and s_K."""
+    rates = rates or (lambda st: st)
+    for k in range(K):
+        with torch.no_grad():
+            new = advance(s, k)
+        g = increment(s, new)
+        if k == K - 1:
+            g = [a + r for a, r in zip(g, readout_gradient(model, y, rates(new), masks, readout_weight))]
+        update(g, k, K)
+        total = g if total is None else [t + gi for t, gi in zip(total, g)]
+        s = new
+    return total, s
+
+
 def continual_estimator(name: str):
     from .estimators import RULES, _estimate, _free, check_compatible
 
@@ -84,24 +112,24 @@ def continual_estimator(name: str):
         params = list(model.parameters())
         s_free, steps = _free(model, x, phases, masks, step_fn)
         total = [torch.zeros_like(p) for p in params]
-        K = phases.K
         with updates(params, apply_update, phases.lr) as update:
             for sign in (1.0, -1.0) if two_sided else (1.0,):
                 beta = sign * phases.beta
                 denom = 2 * beta if two_sided else beta
                 b = torch.as_tensor(beta, dtype=x.dtype, device=x.device)
-                s = s_free
-                for k in range(K):
-                    with torch.no_grad():
-                        s_new = step_fn(model, x, s, masks, y, b)
-                    # -(1/denom) [rule between s_k and s_{k+1}], no loss term: F = Phi
-                    g = RULES[rule](model, x, y, s, 0.0, s_new, denom, masks, s_star=s, loss=False)
-                    if k == K - 1:
-                        ro = readout_gradient(model, y, s_new, masks, 0.5 if two_sided else 1.0)
-                        g = [a + r for a, r in zip(g, ro)]
-                    update(g, k, K)
-                    total = [t + gi for t, gi in zip(total, g)]
-                    s = s_new
+                # -(1/denom) [rule between s_k and s_{k+1}], no loss term: F = Phi
+                total, _ = time_local_phase(
+                    model,
+                    y,
+                    s_free,
+                    phases.K,
+                    lambda s, k, b=b: step_fn(model, x, s, masks, y, b),
+                    lambda s, new, d=denom: RULES[rule](model, x, y, s, 0.0, new, d, masks, s_star=s, loss=False),
+                    update,
+                    0.5 if two_sided else 1.0,
+                    masks,
+                    total=total,
+                )
         est = _estimate(model, x, y, total, s_free, masks, beta=phases.beta, free_steps=steps)
         est.info["applied"] = apply_update is not None
         return est

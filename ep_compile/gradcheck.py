@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from .continual import CONTINUAL
+from .continual import CONTINUAL, sgd_restored
 from .dynamics import count_changes, relax, step
 from .estimators import ESTIMATORS, SPECS, Phases, check_compatible, get_estimator, nudged_states, rule_gradient
 from .holomorphic import holomorphic
@@ -72,21 +72,16 @@ def continual_per_step(model: EPNet, x, y, T: int, K: int, beta: float, name: st
     """Running sums of a continual estimator's increments after each nudged step (the C-EP form of
     Eq. 6), taking real SGD steps of size lr; the weights are put back afterwards."""
     params = list(model.parameters())
-    saved = [p.detach().clone() for p in params]
     acc, per = [torch.zeros_like(p) for p in params], []
+    with sgd_restored(params, lr) as sgd:
 
-    def update(g, k, K_):
-        nonlocal acc
-        with torch.no_grad():
-            for p, gi in zip(params, g):
-                p.sub_(lr * gi)
-        acc = [a + gi for a, gi in zip(acc, g)]
-        per.append(acc)
+        def update(g, k, K_):
+            nonlocal acc
+            sgd(g, k, K_)
+            acc = [a + gi for a, gi in zip(acc, g)]
+            per.append(acc)
 
-    ESTIMATORS[name](model, x, y, Phases(T=T, K=K, beta=beta), apply_update=update)
-    with torch.no_grad():
-        for p, v in zip(params, saved):
-            p.copy_(v)
+        ESTIMATORS[name](model, x, y, Phases(T=T, K=K, beta=beta), apply_update=update)
     return per
 
 

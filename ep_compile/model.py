@@ -42,6 +42,33 @@ class ConfigError(ValueError):
     """A model or run configuration that cannot work; the message names the bad value."""
 
 
+def conv_out(size: int, kernel: int, padding: int) -> int:
+    """Output size of a stride-1 convolution: the one formula of the Python side (the C++ loader has
+    its own, once)."""
+    return size + 2 * padding - kernel + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """One synapse layer as every consumer sees it: kind, the state shapes below and above it, and for
+    a conv its kernel, padding, pooling and the (C, Hc, Wc) map before pooling."""
+
+    kind: str  # "conv" or "dense"
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    kernel: int = 0
+    padding: int = 0
+    pool: str = "none"
+    conv_shape: tuple[int, ...] = ()
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of the forward op per example (its transpose, the feedback, costs the same)."""
+        if self.kind == "conv":
+            return math.prod(self.conv_shape) * self.in_shape[0] * self.kernel**2
+        return math.prod(self.in_shape) * math.prod(self.out_shape)
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a convergent ConvNet. Lists run over the conv layers (kernels, paddings, pools)
@@ -96,24 +123,30 @@ class ModelConfig:
             raise ConfigError(f"dropout probabilities must lie in [0, 1), got {self.dropout}")
         self.state_shapes()  # raises if the spatial sizes collapse
 
-    def state_shapes(self) -> list[tuple[int, ...]]:
-        """Per-example shape of every state layer s^1..s^N (the output layer last for 'mse')."""
+    def layer_specs(self) -> list[LayerSpec]:
+        """Every synapse layer, bottom to top: convs, then the fully connected layers, then (for 'mse')
+        the output layer. The one description read by the layers, the ONNX metadata and the MAC count."""
         c, h, w = self.in_shape
-        shapes = []
+        specs = []
         for i, (co, k, p, pool) in enumerate(zip(self.channels, self.kernels, self.paddings, self.pools)):
-            h, w = h + 2 * p - k + 1, w + 2 * p - k + 1
-            if pool != "none":
-                h, w = h // 2, w // 2
-            if h < 1 or w < 1:
+            hc, wc = conv_out(h, k, p), conv_out(w, k, p)
+            oh, ow = (hc // 2, wc // 2) if pool != "none" else (hc, wc)
+            if min(hc, wc, oh, ow) < 1:
                 raise ConfigError(
                     f"conv layer {i + 1} (kernel {k}, padding {p}, pool {pool}) leaves no pixels "
                     f"for input shape {self.in_shape}"
                 )
-            shapes.append((co, h, w))
-        shapes += [(n,) for n in self.fc]
-        if self.loss == "mse":
-            shapes.append((self.n_classes,))
-        return shapes
+            specs.append(LayerSpec("conv", (c, h, w), (co, oh, ow), k, p, pool, (co, hc, wc)))
+            c, h, w = co, oh, ow
+        prev = specs[-1].out_shape if specs else self.in_shape
+        for n in self.fc + ([self.n_classes] if self.loss == "mse" else []):
+            specs.append(LayerSpec("dense", tuple(prev), (n,)))
+            prev = (n,)
+        return specs
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        """Per-example shape of every state layer s^1..s^N (the output layer last for 'mse')."""
+        return [s.out_shape for s in self.layer_specs()]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -266,18 +299,20 @@ class EPNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.slope = ACTIVATIONS[cfg.activation]
-        self.state_shapes = cfg.state_shapes()
-        layers, c, (h, w) = [], cfg.in_shape[0], cfg.in_shape[1:]
-        for co, k, p, pool, shape in zip(cfg.channels, cfg.kernels, cfg.paddings, cfg.pools, self.state_shapes):
-            asym = cfg.asymmetric and bool(layers)  # the first conv reads the static input: no w^b
-            layers.append(ConvPool(c, co, k, p, pool, (h + 2 * p - k + 1, w + 2 * p - k + 1), asym))
-            c, h, w = shape
-        prev = self.state_shapes[len(cfg.channels) - 1] if cfg.channels else cfg.in_shape
-        for n in cfg.fc + ([cfg.n_classes] if cfg.loss == "mse" else []):
-            layers.append(Dense(prev, n, cfg.asymmetric and bool(layers)))
-            prev = (n,)
+        self.specs = cfg.layer_specs()
+        self.state_shapes = [s.out_shape for s in self.specs]
+        layers = []
+        for n, sp in enumerate(self.specs):
+            asym = cfg.asymmetric and n > 0  # the first layer reads the static input: no w^b
+            if sp.kind == "conv":
+                layers.append(
+                    ConvPool(sp.in_shape[0], sp.out_shape[0], sp.kernel, sp.padding, sp.pool, sp.conv_shape[1:], asym)
+                )
+            else:
+                layers.append(Dense(sp.in_shape, sp.out_shape[0], asym))
         self.layers = nn.ModuleList(layers)
-        self.readout = nn.Linear(_numel(prev), cfg.n_classes) if cfg.loss == "ce" else None
+        last = self.specs[-1].out_shape if self.specs else cfg.in_shape
+        self.readout = nn.Linear(_numel(last), cfg.n_classes) if cfg.loss == "ce" else None
         if cfg.init_gain != 1.0:
             # PyTorch's default init divides by sqrt(3 fan_in); with the slope-1/2 hard sigmoid every
             # layer then shrinks its input by ~5x and the top states of a 4-layer net start at ~1e-3
@@ -286,6 +321,11 @@ class EPNet(nn.Module):
                     layer.weight_f.mul_(cfg.init_gain)
                     if layer.weight_b is not None:
                         layer.weight_b.mul_(cfg.init_gain)
+
+    def macs_per_step(self) -> int:
+        """Multiply-accumulates of one synchronous step per example: every layer's forward op, plus the
+        transposed op of every layer above the first (the feedback; layer 1 feeds back to no state)."""
+        return sum(s.macs * (2 if n > 0 else 1) for n, s in enumerate(self.specs))
 
     # --- states and inputs
     def init_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .model import ConfigError, ConvPool, EPNet
+from .model import ConfigError, EPNet
 
 FORMAT_VERSION = 1
 OPSET = 17
@@ -60,28 +60,16 @@ class _Graph:
 
 
 def layer_info(model: EPNet) -> list[dict]:
-    """Per layer: what the C++ runtime and the ONNX builder need to know."""
-    info, prev = [], tuple(model.cfg.in_shape)
-    for n, (layer, shape) in enumerate(zip(model.layers, model.state_shapes)):
-        d = {
-            "index": n + 1,
-            "in_shape": list(prev),
-            "out_shape": list(shape),
-            "has_weight_b": layer.weight_b is not None,
-        }
-        if isinstance(layer, ConvPool):
-            c = layer.conv
-            d.update(
-                kind="conv",
-                kernel=c.kernel_size[0],
-                padding=layer.padding,
-                pool=layer.pool,
-                conv_shape=[c.out_channels, *layer.conv_hw],
-            )
+    """Per layer: what the C++ runtime and the ONNX builder need to know (the model's LayerSpecs)."""
+    info = []
+    for n, (sp, layer) in enumerate(zip(model.specs, model.layers)):
+        d = {"index": n + 1, "in_shape": list(sp.in_shape), "out_shape": list(sp.out_shape)}
+        d["has_weight_b"] = layer.weight_b is not None
+        if sp.kind == "conv":
+            d.update(kind="conv", kernel=sp.kernel, padding=sp.padding, pool=sp.pool, conv_shape=list(sp.conv_shape))
         else:
             d.update(kind="dense")
         info.append(d)
-        prev = tuple(shape)
     return info
 
 

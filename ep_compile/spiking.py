@@ -147,25 +147,12 @@ def fanout(model: EPNet) -> list[int]:
     return out
 
 
-def rate_macs_per_step(model: EPNet) -> int:
-    """Multiply-accumulates of one synchronous step of the rate network, per example."""
-    total = 0
-    for n, layer in enumerate(model.layers):
-        if isinstance(layer, ConvPool):
-            c = layer.conv
-            macs = c.out_channels * layer.conv_hw[0] * layer.conv_hw[1] * c.in_channels * c.kernel_size[0] ** 2
-        else:
-            macs = layer.lin.in_features * layer.lin.out_features
-        total += macs * (2 if n > 0 else 1)
-    return total
-
-
 def spike_report(model: EPNet, st: SpikeState, batch: int, steps: int) -> dict:
     """Spikes per neuron, synaptic events, and their ratio to the rate network's MACs."""
     neurons = sum(math.prod(s) for s in model.state_shapes)
     spikes = [float(n) for n in st.spikes]
     events = sum(n * f for n, f in zip(spikes, fanout(model)))
-    macs = rate_macs_per_step(model) * batch * steps
+    macs = model.macs_per_step() * batch * steps
     return {
         "spikes_per_neuron": sum(spikes) / (neurons * batch),
         "synaptic_events": events,
@@ -176,7 +163,7 @@ def spike_report(model: EPNet, st: SpikeState, batch: int, steps: int) -> dict:
 def spiking_estimator(name: str):
     """spiking-symmetric: Eq. 12 from the decoded states; spiking-c-ep: C-EP increments between
     consecutive decoded states of both nudged phases (time-local)."""
-    from .continual import readout_gradient, updates
+    from .continual import time_local_phase, updates
     from .estimators import _estimate, ep_gradient
 
     def estimator(model: EPNet, x, y, phases, *, masks=None, generator=None, step_fn=None, apply_update=None):
@@ -203,27 +190,24 @@ def spiking_estimator(name: str):
             nudged = [torch.zeros_like(n) for n in free.spikes]
             with updates(params, apply_update, phases.lr) as update:
                 for sign in (1.0, -1.0):
-                    st = free.copy()
-                    for k in range(K):
-                        with torch.no_grad():
-                            new = spiking_step(
-                                model,
-                                x,
-                                st,
-                                k + 1,
-                                cfg.nudge_t0,
-                                cfg,
-                                masks,
-                                y,
-                                torch.as_tensor(sign * b, dtype=x.dtype),
-                                generator,
-                            )
-                        g = ep_gradient(model, x, y, st.rates, 0.0, new.rates, 2 * sign * b, masks, loss=False)
-                        if k == K - 1:
-                            g = [a + r for a, r in zip(g, readout_gradient(model, y, new.rates, masks, 0.5))]
-                        update(g, k, K)
-                        grads = [a + gi for a, gi in zip(grads, g)]
-                        st = new
+                    sb = torch.as_tensor(sign * b, dtype=x.dtype)
+                    grads, st = time_local_phase(
+                        model,
+                        y,
+                        free.copy(),
+                        K,
+                        lambda st, k, sb=sb: spiking_step(
+                            model, x, st, k + 1, cfg.nudge_t0, cfg, masks, y, sb, generator
+                        ),
+                        lambda st, new, d=2 * sign * b: ep_gradient(
+                            model, x, y, st.rates, 0.0, new.rates, d, masks, loss=False
+                        ),
+                        update,
+                        0.5,
+                        masks,
+                        rates=lambda st: st.rates,
+                        total=grads,
+                    )
                     nudged = [a + (s - f) for a, s, f in zip(nudged, st.spikes, free.spikes)]
         est = _estimate(model, x, y, grads, free.rates, masks, beta=b, free_steps=phases.T)
         it_spikes = SpikeState(free.rates, free.phi, [f + n for f, n in zip(free.spikes, nudged)])

@@ -1,5 +1,6 @@
 """Bad input gets a clear error naming the bad value."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,42 @@ def test_import_graph_of_the_package_has_no_cycle():
     from ep_compile.registry import ENTRIES
 
     assert ENTRIES["c-ep"].time_local and ENTRIES["spiking-c-ep"].spiking and ENTRIES["kp-vf"].needs_asymmetric
+
+
+def test_layer_specs_drive_layers_metadata_and_mac_count():
+    """One description per layer: the paper's net, counted by hand (App. E.1: 3x3 convs, paddings
+    1-1-1-0, 2x2 max pools), and the ONNX metadata read from the same specs."""
+    from ep_compile.onnx_export import layer_info
+
+    model = EPNet(model_config("cifar10"))
+    fwd = 32 * 32 * 128 * 27 + 16 * 16 * 256 * 1152 + 8 * 8 * 512 * 2304 + 2 * 2 * 512 * 4608
+    feedback = 16 * 16 * 256 * 1152 + 8 * 8 * 512 * 2304 + 2 * 2 * 512 * 4608  # layer 1 feeds back to no state
+    assert model.macs_per_step() == fwd + feedback == 324_403_200
+    assert [s.conv_shape for s in model.specs] == [(128, 32, 32), (256, 16, 16), (512, 8, 8), (512, 2, 2)]
+    assert model.state_shapes == [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 1, 1)]
+    info = layer_info(model)
+    assert [d["conv_shape"] for d in info] == [list(s.conv_shape) for s in model.specs]
+    assert all(tuple(layer.conv_hw) == s.conv_shape[1:] for layer, s in zip(model.layers, model.specs))
+    mlp = EPNet(ModelConfig(in_shape=(1, 28, 28), channels=[], kernels=[], paddings=[], pools=[], fc=[512], loss="mse"))
+    assert [s.kind for s in mlp.specs] == ["dense", "dense"] and mlp.macs_per_step() == 784 * 512 + 2 * 512 * 10
+
+
+def test_run_config_presets_flags_and_stored_configs():
+    """Every preset is a valid RunConfig; every setting with a flag is on the command line once; a
+    stored config with an unknown key is refused by name."""
+    import argparse
+
+    from ep_compile.config import RunConfig
+    from ep_compile.presets import PRESETS
+
+    for name, preset in PRESETS.items():
+        RunConfig.from_dict({**preset, "preset": name}).validate()
+    parser = argparse.ArgumentParser()
+    RunConfig.add_args(parser)
+    flags = {a.dest for a in parser._actions}
+    fields = {f.name for f in dataclasses.fields(RunConfig) if f.metadata["flag"] is not None}
+    assert fields <= flags and {"compile", "augment"} <= flags
+    with pytest.raises(ConfigError, match="bogus"):
+        RunConfig.from_dict({"bogus": 1})
+    cfg = RunConfig()
+    assert cfg["T"] == cfg.T and "T" in cfg and cfg.get("nothing") is None

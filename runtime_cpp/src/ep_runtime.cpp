@@ -9,8 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#if !(defined(__SSE2__) || defined(__ARM_NEON) || defined(__AVX__))
-#define EP_SCALAR_GEMM 1  // no vector unit (a Cortex-M): the plain GEMM loop, the smallest code
+#if !defined(__GNUC__) || !(defined(__SSE2__) || defined(__ARM_NEON) || defined(__AVX__))
+#define EP_SCALAR_GEMM 1  // no vector unit (a Cortex-M) or no GNU vector extensions: the plain GEMM loop
 #endif
 
 namespace ep {
@@ -739,6 +739,19 @@ namespace {
 // widths change the speed, never the bits, so with -ffp-contract=off every build and every CPU
 // (SSE2, AVX2, AVX-512, NEON, Cortex-M) gives the same result. Register tiles use GCC/Clang vector
 // extensions, which each target lowers to its own registers (scalar code where it has none).
+
+// The reference loop: an mr x nr block of C (leading dimension n), every output over k in order. It
+// is the whole GEMM on a core without vectors, and the edges the register tiles leave elsewhere.
+void gemm_ref(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, std::size_t n, int kk, int mr, int nr) {
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j) {
+      float acc = 0.0f;
+      for (int k = 0; k < kk; ++k) acc += a[i * ai + std::size_t(k) * ak] * b[std::size_t(k) * n + j];
+      c[i * n + j] = acc;
+    }
+}
+
+#ifndef EP_SCALAR_GEMM
 #define EP_INLINE inline __attribute__((always_inline))
 
 template <int VB, int ROWS, int COLS>  // vector bytes; tile rows (columns in vectors) / columns (rows in vectors)
@@ -795,16 +808,6 @@ struct Gemm {
     }
   }
 
-  // Anything the tiles leave: the same order, runtime sizes.
-  static EP_INLINE void edge(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, std::size_t n, int kk, int mr, int nr) {
-    for (int i = 0; i < mr; ++i)
-      for (int j = 0; j < nr; ++j) {
-        float acc = 0.0f;
-        for (int k = 0; k < kk; ++k) acc += a[i * ai + std::size_t(k) * ak] * b[std::size_t(k) * n + j];
-        c[i * n + j] = acc;
-      }
-  }
-
   static EP_INLINE void run(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n, int kk) {
     const std::size_t ld = std::size_t(n);
     if (ai == 1 && m >= W) {  // a transposed weight: vectors along the rows of C
@@ -813,7 +816,7 @@ struct Gemm {
         for (int j0 = 0; j0 < n; j0 += COLS) tile_m_cols<2>(std::min(COLS, n - j0), c + i0 * ld + j0, a + i0, ak, b + j0, ld, kk);
       for (; i0 + W <= m; i0 += W)
         for (int j0 = 0; j0 < n; j0 += COLS) tile_m_cols<1>(std::min(COLS, n - j0), c + i0 * ld + j0, a + i0, ak, b + j0, ld, kk);
-      if (i0 < m) edge(c + i0 * ld, a + i0, ai, ak, b, ld, kk, m - i0, n);
+      if (i0 < m) gemm_ref(c + i0 * ld, a + i0, ai, ak, b, ld, kk, m - i0, n);
       return;
     }
     // Vectors along the columns of C, in blocks of KC rows of B: a block of A stays in L2 while every
@@ -840,7 +843,7 @@ struct Gemm {
         for (; i0 < m; ++i0) tile_n<vec4, 1, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
       }
     }
-    if (j0 < n) edge(c + j0, a, ai, ak, b + j0, ld, kk, m, n - j0);
+    if (j0 < n) gemm_ref(c + j0, a, ai, ak, b + j0, ld, kk, m, n - j0);
   }
 };
 
@@ -849,12 +852,13 @@ struct Gemm {
 using Native = Gemm<64, 8, 8>;  // 16 of 32 zmm registers accumulate
 #elif defined(__AVX__)
 using Native = Gemm<32, 6, 6>;  // 12 of 16 ymm
-#elif !defined(EP_SCALAR_GEMM)
+#else
 using Native = Gemm<16, 4, 4>;  // 8 of 16 xmm / 32 q registers
 #endif
+#endif  // EP_SCALAR_GEMM
 
 // ... and on x86-64, wider ones chosen at run time when the CPU has them (the same bits: see above).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX512F__)
+#if defined(__x86_64__) && !defined(EP_SCALAR_GEMM) && !defined(__AVX512F__)
 #define EP_DISPATCH 1
 __attribute__((target("avx512f"))) void gemm_avx512(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n, int kk) {
   Gemm<64, 8, 8>::run(c, a, ai, ak, b, m, n, kk);
@@ -870,7 +874,7 @@ void gemm(float* c, const float* a, std::size_t ai, std::size_t ak, const float*
   if (__builtin_cpu_supports("avx2")) return gemm_avx2(c, a, ai, ak, b, m, n, kk);
 #endif
 #ifdef EP_SCALAR_GEMM
-  Gemm<16, 4, 4>::edge(c, a, ai, ak, b, std::size_t(n), kk, m, n);
+  gemm_ref(c, a, ai, ak, b, std::size_t(n), kk, m, n);
 #else
   Native::run(c, a, ai, ak, b, m, n, kk);
 #endif

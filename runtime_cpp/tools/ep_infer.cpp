@@ -37,6 +37,24 @@ static bool parse_float(const char* s, float* out) {
 
 static int infer(char** argv, bool raw_input, int max_steps, float tol, std::uint64_t cap, const char* out);
 
+// Reads and loads the model at `path` into file / arena / m, each allocation first counted by
+// within(bytes, what); says why on stderr and returns false on failure. Shared by --sizes and inference.
+template <typename Within>
+static bool load_model(const char* path, Within within, std::vector<std::uint8_t>* file, std::vector<float>* arena, ep::Model* m) {
+  std::uint64_t fsize = 0;
+  bool ok = npy::file_size(path, &fsize);
+  if (ok && !within(fsize, path)) return false;
+  if (ok) *file = npy::read_file(path, &ok);
+  if (!ok) { std::fprintf(stderr, "ep_infer: cannot read %s\n", path); return false; }
+  std::size_t n_floats = 0;
+  ep::Status s = ep::required_arena(file->data(), file->size(), &n_floats, m);
+  if (s == ep::OK && !within(std::uint64_t(n_floats) * 4, "the weights")) return false;
+  arena->assign(s == ep::OK && n_floats > 0 ? n_floats : 1, 0.0f);
+  if (s == ep::OK) s = ep::load(file->data(), file->size(), arena->data(), arena->size(), m);
+  if (s != ep::OK) { std::fprintf(stderr, "ep_infer: %s: %s: %s\n", path, ep::status_name(s), m->error); return false; }
+  return true;
+}
+
 // ep_infer --sizes model.onnx [batch]: the buffers an embedded caller must provide (build_firmware.py).
 static int sizes(const char* path, const char* batch_arg) {
   int batch = 0;
@@ -44,16 +62,11 @@ static int sizes(const char* path, const char* batch_arg) {
     std::fprintf(stderr, "ep_infer: --sizes batch %s: expected an integer in [1, 1048576]\n", batch_arg);
     return 2;
   }
-  bool ok = false;
-  std::vector<std::uint8_t> file = npy::read_file(path, &ok);
-  if (!ok) { std::fprintf(stderr, "ep_infer: cannot read %s\n", path); return 1; }
+  std::vector<std::uint8_t> file;
+  std::vector<float> arena;
   static ep::Model m;
-  std::size_t n_floats = 0;
-  ep::Status s = ep::required_arena(file.data(), file.size(), &n_floats, &m);
-  std::vector<float> arena(s == ep::OK ? n_floats + 1 : 1);
-  if (s == ep::OK) s = ep::load(file.data(), file.size(), arena.data(), arena.size(), &m);
-  if (s != ep::OK) { std::fprintf(stderr, "ep_infer: %s: %s: %s\n", path, ep::status_name(s), m.error); return 1; }
-  std::printf("arena_floats=%zu workspace_bytes=%zu n_classes=%d input=%dx%dx%d batch=%d\n", n_floats,
+  if (!load_model(path, [](std::uint64_t, const char*) { return true; }, &file, &arena, &m)) return 1;
+  std::printf("arena_floats=%zu workspace_bytes=%zu n_classes=%d input=%dx%dx%d batch=%d\n", arena.size(),
               ep::workspace_bytes(m, batch), m.n_classes, m.in_c, m.in_h, m.in_w, batch);
   return 0;
 }
@@ -111,22 +124,10 @@ static int infer(char** argv, bool raw_input, int max_steps, float tol, std::uin
                  (unsigned long long)(used >> 20) + 1, (unsigned long long)(cap >> 20));
     return false;
   };
-  std::uint64_t fsize = 0;
-  if (!npy::file_size(argv[1], &fsize)) { std::fprintf(stderr, "ep_infer: cannot read %s\n", argv[1]); return 1; }
-  if (!within(fsize, argv[1])) return 1;
-  bool ok = false;
-  std::vector<std::uint8_t> file = npy::read_file(argv[1], &ok);
-  if (!ok) { std::fprintf(stderr, "ep_infer: cannot read %s\n", argv[1]); return 1; }
-  std::size_t n_floats = 0;
+  std::vector<std::uint8_t> file;
+  std::vector<float> arena;
   static ep::Model m;
-  ep::Status s = ep::required_arena(file.data(), file.size(), &n_floats, &m);
-  if (s == ep::OK && !within(std::uint64_t(n_floats) * 4, "the weights")) return 1;
-  std::vector<float> arena(s == ep::OK && n_floats > 0 ? n_floats : 1);
-  if (s == ep::OK) s = ep::load(file.data(), file.size(), arena.data(), arena.size(), &m);
-  if (s != ep::OK) {
-    std::fprintf(stderr, "ep_infer: %s: %s: %s\n", argv[1], ep::status_name(s), m.error);
-    return 1;
-  }
+  if (!load_model(argv[1], within, &file, &arena, &m)) return 1;
   std::uint64_t xsize = 0;
   if (!npy::file_size(argv[2], &xsize)) { std::fprintf(stderr, "ep_infer: cannot read %s\n", argv[2]); return 1; }
   if (!within(xsize * 5, argv[2])) return 1;  // the file, and its float32 copy when uint8
@@ -168,7 +169,7 @@ static int infer(char** argv, bool raw_input, int max_steps, float tol, std::uin
   std::vector<float> scores(std::size_t(batch) * m.n_classes);
   int steps = 0;
   float residual = 0.0f;
-  s = ep::run(m, x.data.data(), batch, max_steps, tol, work, raw.size() - 16, scores.data(), &steps, &residual);
+  ep::Status s = ep::run(m, x.data.data(), batch, max_steps, tol, work, raw.size() - 16, scores.data(), &steps, &residual);
   if (s == ep::ERR_NONFINITE) {
     std::fprintf(stderr, "ep_infer: did not converge: %s (NaN or Inf) at step %d\n",
                  steps == 0 ? "non-finite input" : "the state became non-finite", steps);
