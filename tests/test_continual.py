@@ -138,9 +138,12 @@ def test_mismatched_models_error():
         ESTIMATORS["c-ep"](EPNet(small_cfg(asymmetric=True)), x, y, Phases(T=2, K=2, beta=0.1))
 
 
-@pytest.mark.parametrize("preset,threshold", [("digits-cep-mlp", 0.85), ("digits-cvf-mlp", 0.75)])
+@pytest.mark.parametrize(
+    "preset,threshold", [("digits-cep-mlp", 0.85), ("digits-cvf-mlp", 0.75), ("digits-cep-conv", 0.95)]
+)
 def test_continual_rules_learn_digits(tmp_path, preset, threshold):
     """A broken increment (wrong sign, missing 1/beta, weights not used by the next step) stays near
-    the 10% of chance."""
+    the 10% of chance. The ConvNet (two-sided C-EP, AdamW at every nudged step, 30 epochs): 96.4%
+    measured; one-sided C-EP with the same recipe stays at chance."""
     last = train(tmp_path / preset, "--preset", preset)[-1]
     assert 1 - last["test_error"] >= threshold, last

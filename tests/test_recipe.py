@@ -138,7 +138,7 @@ KINDS = {  # name -> (argv, two-phase, time-local, bptt, vf, spiking, holomorphi
         *(False, False, False, False, False, False),
     ),
     "bptt": (["--preset", "digits-ce-bptt"], False, False, True, False, False, False),
-    "c-ep": (["--preset", "digits-cep-conv"], False, True, False, False, False, False),
+    "c-ep": (["--preset", "digits-cep-conv", "--estimator", "c-ep"], False, True, False, False, False, False),
     "vf": (["--preset", "digits-ce-vf"], True, False, False, True, False, False),
     "spiking": (["--preset", "digits-spiking"], True, False, False, False, True, False),
     "spiking-c-ep": (["--preset", "digits-spiking", "--estimator", "c-ep"], True, True, False, False, True, False),
