@@ -310,7 +310,7 @@ def preprocessing_meta(config: dict, in_shape) -> dict:
         "transform": TRANSFORM,
         "mean": config.get("mean"),
         "std": config.get("std"),
-        "std_scale": config.get("std_scale", 1.0),
+        "std_scale": config["std_scale"],
         "input_shape": list(in_shape),
     }
 

@@ -267,11 +267,12 @@ def export_checkpoint(ck: dict, path: str, T: int | None = None, rate: bool = Fa
     """Build and save the ONNX file of a training checkpoint (see training.load_checkpoint). A spiking
     network has no spiking ONNX form: with rate=True its weights export as the rate network (whose
     fixed point its decoded states approach), otherwise it is refused."""
+    from .config import RunConfig
     from .data import preprocessing_meta
     from .training import model_from_config
 
-    config = ck["config"]
-    if config.get("neuron", "rate") == "spiking" and not rate:
+    config = RunConfig.from_dict(ck["config"])  # the stored run, with RunConfig's one default for anything absent
+    if config.neuron == "spiking" and not rate:
         raise ConfigError(
             "a spiking checkpoint has no spiking ONNX form; pass --rate to export its rate (non-spiking) "
             "network, whose fixed point the decoded spiking states approach (docs/onnx.md)"
@@ -280,9 +281,9 @@ def export_checkpoint(ck: dict, path: str, T: int | None = None, rate: bool = Fa
     model.load_state_dict(ck["model"])
     meta = {
         "preprocessing": preprocessing_meta(config, model.cfg.in_shape),
-        "classes": config.get("classes") or [str(i) for i in range(model.cfg.n_classes)],
-        "training_config": config,
-        "default_T": str(T or config.get("T", 250)),
+        "classes": config.classes or [str(i) for i in range(model.cfg.n_classes)],
+        "training_config": config.to_dict(),
+        "default_T": str(T or config.T),
     }
     m = build_onnx(model, meta)
     tmp = f"{path}.tmp{os.getpid()}"  # atomic: a failed write never replaces a good file
