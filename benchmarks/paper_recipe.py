@@ -22,6 +22,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+from cli import add_cifar_root_arg  # noqa: E402
+
 from ep_compile.config import RunConfig  # noqa: E402
 from ep_compile.data import augment, make_splits, preprocess  # noqa: E402
 from ep_compile.dynamics import make_step  # noqa: E402
@@ -72,11 +75,7 @@ class Runner:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--data-root",
-        default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"),
-        help="CIFAR-10 (torchvision folder, ImageFolder tree or .tar.gz of one)",
-    )
+    add_cifar_root_arg(p)
     p.add_argument("--iterations", type=int, default=100, help="timed iterations of each recipe (after a warm-up one)")
     p.add_argument("--block", type=int, default=5, help="iterations of one recipe before switching to the other")
     p.add_argument("--threads", type=int, default=1, help="torch threads")

@@ -21,6 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+from cli import add_cifar_root_arg  # noqa: E402
+
 TARGET = 0.60
 # row -> (flags on top of the recipe, the paper's choice it restores)
 LEVERS = {
@@ -112,11 +115,7 @@ def report(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--data-root",
-        default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"),
-        help="CIFAR-10 (torchvision folder, ImageFolder tree or .tar.gz of one)",
-    )
+    add_cifar_root_arg(p)
     p.add_argument("--out", default=str(ROOT / "runs" / "ablation"), help="folder of the runs and the table")
     p.add_argument("--rows", nargs="+", default=None, choices=list(LEVERS), help="only these rows")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (each on one thread)")

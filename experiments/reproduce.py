@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+from cli import add_cifar_root_arg  # noqa: E402
 
 # The reduced configuration: the paper's 4 conv + max-pool layers with 1/8 of the channels, T=30 / K=10
 # instead of 250 / 25-30 (the small net's free phase settles to a residual below 1e-7 by then), 2,500
@@ -238,11 +240,7 @@ def plot(curves, out: Path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--data-root",
-        default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"),
-        help="CIFAR-10 (torchvision folder, ImageFolder tree or .tar.gz of one)",
-    )
+    add_cifar_root_arg(p)
     p.add_argument(
         "--scale",
         choices=("small", "full"),
