@@ -24,6 +24,7 @@ from .estimators import check_compatible
 from .model import ConfigError, EPNet, ModelConfig
 from .presets import PRESETS
 from .spiking import SpikeConfig, check_spiking
+from .trainer import DTYPES
 from .training import MODEL_KEYS, load_checkpoint
 
 
@@ -253,7 +254,6 @@ class RunConfig:
         check_honoured(self, given)
 
 
-DTYPES = ("float32", "float64")
 SPIKE_FLAGS = (  # --spike-KEY -> RunConfig.spike[KEY]
     ("quantizer", "spiking: sigma-delta (deterministic) or stochastic", str),
     ("schedule", "spiking decoder step size: harmonic, constant, power", str),
