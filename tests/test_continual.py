@@ -139,11 +139,13 @@ def test_mismatched_models_error():
 
 
 @pytest.mark.parametrize(
-    "preset,threshold", [("digits-cep-mlp", 0.85), ("digits-cvf-mlp", 0.75), ("digits-cep-conv", 0.95)]
+    "preset,threshold",
+    [("digits-cep-mlp", 0.85), ("digits-cvf-mlp", 0.75), ("digits-cep-conv", 0.95), ("digits-cvf-conv", 0.90)],
 )
 def test_continual_rules_learn_digits(tmp_path, preset, threshold):
     """A broken increment (wrong sign, missing 1/beta, weights not used by the next step) stays near
     the 10% of chance. The ConvNet (two-sided C-EP, AdamW at every nudged step, 30 epochs): 96.4%
-    measured; one-sided C-EP with the same recipe stays at chance."""
+    measured; one-sided C-EP with the same recipe stays at chance. Two-sided C-VF on the ConvNet
+    (half the conv rates, beta=0.5, weight decay 0.1): 93.0 / 96.1 / 92.5% over seeds 0 / 1 / 2."""
     last = train(tmp_path / preset, "--preset", preset)[-1]
     assert 1 - last["test_error"] >= threshold, last
