@@ -74,7 +74,12 @@ class RunConfig:
     )
     hep_points: int = _f(4, "holomorphic: number N of complex nudges on the circle |beta|", "phases")
     # --- optimizer
-    optimizer: str = _f("sgd", "sgd (SGD with momentum, the paper's) or adam (AdamW: scale-free steps)", "optimizer")
+    optimizer: str = _f(
+        "sgd",
+        "sgd (SGD with momentum, the paper's), adam (AdamW: scale-free steps) or adam-phase (AdamW with "
+        "statistics moved once per iteration: time-local increments add up to the EP step)",
+        "optimizer",
+    )
     lrs: list = _f(
         [0.2, 0.1, 0.05],
         "layer-wise initial learning rates, bottom to top (read-out last)",

@@ -186,6 +186,8 @@ class Trainer:
         else:
             est = self.estimate(self.model, x, y, self.phases, **kw)
             self.update(est.grads, where)
+        if hasattr(self.optimizer, "end_iteration"):  # adam-phase: its statistics move per iteration
+            self.optimizer.end_iteration()
         loss_sum = est.loss.sum().item()
         if not math.isfinite(loss_sum):
             raise Diverged(f"non-finite loss at {where}")

@@ -36,14 +36,72 @@ def param_groups(model: EPNet) -> list[list[torch.nn.Parameter]]:
     return groups
 
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adam-phase")
+
+
+class PhaseAdamW(torch.optim.Optimizer):
+    """AdamW whose statistics move once per iteration, so that time-local updates telescope.
+
+    Per-step AdamW normalises each in-phase increment of C-EP on its own, so the K steps of a phase
+    no longer add up to the EP estimate, however small the rate. Here m and v are updated from the
+    iteration's summed estimate G in `end_iteration()`; every `step()` in between moves the weights
+    linearly in its increment g, by -lr (1 - b1) g / (sqrt(v^_{t-1}) + eps) / (1 - b1^t), and
+    `end_iteration()` adds the momentum part -lr b1 m_{t-1} / (...) and the decoupled decay. The sum
+    is AdamW's step with G, with v taken before G: one step() per iteration (standard EP) and K
+    step()s whose increments add up to G (C-EP with frozen states) give the same weights. An
+    increment larger than that RMS (a unit silent until now, v ~ 0) moves its weight by at most
+    lr (1 - b1) / (1 - b1^t) per step. The first iteration has no v yet: its increments are only
+    summed and applied at its end."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p), acc=torch.zeros_like(p))
+                st["acc"].add_(p.grad)
+                t = st["t"] + 1
+                if t > 1:  # v of the iterations before this one; at most one AdamW-sized step
+                    denom = (st["v"] / (1 - b2 ** (t - 1))).sqrt_().add_(group["eps"])
+                    p.add_((p.grad / denom).clamp_(-1, 1), alpha=-group["lr"] * (1 - b1) / (1 - b1**t))
+
+    @torch.no_grad()
+    def end_iteration(self):
+        """Fold the iteration's summed increments into m and v; apply the momentum part and decay."""
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                st = self.state.get(p)
+                if not st:
+                    continue
+                t, G = st["t"] + 1, st["acc"]
+                if t == 1:  # no v before: the whole AdamW step with G
+                    st["m"].add_(G, alpha=1 - b1)
+                    st["v"].addcmul_(G, G, value=1 - b2)
+                    denom = (st["v"] / (1 - b2)).sqrt_().add_(group["eps"])
+                    p.addcdiv_(st["m"], denom, value=-group["lr"] / (1 - b1))
+                else:
+                    denom = (st["v"] / (1 - b2 ** (t - 1))).sqrt_().add_(group["eps"])
+                    p.addcdiv_(st["m"], denom, value=-group["lr"] * b1 / (1 - b1**t))
+                    st["m"].mul_(b1).add_(G, alpha=1 - b1)
+                    st["v"].mul_(b2).addcmul_(G, G, value=1 - b2)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                st["t"], st["acc"] = t, G.zero_()
 
 
 def make_optimizer(model: EPNet, config: dict) -> torch.optim.Optimizer:
     """One learning rate per layer (Table 3). 'sgd': SGD with momentum and weight decay, the paper's
     choice. 'adam': AdamW (decoupled weight decay), which divides each update by the running scale
     of its gradient: at PyTorch's default init the top states of a deep EP ConvNet are ~1e-3, so
-    the estimates are tiny and SGD waits for many steps before anything moves (RESULTS.md)."""
+    the estimates are tiny and SGD waits for many steps before anything moves (RESULTS.md).
+    'adam-phase': PhaseAdamW, for the time-local estimators (their increments telescope)."""
     groups = param_groups(model)
     lrs = list(config["lrs"])
     if len(lrs) != len(groups):
@@ -57,6 +115,8 @@ def make_optimizer(model: EPNet, config: dict) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=lrs[0], momentum=config["momentum"], weight_decay=config["weight_decay"])
     if kind == "adam":
         return torch.optim.AdamW(params, lr=lrs[0], weight_decay=config["weight_decay"])
+    if kind == "adam-phase":
+        return PhaseAdamW(params, lr=lrs[0], weight_decay=config["weight_decay"])
     raise ConfigError(f"unknown optimizer {kind!r}; valid: {', '.join(OPTIMIZERS)}")
 
 

@@ -10,7 +10,7 @@ from conftest import small_cfg, train
 from ep_compile import gradcheck
 from ep_compile.estimators import ESTIMATORS, Phases, kp_vf, one_sided, symmetric
 from ep_compile.model import ConfigError, EPNet
-from ep_compile.training import make_optimizer, wd_compensate
+from ep_compile.training import PhaseAdamW, make_optimizer, wd_compensate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +55,74 @@ def test_tiny_lr_accumulated_update_equals_the_ep_estimate(f64, name, ref, asym)
     got = (before - after) / eta  # the update the weights really received, in loss-gradient units
     assert ((got - want).norm() / want.norm()).item() < 1e-5
     assert ((flat(est.grads) - want).norm() / want.norm()).item() < 1e-5
+
+
+def test_phase_adam_is_adamw_with_the_summed_increments(f64):
+    """adam-phase: increments that add up to G give the weights of one step with G; the first
+    iteration is AdamW's first step; later ones are AdamW with v taken before G (by hand)."""
+    w0, lr, wd, b1, b2, eps = torch.randn(6, 4), 1e-2, 0.1, 0.9, 0.999, 1e-8
+    gen = torch.Generator().manual_seed(1)
+    G0 = torch.randn(6, 4, generator=gen)
+    Gs = [G0, 0.9 * G0, 0.8 * G0]  # each within the RMS before it: no in-phase step is clipped
+
+    def run(split):
+        p = torch.nn.Parameter(w0.clone())
+        opt = PhaseAdamW([p], lr=lr, weight_decay=wd)
+        for G in Gs:
+            for f in split:
+                p.grad = f * G
+                opt.step()
+            opt.end_iteration()
+        return p.detach()
+
+    w, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
+    for t, G in enumerate(Gs, start=1):
+        v_before = v / (1 - b2 ** (t - 1)) if t > 1 else None
+        m, v = b1 * m + (1 - b1) * G, b2 * v + (1 - b2) * G * G
+        denom = (v / (1 - b2) if t == 1 else v_before).sqrt() + eps
+        w = (w - lr * m / (1 - b1**t) / denom) * (1 - lr * wd)
+    one, many = run([1.0]), run([0.5, -0.25, 0.75])
+    assert torch.allclose(one, w, rtol=0, atol=1e-12)
+    assert torch.allclose(many, w, rtol=0, atol=1e-12)
+    p, q = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    adamw, phase = torch.optim.AdamW([p], lr=lr, weight_decay=0.0), PhaseAdamW([q], lr=lr)
+    p.grad, q.grad = Gs[0].clone(), Gs[0].clone()
+    adamw.step(), phase.step(), phase.end_iteration()
+    assert torch.allclose(p, q, rtol=0, atol=1e-12)
+
+
+def test_phase_adam_time_local_steps_telescope_to_the_ep_step(f64):
+    """A training iteration of c-ep-symmetric through adam-phase lands exactly where one of
+    symmetric EP through adam-phase lands (its increments add up to the EP estimate); per-step
+    AdamW does not: it normalises each increment on its own."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 1, 8, 8, generator=g), torch.randint(0, 4, (4,), generator=g)
+    ph, lr = Phases(T=80, K=20, beta=0.2), 1e-3
+
+    def train_one(name, kind):
+        torch.manual_seed(0)
+        model = EPNet(small_cfg(fc=[5]))
+        n_groups = len(model.layers) + 1
+        opt = make_optimizer(model, {"lrs": [lr] * n_groups, "momentum": 0.0, "weight_decay": 0.0, "optimizer": kind})
+        before = flat(model.parameters()).clone()
+
+        def update(gs, k, K):
+            for p, gi in zip(model.parameters(), gs):
+                p.grad = gi
+            opt.step()
+
+        if name.startswith("c-"):
+            ESTIMATORS[name](model, x, y, ph, apply_update=update)
+        else:
+            update(ESTIMATORS[name](model, x, y, ph).grads, 0, 1)
+        if hasattr(opt, "end_iteration"):
+            opt.end_iteration()
+        return flat(model.parameters()) - before
+
+    ep, cep = train_one("symmetric", "adam-phase"), train_one("c-ep-symmetric", "adam-phase")
+    per_step = train_one("c-ep-symmetric", "adam")
+    assert ((cep - ep).norm() / ep.norm()).item() < 1e-9
+    assert ((per_step - ep).norm() / ep.norm()).item() > 0.5
 
 
 def test_weight_decay_compensation(f64):
