@@ -59,7 +59,7 @@ class PhaseAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            b1, b2 = group["betas"]
+            b1 = group["betas"][0]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -69,29 +69,26 @@ class PhaseAdamW(torch.optim.Optimizer):
                 st["acc"].add_(p.grad)
                 t = st["t"] + 1
                 if t > 1:  # v of the iterations before this one; at most one AdamW-sized step
-                    denom = (st["v"] / (1 - b2 ** (t - 1))).sqrt_().add_(group["eps"])
-                    p.add_((p.grad / denom).clamp_(-1, 1), alpha=-group["lr"] * (1 - b1) / (1 - b1**t))
+                    p.add_((p.grad / st["denom"]).clamp_(-1, 1), alpha=-group["lr"] * (1 - b1) / (1 - b1**t))
 
     @torch.no_grad()
     def end_iteration(self):
-        """Fold the iteration's summed increments into m and v; apply the momentum part and decay."""
+        """Fold the iteration's summed increments into m and v; apply the momentum part and decay.
+        Keeps sqrt(v^_t) + eps for the next iteration's steps (it does not change within one)."""
         for group in self.param_groups:
             b1, b2 = group["betas"]
             for p in group["params"]:
                 st = self.state.get(p)
                 if not st:
                     continue
-                t, G = st["t"] + 1, st["acc"]
+                t, G, m, v = st["t"] + 1, st["acc"], st["m"], st["v"]
+                if t > 1:  # the momentum part, with v before G
+                    p.addcdiv_(m, st["denom"], value=-group["lr"] * b1 / (1 - b1**t))
+                m.mul_(b1).add_(G, alpha=1 - b1)
+                v.mul_(b2).addcmul_(G, G, value=1 - b2)
+                st["denom"] = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
                 if t == 1:  # no v before: the whole AdamW step with G
-                    st["m"].add_(G, alpha=1 - b1)
-                    st["v"].addcmul_(G, G, value=1 - b2)
-                    denom = (st["v"] / (1 - b2)).sqrt_().add_(group["eps"])
-                    p.addcdiv_(st["m"], denom, value=-group["lr"] / (1 - b1))
-                else:
-                    denom = (st["v"] / (1 - b2 ** (t - 1))).sqrt_().add_(group["eps"])
-                    p.addcdiv_(st["m"], denom, value=-group["lr"] * b1 / (1 - b1**t))
-                    st["m"].mul_(b1).add_(G, alpha=1 - b1)
-                    st["v"].mul_(b2).addcmul_(G, G, value=1 - b2)
+                    p.addcdiv_(m, st["denom"], value=-group["lr"] / (1 - b1))
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 st["t"], st["acc"] = t, G.zero_()
 
