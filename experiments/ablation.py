@@ -1,14 +1,17 @@
 """What each lever of the `cifar10-cpu` recipe buys: the recipe with one lever switched back to the
 paper's choice, timed to 60% test accuracy on the full CIFAR-10 test set (RESULTS.md section 0).
 
-    python experiments/ablation.py --data-root ../shared/data/cifar10-jpeg.tar.gz --jobs 2
-    python experiments/ablation.py --rows recipe paper-lrs --jobs 2     # some rows
-    python experiments/ablation.py --report-only                        # the table from finished runs
+    python experiments/ablation.py --data-root ../shared/data/cifar10-jpeg.tar.gz --rows sync
+    python experiments/ablation.py --rows paper-lrs --hours 1.0           # a row not expected to get there
+    python experiments/ablation.py --report-only                          # the table from finished runs
 
-Every row is `experiments/cifar.py --preset cifar10-cpu` plus the flags below, one thread per run
-(--jobs runs side by side), stopped at 60% (--stop-at-accuracy) or when the next epoch would end past
---hours (a lower bound then: "not reached in X h, best Y%"). Runs go to runs/ablation/<row>; an
-interrupted run resumes.
+Every row is `experiments/cifar.py --preset cifar10-cpu` plus the flags below, run the way the recipe
+itself was timed (`accelerate launch --multi_gpu --num_processes 2`, one thread per process, nothing
+else on the machine), stopped at 60% (--stop-at-accuracy) or when the next epoch would end past
+--hours (a lower bound then: "not reached in X h, best Y%"). The `recipe` row defaults to that timed
+run (results/cifar10-cpu/, run 3 of RESULTS.md section 0) unless runs/ablation/recipe exists.
+`--procs 1 --jobs 2` runs two rows side by side at one thread each instead (their times then compare
+with each other, not with run 3). Runs go to runs/ablation/<row>; an interrupted run resumes.
 """
 
 import argparse
@@ -25,6 +28,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from cli import add_cifar_root_arg  # noqa: E402
 
 TARGET = 0.60
+RECIPE_RUN = ROOT / "results" / "cifar10-cpu" / "adam-hs1-noaug-T20K8-16ep.metrics.jsonl"
 # row -> (flags on top of the recipe, the paper's choice it restores)
 LEVERS = {
     "recipe": ("", "nothing: the recipe itself"),
@@ -41,16 +45,26 @@ LEVERS = {
 }
 
 
-def run_one(row, args):
+def command(row, args):
+    """The command line of one row: a fresh run with the lever's flags, or the resume of its folder."""
     out = Path(args.out) / row
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     script = str(ROOT / "experiments" / "cifar.py")
+    launch = [sys.executable, script]
+    if args.procs > 1:  # gloo on the CPU: --multi_gpu is what starts N processes (README, accelerate)
+        launch = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(args.procs),
+            script,
+        ]
     if (out / "last.pt").exists():
-        cmd = [sys.executable, script, "--resume", str(out), "--cpu"]
+        cmd = [*launch, "--resume", str(out), "--cpu"]
     else:
         cmd = [
-            sys.executable,
-            script,
+            *launch,
             "--preset",
             "cifar10-cpu",
             "--cpu",
@@ -64,6 +78,13 @@ def run_one(row, args):
             str(args.hours),
             *LEVERS[row][0].split(),
         ]
+    return cmd
+
+
+def run_one(row, args):
+    out = Path(args.out) / row
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = command(row, args)
     out.mkdir(parents=True, exist_ok=True)
     t = time.time()
     with open(out / "stdout.log", "a") as log:
@@ -73,19 +94,23 @@ def run_one(row, args):
 
 def report(args):
     lines = [
-        "| row (lever switched back) | time to 60% | best test acc. % | epochs | s / epoch (median) |",
-        "|---|---|---|---|---|",
+        "| row (lever switched back) | time to 60% | epochs to 60% | best test acc. % | epochs run | s / epoch (median) |",
+        "|---|---|---|---|---|---|",
     ]
     rows = []
     for row, (_, what) in LEVERS.items():
         f = Path(args.out) / row / "metrics.jsonl"
+        if row == "recipe" and not f.exists():
+            f, what = RECIPE_RUN, f"{what}, run 3 of section 0"
         if not f.exists():
             continue
         ms = [json.loads(line) for line in f.read_text().splitlines()]
         full = [m for m in ms if not m.get("partial")]
         if not full:
             continue
-        hit = next((m["wall_seconds"] for m in ms if 1 - m["test_error"] >= TARGET), None)
+        first = next((m for m in ms if 1 - m["test_error"] >= TARGET), None)
+        hit = first["wall_seconds"] if first else None
+        epochs_to = f"{first['epoch']}" if first else "-"
         best = max(100 * (1 - m["test_error"]) for m in ms)
         secs = sorted(m["epoch_seconds"] for m in full)[len(full) // 2]
         when = (
@@ -99,12 +124,13 @@ def report(args):
                 "lever": what,
                 "seconds_to_60": hit,
                 "best_accuracy": best,
+                "epochs_to_60": first["epoch"] if first else None,
                 "epochs": len(full),
                 "epoch_seconds": secs,
                 "wall_seconds": full[-1]["wall_seconds"],
             }
         )
-        lines.append(f"| {row} ({what}) | {when} | {best:.1f} | {len(full)} | {secs:.0f} |")
+        lines.append(f"| {row} ({what}) | {when} | {epochs_to} | {best:.1f} | {len(full)} | {secs:.0f} |")
     table = "\n".join(lines)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +144,8 @@ def main(argv=None):
     add_cifar_root_arg(p)
     p.add_argument("--out", default=str(ROOT / "runs" / "ablation"), help="folder of the runs and the table")
     p.add_argument("--rows", nargs="+", default=None, choices=list(LEVERS), help="only these rows")
-    p.add_argument("--jobs", type=int, default=2, help="runs at once (each on one thread)")
+    p.add_argument("--procs", type=int, default=2, help="processes per run (one thread each), as the recipe was timed")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once")
     p.add_argument("--hours", type=float, default=2.4, help="wall-clock budget of each run")
     p.add_argument("--report-only", action="store_true", help="only build the table from finished runs")
     args = p.parse_args(argv)

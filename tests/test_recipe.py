@@ -1,6 +1,7 @@
 """The CPU CIFAR-10 recipe's pieces: its preset runs, the learning-rate schedule with warm-up,
 AdamW, the init gain, test evaluations inside an epoch and the time-to-accuracy summary."""
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -244,3 +245,38 @@ def test_stop_at_accuracy_and_max_hours_end_a_run_early(tmp_path, capsys, monkey
     assert cifar.main(base + ["--out", str(tmp_path / "b"), "--max-hours", "1e-6"]) == 0
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 1
     assert "stopping after epoch 1" in capsys.readouterr().out
+
+
+def test_ablation_rows_launch_like_the_recipe_and_report_time_to_60(tmp_path, monkeypatch):
+    """experiments/ablation.py: a row is the recipe plus its lever's flags under two processes (as
+    the recipe was timed) or a resume of its folder; the report takes the first epoch at 60% and
+    labels a row that never got there as a lower bound."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import ablation
+
+    args = argparse.Namespace(out=str(tmp_path), data_root="D", hours=1.0, procs=2)
+    cmd = ablation.command("sync", args)
+    assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd
+    assert cmd[cmd.index("--preset") + 1] == "cifar10-cpu" and cmd[-2:] == ["--schedule", "sync"]
+    assert cmd[cmd.index("--max-hours") + 1] == "1.0" and cmd[cmd.index("--stop-at-accuracy") + 1] == "0.6"
+    args.procs = 1
+    (tmp_path / "beta-1").mkdir()
+    (tmp_path / "beta-1" / "last.pt").write_bytes(b"")
+    cmd = ablation.command("beta-1", args)
+    assert "--multi_gpu" not in cmd and cmd[-3:] == ["--resume", str(tmp_path / "beta-1"), "--cpu"]
+
+    def write(row, accs):
+        rows = [
+            {"epoch": i + 1, "test_error": 1 - a, "wall_seconds": 100.0 * (i + 1), "epoch_seconds": 100.0}
+            for i, a in enumerate(accs)
+        ]
+        (tmp_path / row).mkdir(exist_ok=True)
+        (tmp_path / row / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("sync", [0.4, 0.55, 0.61, 0.65])
+    write("beta-1", [0.3, 0.5])
+    ablation.main(["--report-only", "--out", str(tmp_path)])
+    rows = {r["row"]: r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
+    assert rows["sync"]["seconds_to_60"] == 300.0 and rows["sync"]["epochs_to_60"] == 3
+    assert rows["beta-1"]["seconds_to_60"] is None and rows["beta-1"]["best_accuracy"] == pytest.approx(50.0)
+    assert "not reached in 0.1 h (lower bound)" in (tmp_path / "table.md").read_text()
