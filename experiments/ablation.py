@@ -109,8 +109,7 @@ def report(args):
         if not full:
             continue
         first = next((m for m in ms if 1 - m["test_error"] >= TARGET), None)
-        hit = first["wall_seconds"] if first else None
-        epochs_to = f"{first['epoch']}" if first else "-"
+        hit, epochs_to = (first["wall_seconds"], first["epoch"]) if first else (None, None)
         best = max(100 * (1 - m["test_error"]) for m in ms)
         secs = sorted(m["epoch_seconds"] for m in full)[len(full) // 2]
         when = (
@@ -124,13 +123,13 @@ def report(args):
                 "lever": what,
                 "seconds_to_60": hit,
                 "best_accuracy": best,
-                "epochs_to_60": first["epoch"] if first else None,
+                "epochs_to_60": epochs_to,
                 "epochs": len(full),
                 "epoch_seconds": secs,
                 "wall_seconds": full[-1]["wall_seconds"],
             }
         )
-        lines.append(f"| {row} ({what}) | {when} | {epochs_to} | {best:.1f} | {len(full)} | {secs:.0f} |")
+        lines.append(f"| {row} ({what}) | {when} | {epochs_to or '-'} | {best:.1f} | {len(full)} | {secs:.0f} |")
     table = "\n".join(lines)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
