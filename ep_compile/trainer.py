@@ -355,9 +355,10 @@ class Trainer:
             + ", ".join(f"{k}: {'not reached' if v is None else f'{v:.0f} s'}" for k, v in reached.items())
         )
         full = [r for r in self.history if not r.get("partial")]
-        if full:
+        if full:  # best.pt is chosen on the validation error, or on the train error without a split
+            what = "validation" if full[-1].get("val_error") is not None else "train (no validation split)"
             self.log(
                 f"final test accuracy {100 * (1 - full[-1]['test_error']):.2f}% (test error {100 * full[-1]['test_error']:.2f}%), "
-                f"best validation error {100 * self.best:.2f}%; run folder {out}"
+                f"best {what} error {100 * self.best:.2f}%; run folder {out}"
             )
         return full[-1] if full else {}

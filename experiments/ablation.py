@@ -61,7 +61,7 @@ def command(row, args):
             script,
         ]
     if (out / "last.pt").exists():
-        cmd = [*launch, "--resume", str(out), "--cpu"]
+        cmd = [*launch, "--resume", str(out), "--cpu", "--max-hours", str(args.hours)]  # --hours may change
     else:
         cmd = [
             *launch,
@@ -112,11 +112,7 @@ def report(args):
         hit, epochs_to = (first["wall_seconds"], first["epoch"]) if first else (None, None)
         best = max(100 * (1 - m["test_error"]) for m in ms)
         secs = sorted(m["epoch_seconds"] for m in full)[len(full) // 2]
-        when = (
-            f"{hit:.0f} s"
-            if hit is not None
-            else f"not reached in {full[-1]['wall_seconds'] / 3600:.1f} h (lower bound)"
-        )
+        when = f"{hit:.0f} s" if hit is not None else f"not reached in {full[-1]['wall_seconds']:.0f} s (lower bound)"
         rows.append(
             {
                 "row": row,

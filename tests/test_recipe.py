@@ -263,7 +263,8 @@ def test_ablation_rows_launch_like_the_recipe_and_report_time_to_60(tmp_path, mo
     (tmp_path / "beta-1").mkdir()
     (tmp_path / "beta-1" / "last.pt").write_bytes(b"")
     cmd = ablation.command("beta-1", args)
-    assert "--multi_gpu" not in cmd and cmd[-3:] == ["--resume", str(tmp_path / "beta-1"), "--cpu"]
+    assert "--multi_gpu" not in cmd and cmd[-3:] == ["--cpu", "--max-hours", "1.0"]  # a resume takes --hours
+    assert cmd[cmd.index("--resume") + 1] == str(tmp_path / "beta-1")
 
     def write(row, accs):
         rows = [
@@ -279,4 +280,4 @@ def test_ablation_rows_launch_like_the_recipe_and_report_time_to_60(tmp_path, mo
     rows = {r["row"]: r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
     assert rows["sync"]["seconds_to_60"] == 300.0 and rows["sync"]["epochs_to_60"] == 3
     assert rows["beta-1"]["seconds_to_60"] is None and rows["beta-1"]["best_accuracy"] == pytest.approx(50.0)
-    assert "not reached in 0.1 h (lower bound)" in (tmp_path / "table.md").read_text()
+    assert "not reached in 200 s (lower bound)" in (tmp_path / "table.md").read_text()

@@ -121,7 +121,8 @@ def test_symmetric_ce_ep_learns_digits(tmp_path):
     """The embedded default (symmetric EP, cross-entropy read-out) on real digits: >= 95% test
     accuracy. A broken estimator (e.g. a wrong sign or a missing 1/beta) stays far below."""
     out = tmp_path / "digits"
-    run_script(["--no-compile", "--cpu", "--out", str(out)])
+    p = run_script(["--no-compile", "--cpu", "--out", str(out)])
+    assert "best validation error" in p.stdout + p.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert set(rows[-1]) >= {"epoch", "train_error", "train_loss", "val_error", "test_error", "lr", "epoch_seconds"}
     assert 1 - rows[-1]["test_error"] >= 0.95, rows[-1]
@@ -131,6 +132,15 @@ def test_symmetric_ce_ep_learns_digits(tmp_path):
     p = run_script(["--eval-only", "--resume", str(out)])
     assert f"test error {100 * rows[-1]['test_error']:.2f}%" in p.stdout + p.stderr
     assert "30 free-phase steps" in p.stdout + p.stderr
+
+
+def test_without_a_validation_split_the_log_names_the_train_error(tmp_path):
+    """--val-size 0 keeps best.pt on the train error: the last line must say so, not 'validation'."""
+    p = run_script([*SMALL, "--val-size", "0", "--out", str(tmp_path / "r")])
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_error"] is None
+    best = min(r["train_error"] for r in rows)
+    assert f"best train (no validation split) error {100 * best:.2f}%" in p.stdout + p.stderr
 
 
 @pytest.mark.parametrize(
