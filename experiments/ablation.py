@@ -32,6 +32,7 @@ RECIPE_RUN = ROOT / "results" / "cifar10-cpu" / "adam-hs1-noaug-T20K8-16ep.metri
 # row -> (flags on top of the recipe, the paper's choice it restores)
 LEVERS = {
     "recipe": ("", "nothing: the recipe itself"),
+    "seed-1": ("--seed 1", "nothing: the recipe with seed 1, the noise floor of this table"),
     "sync": ("--schedule sync", "synchronous updates of all layers (even/odd off)"),
     "paper-T-K": ("--schedule sync --T 250 --K 25", "the paper's T=250, K=25, synchronous"),
     "paper-lrs": (
