@@ -12,15 +12,15 @@ Usage: python benchmarks/recipe_pilots/sync_settling.py runs/ablation/sync/last.
 import sys
 
 import torch
+from common import cifar_splits, load_float64, weight_cosines
 
-from ep_compile.data import make_splits, normalize
+from ep_compile.data import normalize
 from ep_compile.dynamics import SCHEDULES
 from ep_compile.estimators import Phases, bptt, symmetric
-from ep_compile.training import load_checkpoint, model_from_config
 
 CHECK = (5, 10, 20, 40, 100, 250)
 torch.set_num_threads(1)
-s = make_splits("cifar10", "../shared/data/cifar10-jpeg.tar.gz", 0, None, None, 0, None, log=lambda *a: None)
+s = cifar_splits()
 
 
 def settle(m, x, step_fn, steps=300):
@@ -34,11 +34,7 @@ def settle(m, x, step_fn, steps=300):
 
 
 for path in sys.argv[1:]:
-    ck = load_checkpoint(path)
-    cfg = ck["config"]
-    m = model_from_config(cfg)
-    m.load_state_dict(ck["model"])
-    m = m.double()
+    ck, cfg, m = load_float64(path)
     x = normalize(s.train.x[:64], cfg["mean"], cfg["std"], 3.0, torch.float64)  # (64, 3, 32, 32)
     y = s.train.y[:64]
     print(f"{path}: trained with schedule {cfg['schedule']}, epoch {ck['epoch']}")
@@ -52,9 +48,5 @@ for path in sys.argv[1:]:
             print(f"  {name:8s} t={t:3d}  one-step {one:.2e}  two-step {two:.2e}  predictions as settled {agree:.2f}")
         ref = bptt(m, x, y, Phases(T=150, K=60, bptt_steps=150), step_fn=step_fn)
         e = symmetric(m, x, y, Phases(T=20, K=8, beta=0.5), step_fn=step_fn)
-        cos = [
-            torch.nn.functional.cosine_similarity(g1.flatten(), g2.flatten(), dim=0).item()
-            for (n, _), g1, g2 in zip(m.named_parameters(), e.grads, ref.grads)
-            if n.endswith("weight")
-        ]
+        cos = weight_cosines(m, e.grads, ref.grads)
         print(f"  {name:8s} EP T20 K8 beta0.5 cos vs BPTT(150) per weight: " + " ".join(f"{c:.2f}" for c in cos))

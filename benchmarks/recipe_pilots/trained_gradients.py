@@ -8,26 +8,24 @@ Usage: python benchmarks/recipe_pilots/trained_gradients.py runs/RUN/last.pt | i
 import sys
 
 import torch
+from common import cifar_splits, load_float64, weight_cosines
 
 from ep_compile.config import RunConfig
-from ep_compile.data import make_splits, normalize
+from ep_compile.data import normalize
 from ep_compile.dynamics import relax_until, step_evenodd
 from ep_compile.estimators import Phases, bptt, symmetric
 from ep_compile.presets import PRESETS
-from ep_compile.training import load_checkpoint, model_from_config
+from ep_compile.training import model_from_config
 
 torch.set_num_threads(1)
-s = make_splits("cifar10", "../shared/data/cifar10-jpeg.tar.gz", 0, None, None, 0, None, log=lambda *a: None)
+s = cifar_splits()
 if sys.argv[1] == "init":
     cfg = RunConfig.from_dict({**PRESETS["cifar10-cpu"], "mean": s.mean, "std": s.std})
     torch.manual_seed(0)
     ck = {"epoch": 0, "step": 0}
     m = model_from_config(cfg)
 else:
-    ck = load_checkpoint(sys.argv[1])
-    cfg = ck["config"]
-    m = model_from_config(cfg)
-    m.load_state_dict(ck["model"])
+    ck, cfg, m = load_float64(sys.argv[1])
 m = m.double()
 x = normalize(s.train.x[:64], cfg["mean"], cfg["std"], 3.0, torch.float64)
 y = s.train.y[:64]
@@ -39,12 +37,7 @@ print("read-out logits std", m.logits(st).std().item())
 ref = bptt(m, x, y, Phases(T=150, K=60, bptt_steps=150), step_fn=step_evenodd)
 for T, K, beta in [(10, 4, 0.5), (20, 8, 0.5), (60, 30, 0.5), (60, 30, 0.1), (10, 4, 0.2), (10, 8, 0.5)]:
     e = symmetric(m, x, y, Phases(T=T, K=K, beta=beta), step_fn=step_evenodd)
-    ws = [(g1, g2) for (nme, _), g1, g2 in zip(m.named_parameters(), e.grads, ref.grads) if nme.endswith("weight")]
-    cos = [torch.nn.functional.cosine_similarity(g1.flatten(), g2.flatten(), dim=0).item() for g1, g2 in ws]
+    cos = weight_cosines(m, e.grads, ref.grads)
     print(f"T{T} K{K} beta{beta} cos vs converged BPTT", " ".join(f"{c:.2f}" for c in cos), flush=True)
 b = bptt(m, x, y, Phases(T=10, K=4, bptt_steps=4), step_fn=step_evenodd)
-ws = [(g1, g2) for (nme, _), g1, g2 in zip(m.named_parameters(), b.grads, ref.grads) if nme.endswith("weight")]
-print(
-    "BPTT T10 trunc4 cos",
-    " ".join(f"{torch.nn.functional.cosine_similarity(g1.flatten(), g2.flatten(), dim=0).item():.2f}" for g1, g2 in ws),
-)
+print("BPTT T10 trunc4 cos", " ".join(f"{c:.2f}" for c in weight_cosines(m, b.grads, ref.grads)))
