@@ -1,9 +1,11 @@
 """Why a row stays at chance: how the units of a trained cifar10-cpu checkpoint sit after its own
-free phase (T steps of its schedule from the zero state), on 250 test images (every 40th: the test set is stored by class), in float64.
+free phase (T steps of its schedule from the zero state), on 250 test images (every 40th: the test
+set is stored by class), in float64.
 
 Per layer it prints the share of units clamped at 0, clamped at 1 and in the linear part of the
 activation, and the weight norm; then the read-out's logit spread and the share of images given
-each class. A net whose units are all clamped passes no signal, so its EP estimate is zero.
+each class. A layer whose units are all clamped passes no signal: its logits cannot depend on the
+input, and a nudge at the read-out reaches the layers below only if it un-clamps one of them.
 Usage: python benchmarks/recipe_pilots/saturation.py runs/ablation/paper-lrs/last.pt [more checkpoints]
 """
 
@@ -12,26 +14,23 @@ import sys
 import torch
 from common import cifar_splits, load_float64
 
-from ep_compile.data import normalize
-from ep_compile.dynamics import SCHEDULES
+from ep_compile.data import preprocess
+from ep_compile.dynamics import SCHEDULES, relax
 
 torch.set_num_threads(1)
 s = cifar_splits()
 
 for path in sys.argv[1:]:
     ck, cfg, m = load_float64(path)
-    x = normalize(s.test.x[::40], cfg["mean"], cfg["std"], 3.0, torch.float64)  # (250, 3, 32, 32)
-    states = m.init_states(x.shape[0], x)
+    x = preprocess(s.test.x[::40], cfg, torch.float64)  # (250, 3, 32, 32)
     with torch.no_grad():
-        for _ in range(cfg["T"]):
-            states = SCHEDULES[cfg["schedule"]](m, x, states)
+        states = relax(m, x, m.init_states(x.shape[0], x), cfg["T"], step_fn=SCHEDULES[cfg["schedule"]])
         logits = m.logits(states)  # (250, 10)
     print(f"{path}: epoch {ck['epoch']}, {cfg['optimizer']} lrs {cfg['lrs']}, T={cfg['T']} {cfg['schedule']}")
     weights = [(n, p) for n, p in m.named_parameters() if n.endswith("weight")]
-    for i, st in enumerate(states):
+    for i, (st, (name, w)) in enumerate(zip(states, weights)):  # state i is the output of weight i
         zero = (st <= 0).double().mean().item()
         one = (st >= 1).double().mean().item()
-        name, w = weights[i] if i < len(weights) else ("-", torch.zeros(1))
         print(
             f"  state {i} {tuple(st.shape[1:])}: at 0 {zero:.3f}  at 1 {one:.3f}  linear {1 - zero - one:.3f}"
             f"  |{name}| {w.norm().item():.2f}"

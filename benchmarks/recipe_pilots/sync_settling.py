@@ -14,8 +14,8 @@ import sys
 import torch
 from common import cifar_splits, load_float64, weight_cosines
 
-from ep_compile.data import normalize
-from ep_compile.dynamics import SCHEDULES
+from ep_compile.data import preprocess
+from ep_compile.dynamics import SCHEDULES, relax
 from ep_compile.estimators import Phases, bptt, symmetric
 
 CHECK = (5, 10, 20, 40, 100, 250)
@@ -25,17 +25,15 @@ s = cifar_splits()
 
 def settle(m, x, step_fn, steps=300):
     """States after every step of the free phase from the zero state, as a list."""
-    states, out = m.init_states(x.shape[0], x), []
+    out = []
     with torch.no_grad():
-        for _ in range(steps + 2):
-            states = step_fn(m, x, states)
-            out.append(states)
+        relax(m, x, m.init_states(x.shape[0], x), steps + 2, step_fn=step_fn, callback=lambda t, st: out.append(st))
     return out
 
 
 for path in sys.argv[1:]:
     ck, cfg, m = load_float64(path)
-    x = normalize(s.train.x[:64], cfg["mean"], cfg["std"], 3.0, torch.float64)  # (64, 3, 32, 32)
+    x = preprocess(s.train.x[:64], cfg, torch.float64)  # (64, 3, 32, 32)
     y = s.train.y[:64]
     print(f"{path}: trained with schedule {cfg['schedule']}, epoch {ck['epoch']}")
     for name, step_fn in SCHEDULES.items():

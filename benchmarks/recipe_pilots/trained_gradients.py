@@ -11,7 +11,7 @@ import torch
 from common import cifar_splits, load_float64, weight_cosines
 
 from ep_compile.config import RunConfig
-from ep_compile.data import normalize
+from ep_compile.data import preprocess
 from ep_compile.dynamics import relax_until, step_evenodd
 from ep_compile.estimators import Phases, bptt, symmetric
 from ep_compile.presets import PRESETS
@@ -27,7 +27,7 @@ if sys.argv[1] == "init":
 else:
     ck, cfg, m = load_float64(sys.argv[1])
 m = m.double()
-x = normalize(s.train.x[:64], cfg["mean"], cfg["std"], 3.0, torch.float64)
+x = preprocess(s.train.x[:64], cfg, torch.float64)
 y = s.train.y[:64]
 with torch.no_grad():
     st, n, res = relax_until(m, x, m.init_states(64, x), 400, 1e-7, 1, step_fn=step_evenodd)
