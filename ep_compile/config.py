@@ -22,7 +22,7 @@ from . import registry
 from .data import DATASETS
 from .estimators import check_compatible
 from .model import ConfigError, EPNet, ModelConfig
-from .presets import PRESETS
+from .presets import PRESETS, closest
 from .spiking import SpikeConfig, check_spiking
 from .trainer import DTYPES
 from .training import MODEL_KEYS, load_checkpoint
@@ -57,7 +57,7 @@ class RunConfig:
     neuron: str = _f("rate", "rate units, or binary spikes through sigma-delta encoders", "model")
     spike: dict = _f({}, "spiking options (--spike-*)", "model", flag=None)
     # --- phases
-    estimator: str = _f("symmetric", "gradient estimator (see ep_compile.registry)", "phases")
+    estimator: str = _f("symmetric", "gradient estimator", "phases")
     T: int = _f(30, "free-phase steps", "phases", flag="--T")
     K: int = _f(10, "nudged-phase steps", "phases", flag="--K")
     beta: float = _f(0.5, "nudging strength", "phases")
@@ -162,7 +162,8 @@ class RunConfig:
                 continue
             typ = m["type"] or {"int": int, "float": float}.get(f.type.split(" |")[0], str)
             nargs = "+" if m["many"] else None
-            g.add_argument(flag, dest=f.name, type=typ, nargs=nargs, default=None, help=m["help"])
+            hlp = m["help"] + (": " + ", ".join(registry.ENTRIES) if f.name == "estimator" else "")
+            g.add_argument(flag, dest=f.name, type=typ, nargs=nargs, default=None, help=f"{hlp} {_shown(f)}")
         g = groups["data"]
         g.add_argument("--no-augment", action="store_true", help="no random crop / flip")
         g.add_argument("--augment", action="store_true", help="random crop and flip (the paper's augmentation)")
@@ -192,7 +193,9 @@ class RunConfig:
     def from_args(cls, args) -> RunConfig:
         """The preset, the flags given over it, validated."""
         if args.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}")
+            raise ConfigError(
+                f"unknown preset {args.preset!r}{closest(args.preset, PRESETS) or '; see --list-presets'}"
+            )
         given = cls.given(args)
         d = {**PRESETS[args.preset], "preset": args.preset, **given}
         spike = dict(d.get("spike", {}))
@@ -257,6 +260,27 @@ class RunConfig:
         if self.neuron == "spiking":
             check_spiking(model)
         check_honoured(self, given)
+
+
+def _shown(f) -> str:
+    """'(default: X)' for --help: RunConfig's default, which a preset may override."""
+    d = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if d is None or d == [] or d == {}:
+        return "(default: unset)"
+    return f"(default: {' '.join(map(str, d)) if isinstance(d, list) else d})"
+
+
+def cautions(cfg: RunConfig) -> list[str]:
+    """Combinations that run but were measured to train to chance, each as one line naming what
+    works (RESULTS.md section 3): the caller prints them before training."""
+    out = []
+    e = registry.entry(cfg.estimator)
+    if e.time_local and not e.spiking and cfg.channels and cfg.optimizer == "sgd":
+        out.append(
+            f"caution: --estimator {cfg.estimator} with --optimizer sgd on a ConvNet was measured to train to "
+            "chance (SGD's in-phase steps run away); --optimizer adam-phase or --preset digits-cep-conv learn"
+        )
+    return out
 
 
 SPIKE_FLAGS = (  # --spike-KEY -> RunConfig.spike[KEY]

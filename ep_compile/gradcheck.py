@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import torch
 
@@ -147,11 +148,18 @@ def run(args) -> dict:
     if args.K > args.T:
         raise ConfigError(f"K={args.K} must not exceed T={args.T}: BPTT is truncated to the last K free steps")
     model.check_input(x)
+    t0 = time.time()
+
+    def progress(what: str) -> None:  # long checks say where they are (stderr: stdout keeps the table)
+        print(f"gradcheck [{time.time() - t0:6.1f} s] {what}", file=sys.stderr, flush=True)
+
+    progress(f"BPTT reference: {args.T} free steps, then {args.K} truncated steps backpropagated one by one")
     ref_steps, traj = bptt_per_step(model, x, y, args.T, args.K)
     s_free = traj[-1]
     results, changes, curves = [], [], {}  # curves: beta -> {label: [estimate after t nudged steps]}
     for beta in args.betas:
         for name in args.estimators:
+            progress(f"{name}, beta={beta:g}")
             if name in CONTINUAL:
                 per = continual_per_step(model, x, y, args.T, args.K, beta, name, args.continual_lr)
                 for row in compare(model, per[-1], ref_steps[-1]):
@@ -196,7 +204,7 @@ def run(args) -> dict:
             minus = ep_per_step(model, x, y, s_free, args.K, -beta, one)[0]
             c = {f"{one} +beta": plus, f"{one} -beta": minus, **rest, "BPTT": ref_steps}
             path = args.plot if len(args.betas) == 1 else _beta_path(args.plot, beta)
-            plot(model, c, beta, path, gen)
+            plot(model, c, beta, path, args.seed)
             print(f"wrote {path}")
     return report
 
@@ -220,8 +228,11 @@ def _print(report):
         )
 
 
-def plot(model: EPNet, curves: dict, beta: float, path: str, gen, per_layer: int = 3):
-    """Fig. 2 / Fig. 8: for a few random weights of each layer, the estimates over t = 1..K."""
+def plot(model: EPNet, curves: dict, beta: float, path: str, seed: int, per_layer: int = 3):
+    """Fig. 2 / Fig. 8: for a few weights of each layer, the estimates over t = 1..K. The weights are
+    drawn from `seed` alone among those BPTT moves, so the figures of several betas show the same
+    weights; every curve has its own colour, line style and marker (placed at staggered steps), so a
+    curve lying on another one stays visible."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,11 +240,15 @@ def plot(model: EPNet, curves: dict, beta: float, path: str, gen, per_layer: int
 
     groups = layer_groups(model)
     fig, axes = plt.subplots(len(groups), per_layer, figsize=(3.2 * per_layer, 2.4 * len(groups)), squeeze=False)
-    fixed = {"BPTT": ("r", "-", 2.0)}
-    others = [k for k in curves if k not in fixed]
-    palette = ["k", "0.55", "g", "b", "m", "c", "y", "tab:orange"]
-    styles = {k: (palette[i % len(palette)], "--" if "one-sided" in k else "-", 1.2) for i, k in enumerate(others)}
-    styles.update(fixed)
+    palette = ["k", "tab:gray", "tab:green", "tab:blue", "tab:purple", "tab:cyan", "tab:olive", "tab:orange"]
+    markers = "ovs^D<>p"
+    others = [k for k in curves if k != "BPTT"]
+    styles = {
+        k: dict(color=palette[i % len(palette)], ls="--" if "one-sided" in k else "-", lw=1.2, marker=markers[i % 8])
+        for i, k in enumerate(others)
+    }
+    styles["BPTT"] = dict(color="r", ls="-", lw=2.0, marker=None, alpha=0.6)
+    gen = torch.Generator().manual_seed(seed)
     for row, (name, idx) in enumerate(groups):
         w = list(model.parameters())[idx[0]]  # the layer's weight tensor
         live = curves["BPTT"][-1][idx[0]].flatten().nonzero().flatten()  # weights BPTT moves
@@ -241,10 +256,12 @@ def plot(model: EPNet, curves: dict, beta: float, path: str, gen, per_layer: int
         picks = pool[torch.randperm(pool.numel(), generator=gen)[:per_layer]]
         for col, k in enumerate(picks.tolist()):
             ax = axes[row][col]
-            for label, seq in curves.items():
+            for i, (label, seq) in enumerate(curves.items()):
                 vals = [-g[idx[0]].flatten()[k].item() for g in seq]  # -dL/dw, as the paper plots
-                color, ls, lw = styles[label]
-                ax.plot(range(1, len(vals) + 1), vals, color=color, ls=ls, lw=lw, label=label)
+                every = max(len(curves), len(vals) // 6)  # each curve's markers at its own steps
+                ax.plot(
+                    range(1, len(vals) + 1), vals, ms=3.5, markevery=(i % every, every), label=label, **styles[label]
+                )
             ax.set_title(f"{name} w[{k}]", fontsize=8, pad=12)  # room for the axis offset (x1e-5 ...)
             ax.tick_params(labelsize=6)
             ax.yaxis.get_offset_text().set_fontsize(6)

@@ -295,8 +295,15 @@ class Dense(Synapse):
 class EPNet(nn.Module):
     """A convergent RNN: layers[n] connects s^n to s^{n+1} (s^0 = x); optional softmax read-out."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig | dict):
         super().__init__()
+        if isinstance(cfg, dict):  # a preset or a stored config: checked like any ModelConfig
+            cfg = ModelConfig.from_dict(cfg)
+        if not isinstance(cfg, ModelConfig):
+            raise ConfigError(
+                f"EPNet takes a ModelConfig or a dict of its fields, got {type(cfg).__name__}; "
+                "build one with ep_compile.model_config('digits')"
+            )
         self.cfg = cfg
         self.slope = ACTIVATIONS[cfg.activation]
         self.specs = cfg.layer_specs()

@@ -155,3 +155,47 @@ PRESETS = {  # name -> overrides of RunConfig's defaults (the digits ConvNet 32-
     },
     "fashion-ce-symmetric": {**FASHION_CONV, "T": 40, "K": 12},
 }
+
+DEFAULT = "digits-ce-symmetric"  # the script's embedded preset: RunConfig's own defaults
+
+DESCRIPTIONS = {  # name -> one line for --list-presets
+    "mse-one-sided": "Table 1: one-sided EP, squared error, the paper's CIFAR-10 net and recipe",
+    "mse-random-sign": "Table 1: random-sign EP, squared error",
+    "mse-symmetric": "Table 1: symmetric EP, squared error",
+    "mse-bptt": "Table 1: BPTT through the last K steps, squared error",
+    "ce-symmetric": "Table 1: symmetric EP, softmax read-out with cross-entropy",
+    "ce-symmetric-dropout": "Table 1: symmetric EP, cross-entropy, dropout 0.1 on the last conv state",
+    "ce-bptt": "Table 1: BPTT through the last K steps, cross-entropy",
+    "ce-bptt-dropout": "Table 1: BPTT, cross-entropy, dropout 0.1",
+    "ce-vf": "Table 2: vector-field EP, distinct forward and backward weights",
+    "ce-kpvf": "Table 2: Kolen-Pollack VF, distinct forward and backward weights",
+    "ce-bptt-asym": "Table 2: BPTT with distinct backward weights",
+    "cifar10-cpu": "CIFAR-10 on two CPU cores: 32-64-128-256, even/odd T=20 K=8, AdamW (65.8% in 1 h 54 min)",
+    "digits-ce-symmetric": "digits ConvNet 32-64, symmetric EP, cross-entropy: seconds on a CPU",
+    "digits-mse-symmetric": "digits ConvNet, symmetric EP, squared error",
+    "digits-ce-bptt": "digits ConvNet, BPTT",
+    "digits-ce-kpvf": "digits ConvNet, KP-VF with distinct backward weights",
+    "digits-ce-vf": "digits ConvNet, VF with distinct backward weights",
+    "digits-ce-holomorphic": "digits ConvNet, holomorphic EP with four complex nudges",
+    "fashion-ep-784-512-10": "Fashion-MNIST MLP 784-512-10, symmetric EP, AdamW",
+    "fashion-cep-784-512-10": "Fashion-MNIST MLP, time-local C-EP (two-sided) through adam-phase",
+    "fashion-cvf-784-512-10": "Fashion-MNIST MLP, time-local C-VF (two-sided) through adam-phase",
+    "fashion-ckpvf-784-512-10": "Fashion-MNIST MLP, time-local C-KPVF (two-sided) through adam-phase",
+    "fashion-cep-784-512-512-10": "Fashion-MNIST MLP 784-512-512-10, one-sided C-EP with plain SGD",
+    "fashion-cvf-784-512-512-10": "Fashion-MNIST MLP 784-512-512-10, one-sided C-VF with plain SGD",
+    "digits-cep-mlp": "digits MLP, one-sided C-EP with plain SGD",
+    "digits-cvf-mlp": "digits MLP, one-sided C-VF with plain SGD",
+    "digits-cep-conv": "digits ConvNet, two-sided C-EP with AdamW at every nudged step",
+    "digits-cvf-conv": "digits ConvNet, two-sided C-VF with AdamW at every nudged step",
+    "digits-spiking": "digits ConvNet of binary spiking units (sigma-delta), symmetric EP",
+    "fashion-spiking-conv": "Fashion-MNIST spiking ConvNet 16-32, symmetric EP",
+    "fashion-ce-symmetric": "Fashion-MNIST ConvNet 32-64, symmetric EP, cross-entropy",
+}
+
+
+def closest(name: str, valid) -> str:
+    """', did you mean X?' for a misspelt name, or '' when nothing is close."""
+    import difflib
+
+    hit = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f"; did you mean {hit[0]!r}?" if hit else ""

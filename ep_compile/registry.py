@@ -41,7 +41,11 @@ def register(name: str, fn: Callable, **capabilities) -> Callable:
 
 def entry(name: str) -> Entry:
     if name not in ENTRIES:
-        raise ConfigError(f"unknown estimator {name!r}; valid: {', '.join(ENTRIES)}")
+        import difflib
+
+        hit = difflib.get_close_matches(name, list(ENTRIES), n=1, cutoff=0.6)
+        hint = f"did you mean {hit[0]!r}? " if hit else ""
+        raise ConfigError(f"unknown estimator {name!r}; {hint}valid: {', '.join(ENTRIES)}")
     return ENTRIES[name]
 
 

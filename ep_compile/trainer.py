@@ -356,9 +356,16 @@ class Trainer:
         )
         full = [r for r in self.history if not r.get("partial")]
         if full:  # best.pt is chosen on the validation error, or on the train error without a split
-            what = "validation" if full[-1].get("val_error") is not None else "train (no validation split)"
+            key = "val_error" if full[-1].get("val_error") is not None else "train_error"
+            what = "validation" if key == "val_error" else "train (no validation split)"
+            best = min(full, key=lambda r: r[key])  # the first epoch of the lowest error: best.pt's
             self.log(
                 f"final test accuracy {100 * (1 - full[-1]['test_error']):.2f}% (test error {100 * full[-1]['test_error']:.2f}%), "
                 f"best {what} error {100 * self.best:.2f}%; run folder {out}"
+            )
+            self.log(
+                f"export/to_onnx.py {out} takes best.pt: epoch {best['epoch']}, {what} accuracy "
+                f"{100 * (1 - best[key]):.2f}%, test accuracy {100 * (1 - best['test_error']):.2f}% "
+                f"(last.pt holds the final epoch)"
             )
         return full[-1] if full else {}

@@ -260,10 +260,17 @@ def _axes():
     return plt, *plt.subplots(figsize=(5, 3.5))
 
 
-def _save(plt, fig, ax, path: Path, ylabel: str, title: str) -> None:
+def _save(plt, fig, ax, path: Path, ylabel: str, title: str, epochs) -> None:
+    """Axis labels, legend and a readable epoch axis: integer ticks, and half an epoch of margin so a
+    one-epoch run shows its points rather than an axis of 0.96-1.04."""
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
+    if epochs:
+        ax.set_xlim(min(min(epochs), 1) - 0.5, max(epochs) + 0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -272,21 +279,28 @@ def _save(plt, fig, ax, path: Path, ylabel: str, title: str) -> None:
 
 
 def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
-    """Train (dashed) and test (solid) error over epochs, Fig. 4/5 style; validation dotted. Rows
-    written inside an epoch (--eval-every) add test points only."""
+    """Train (blue, dashed, circles), validation (green, dotted, squares) and test error (red, solid,
+    triangles) over epochs, Fig. 4/5 style. Rows written inside an epoch (--eval-every) add test
+    points only."""
     plt, fig, ax = _axes()
     full = [m for m in metrics if not m.get("partial")]
     ep = [m["epoch"] for m in full]
-    ax.plot(ep, [100 * m["train_error"] for m in full], "b--", marker=".", label="train")
+    ax.plot(ep, [100 * m["train_error"] for m in full], color="tab:blue", ls="--", marker="o", ms=4, label="train")
     if full and all(m.get("val_error") is not None for m in full):
-        ax.plot(ep, [100 * m["val_error"] for m in full], "g:", marker=".", label="validation")
-    ax.plot([m["epoch"] for m in metrics], [100 * m["test_error"] for m in metrics], "b-", marker=".", label="test")
-    _save(plt, fig, ax, path, "error (%)", title)
+        ax.plot(
+            ep, [100 * m["val_error"] for m in full], color="tab:green", ls=":", marker="s", ms=4, label="validation"
+        )
+    test_ep = [m["epoch"] for m in metrics]
+    ax.plot(test_ep, [100 * m["test_error"] for m in metrics], color="tab:red", ls="-", marker="^", ms=4, label="test")
+    _save(plt, fig, ax, path, "error (%)", title, test_ep)
 
 
 def plot_alignment(metrics: list[dict], path: Path, title: str = "") -> None:
     """Angle between forward and backward weights per layer over epochs (Eq. 52, Fig. 7 style)."""
     plt, fig, ax = _axes()
-    for name in metrics[-1]["alignment_deg"]:
-        ax.plot([m["epoch"] for m in metrics], [m["alignment_deg"][name] for m in metrics], marker=".", label=name)
-    _save(plt, fig, ax, path, "angle (degrees)", title)
+    rows = [m for m in metrics if "alignment_deg" in m]
+    markers = "os^vD<>p"
+    for i, name in enumerate(rows[-1]["alignment_deg"]):
+        vals = [m["alignment_deg"][name] for m in rows]
+        ax.plot([m["epoch"] for m in rows], vals, marker=markers[i % len(markers)], ms=4, label=name)
+    _save(plt, fig, ax, path, "angle (degrees)", title, [m["epoch"] for m in rows])

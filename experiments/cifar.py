@@ -19,25 +19,30 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from ep_compile.config import RunConfig
+from ep_compile.config import RunConfig, cautions
 from ep_compile.data import make_splits
 from ep_compile.model import ConfigError
-from ep_compile.presets import PRESETS
+from ep_compile.presets import DEFAULT, DESCRIPTIONS, PRESETS
 from ep_compile.trainer import Diverged, Trainer
 
 
 def set_threads(requested: int, world: int) -> str:
-    """Threads per process on the CPU: --threads if given; under `accelerate launch`, which sets
-    OMP_NUM_THREADS=1 unless told otherwise, the cores this process may use divided by the local
-    processes; otherwise torch's default (OMP_NUM_THREADS or all cores)."""
+    """Threads per process on the CPU: --threads if given, else OMP_NUM_THREADS if set, else the idle
+    cores (those this process may use, less the 1-minute load average of other work) divided by the
+    local processes. torch's own default takes every core even when other work holds them, and its
+    spinning threads then oversubscribe the machine: a one-minute run was seen to take fifteen."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # accelerate launch sets OMP_NUM_THREADS=1 itself
     if requested:
         why = "--threads"
-    elif "ACCELERATE_DYNAMO_BACKEND" in os.environ:  # started by accelerate launch
-        requested, why = max(1, cores // local), f"{cores} cores / {local} local processes"
+    elif "OMP_NUM_THREADS" in os.environ and not launched:
+        return f"threads per process: {torch.get_num_threads()} (OMP_NUM_THREADS)"
     else:
-        return f"threads per process: {torch.get_num_threads()} (torch default)"
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        idle = max(1, min(cores, round(cores - load)))
+        requested = max(1, idle // local)
+        why = f"{idle} idle of {cores} cores (load {load:.1f}) / {local} local processes; --threads N sets it"
     torch.set_num_threads(requested)
     return f"threads per process: {requested} ({why})"
 
@@ -77,6 +82,10 @@ def training_function(config: RunConfig, args):
             f"expects in_shape {tuple(config.in_shape)}"
         )
 
+    if config.compile and not args.eval_only:
+        log(
+            "compiling the step on its first calls (about 20 s per step function on a CPU, minutes for a deep net); add --no-compile for quick tries"
+        )
     trainer = Trainer(config, accelerator, splits, resume=args.resume, log=log)
     if args.eval_only:
         if not args.resume:
@@ -99,12 +108,22 @@ def training_function(config: RunConfig, args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Train a convergent ConvNet by EP or BPTT.")
-    parser.add_argument("--preset", default="digits-ce-symmetric", help="hyper-parameter preset (see --list-presets)")
+    parser = argparse.ArgumentParser(
+        description="Train a convergent ConvNet by EP or BPTT.",
+        epilog="Defaults shown are those of the embedded preset (digits-ce-symmetric); another --preset "
+        "overrides some of them (--list-presets), and every flag given overrides the preset. Quick tries of "
+        "a compiled preset (cifar10-cpu, the paper's rows): add --no-compile, compiling takes minutes.",
+    )
+    parser.add_argument(
+        "--preset", default=DEFAULT, help=f"hyper-parameter preset (see --list-presets; default: {DEFAULT})"
+    )
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     RunConfig.add_args(parser)
     parser.add_argument(
-        "--threads", type=int, default=0, help="CPU threads per process (0: cores / local processes under accelerate)"
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads per process (default 0: the idle cores, divided by the local processes under accelerate)",
     )
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     parser.add_argument("--resume", default=None, help="continue (or evaluate) the run in this folder")
@@ -123,10 +142,13 @@ def main(argv=None):
     if args.list_presets:
         for name, preset in PRESETS.items():
             p = RunConfig.from_dict(preset)
+            mark = "*" if name == DEFAULT else " "
+            print(f"{mark} {name:<26} {DESCRIPTIONS[name]}")
             print(
-                f"{name:<26} {p.dataset:<14} loss={p.loss:<4} estimator={p.estimator:<17} "
-                f"T={p.T} K={p.K} beta={p.beta} epochs={p.epochs} dropout={p.dropout or 0}"
+                f"  {'':<26} {p.dataset}, {p.estimator}, T={p.T} K={p.K} beta={p.beta}, {p.epochs} epochs"
+                f"{', compiled' if p.compile else ''}"
             )
+        print("* the default (no --preset)")
         return 0
     config = None
     try:
@@ -142,6 +164,8 @@ def main(argv=None):
                     f"run folder {out} already holds a run: continue it with --resume {out}, "
                     "start over with --overwrite, or pick another --out"
                 )
+        for line in cautions(config):
+            print(f"cifar.py: {line}", file=sys.stderr)
         training_function(config, args)
     except ConfigError as e:
         print(f"cifar.py: error: {e}", file=sys.stderr)

@@ -56,7 +56,7 @@ def test_input_shape_must_fit_first_layer():
 def test_unknown_estimator_lists_valid_ones():
     with pytest.raises(
         ConfigError,
-        match="unknown estimator 'two-sided'; valid: one-sided, random-sign, symmetric, vf, vf-one-sided, kp-vf, kp-vf-one-sided, bptt",
+        match="unknown estimator 'two-sided'; did you mean 'one-sided'\\? valid: one-sided, random-sign, symmetric, vf, vf-one-sided, kp-vf, kp-vf-one-sided, bptt",
     ):
         get_estimator("two-sided")
 

@@ -206,7 +206,7 @@ def test_resume_refuses_changes_applies_epochs_and_uses_the_files_folder(tmp_pat
 
 def test_accelerate_launch_without_config_matches_plain_python(tmp_path):
     """`accelerate launch` (no config file, one process) against plain python on digits: the same
-    metrics, and the launcher's one-thread default replaced by the cores of the process."""
+    metrics, and the launcher's one-thread default replaced by the idle cores of the process."""
     import os
     import subprocess
     import sys
@@ -224,7 +224,12 @@ def test_accelerate_launch_without_config_matches_plain_python(tmp_path):
     )
     assert a.returncode == 0 and b.returncode == 0, (a.stderr[-2000:], b.stderr[-2000:])
     cores = len(os.sched_getaffinity(0))
-    assert f"threads per process: {cores} ({cores} cores / 1 local processes)" in a.stdout + a.stderr
+    import re
+
+    said = re.search(
+        rf"threads per process: (\d+) \((\d+) idle of {cores} cores \(load [0-9.]+\) / 1 local", a.stdout + a.stderr
+    )
+    assert said and said[1] == said[2] and 1 <= int(said[1]) <= cores, a.stdout + a.stderr
     ra = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     for x, y in zip(ra, rb, strict=True):

@@ -141,12 +141,18 @@ def test_without_a_validation_split_the_log_names_the_train_error(tmp_path):
     assert rows[-1]["val_error"] is None
     best = min(r["train_error"] for r in rows)
     assert f"best train (no validation split) error {100 * best:.2f}%" in p.stdout + p.stderr
+    at = min(rows, key=lambda r: r["train_error"])  # the epoch best.pt holds, which export takes
+    ck = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    assert ck["epoch"] == at["epoch"]
+    said = f"takes best.pt: epoch {at['epoch']}, train (no validation split) accuracy {100 * (1 - best):.2f}%"
+    assert said in p.stdout + p.stderr
 
 
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--preset", "nope"], "unknown preset 'nope'; valid: mse-one-sided"),
+        (["--preset", "nope"], "unknown preset 'nope'; see --list-presets"),
+        (["--preset", "cifar10cpu"], "unknown preset 'cifar10cpu'; did you mean 'cifar10-cpu'?"),
         (["--dataset", "mnist3d"], "unknown dataset 'mnist3d'; valid: digits, cifar10, fashion-mnist"),
         (["--preset", "ce-symmetric", "--data-root", "/does/not/exist"], "data root /does/not/exist does not exist"),
         (["--batch-size", "5000"], "--batch-size 5000 is larger than the training set"),
