@@ -14,6 +14,7 @@ of --repeats.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -27,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ep_compile.dynamics import make_step, relax, step_autograd  # noqa: E402
-from ep_compile.estimators import ESTIMATORS, SPECS, Phases  # noqa: E402
+from ep_compile.estimators import ENTRIES, ESTIMATORS, SPECS, Phases  # noqa: E402
+from ep_compile.machine import describe  # noqa: E402
 from ep_compile.model import EPNet, model_config  # noqa: E402
 
 BENCH_ESTIMATORS = ["one-sided", "symmetric", "kp-vf", "c-ep", "spiking-symmetric", "bptt"]
@@ -83,16 +85,18 @@ def peak_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(args, model, x, y, name, step_fn):
-    """(seconds per dynamics step, seconds per training iteration) of estimator `name`."""
+def measure(args, model, x, y, name, step_fn, amp=None):
+    """(seconds per dynamics step, seconds per training iteration) of estimator `name`; amp='bf16'
+    runs the phases under bfloat16 autocast (the estimate is taken in float32)."""
     est, gen = ESTIMATORS[name], torch.Generator().manual_seed(0)
-    est(model, x, y, Phases(T=2, K=2, beta=0.5), step_fn=step_fn, generator=gen)  # compile / warm up
-    with torch.no_grad():
+    est(model, x, y, Phases(T=2, K=2, beta=0.5, amp=amp), step_fn=step_fn, generator=gen)  # compile / warm up
+    cast = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    with torch.no_grad(), cast:
         s = relax(model, x, model.init_states(args.batch, x), 3, step_fn=step_fn)
         per_step = (
             timed(lambda: relax(model, x, s, args.steps, step_fn=step_fn), args.device, args.repeats) / args.steps
         )
-    ph = Phases(T=args.T, K=args.K, beta=0.5)
+    ph = Phases(T=args.T, K=args.K, beta=0.5, amp=amp)
     info = {}
     it = timed(
         lambda: info.update(est(model, x, y, ph, step_fn=step_fn, generator=gen).info),
@@ -102,17 +106,22 @@ def measure(args, model, x, y, name, step_fn):
     return per_step, it, info
 
 
-def bench_estimator(args, name, compiled):
+def bench_estimator(args, name, compiled, precision="fp32"):
     if name not in ESTIMATORS or (compiled and name.startswith("spiking")):  # the spiking step runs eagerly
         return None
+    e = ENTRIES[name]
+    if precision == "bf16" and (e.time_local or e.spiking or name in ("holomorphic", "bptt")):
+        return None  # these run their phases in full precision (config.check_honoured refuses --amp)
     model, x, y = build(args, name, channels_last=args.channels_last)
-    per_step, it, info = measure(args, model, x, y, name, make_step(compiled))
+    amp = "bf16" if precision == "bf16" else None
+    per_step, it, info = measure(args, model, x, y, name, make_step(compiled), amp)
     spikes = info.get("spikes_iteration", {})
     return {
         "spikes_per_neuron_iteration": spikes.get("spikes_per_neuron"),
         "events_per_rate_mac": spikes.get("events_per_rate_mac"),
         "estimator": name,
         "compiled": compiled,
+        "precision": precision,
         "ms_per_step": 1e3 * per_step,
         "samples_steps_per_s": args.batch / per_step,
         "s_per_iteration": it,
@@ -258,6 +267,10 @@ def main(argv=None):
         "--compile-mode", default=None, help="torch.compile mode of the epoch section (reduce-overhead on a GPU)"
     )
     p.add_argument("--channels-last", action="store_true", help="channels_last in the estimator table")
+    p.add_argument(
+        "--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16"), help="precisions of the estimator table"
+    )
+    p.add_argument("--eager-only", action="store_true", help="skip the compiled rows (quick dry runs)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default="benchmarks/results.json", help="write the results here")
     p.add_argument("--child-memory", nargs=2, default=None, help=argparse.SUPPRESS)
@@ -271,21 +284,26 @@ def main(argv=None):
         "config": {k: str(v) for k, v in vars(args).items()},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "machine": describe(),
     }
     if "estimators" in args.sections:
         rows = []
         for name in args.estimators:
-            for compiled in (False, True):
-                r = bench_estimator(args, name, compiled)
-                if r is not None and not compiled:  # one iteration at T in a fresh process (eager)
-                    r["peak_mb"] = memory_point(args, name, args.T)
-                rows.append(r or {"estimator": name, "compiled": compiled})
+            for compiled in (False,) if args.eager_only else (False, True):
+                for precision in args.precisions:
+                    r = bench_estimator(args, name, compiled, precision)
+                    if r is None:
+                        continue
+                    if not compiled and precision == "fp32":  # one iteration at T in a fresh process (eager)
+                        r["peak_mb"] = memory_point(args, name, args.T)
+                    rows.append(r)
         print(f"\n== estimators ({args.arch}, batch {args.batch}, T={args.T}, K={args.K}, {args.device})")
         table(
             rows,
             [
                 "estimator",
                 "compiled",
+                "precision",
                 "ms_per_step",
                 "samples_steps_per_s",
                 "s_per_iteration",

@@ -111,9 +111,14 @@ def relax_until(
 ):
     """Run until the largest state change of one step, max_n |s_{t+1} - s_t|, falls below tol, or
     max_steps. The change is measured every check_every steps only, so the loop synchronises with
-    the device that rarely. Returns (states, steps run, last measured change as a float)."""
+    the device that rarely (tol <= 0: once, after the last step; callers that need no residual run
+    `relax`, which never reads the device). Returns (states, steps run, last measured change)."""
     if beta is not None:
         beta = torch.as_tensor(beta, dtype=x.dtype, device=x.device)
+    if tol <= 0:  # no stop to decide: all max_steps steps, the last one's change read once at the end
+        states = relax(model, x, states, max_steps - 1, masks, y, beta, step_fn)
+        new = step_fn(model, x, states, masks, y, beta)
+        return new, max_steps, torch.stack([(a - b).abs().max() for a, b in zip(new, states)]).max().item()
     t, res = 0, float("inf")
     while t < max_steps:
         for _ in range(min(check_every, max_steps - t) - 1):
@@ -121,7 +126,7 @@ def relax_until(
             t += 1
         new = step_fn(model, x, states, masks, y, beta)
         t += 1
-        res = max((a - b).abs().max().item() for a, b in zip(new, states))
+        res = torch.stack([(a - b).abs().max() for a, b in zip(new, states)]).max().item()  # one read
         states = new
         if res < tol:
             break
@@ -130,7 +135,9 @@ def relax_until(
 
 def residual(model: EPNet, x, states, masks=None, y=None, beta=None, step_fn=step) -> torch.Tensor:
     """Largest absolute state change of one more step: max_n |s_{t+1} - s_t| (0-d tensor)."""
-    new = step_fn(model, x, states, masks, y, None if beta is None else torch.as_tensor(beta, dtype=x.dtype))
+    new = step_fn(
+        model, x, states, masks, y, None if beta is None else torch.as_tensor(beta, dtype=x.dtype, device=x.device)
+    )
     return torch.stack([(a - b).abs().max() for a, b in zip(new, states)]).max()
 
 

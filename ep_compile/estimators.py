@@ -275,8 +275,9 @@ def _make(name: str):
     ):
         check_compatible(name, model)
         phases.require_beta(name)
-        if random:  # Alg. 1: the sign of beta drawn from the (seeded) generator
-            sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
+        if random:  # Alg. 1: the sign of beta drawn from the (seeded) generator, on its device, once
+            dev = x.device if generator is None else generator.device  # before any phase is queued
+            sign = 1.0 if torch.randint(0, 2, (1,), generator=generator, device=dev).item() else -1.0
         beta = sign * phases.beta
         s_free, steps = _free(model, x, phases, masks, step_fn)
         with _autocast(phases, x):

@@ -95,7 +95,7 @@ def spiking_step(
             q = (p >= 0.5).to(s.dtype)
             p = p - q
         else:
-            q = (torch.rand(s.shape, generator=generator, dtype=s.dtype).to(s.device) < s).to(s.dtype)
+            q = (torch.rand(s.shape, generator=generator, dtype=s.dtype, device=s.device) < s).to(s.dtype)
         rates.append(r + lam * (q - r))
         phi.append(p)
         spikes.append(n + q.sum())
@@ -150,7 +150,7 @@ def fanout(model: EPNet) -> list[int]:
 def spike_report(model: EPNet, st: SpikeState, batch: int, steps: int) -> dict:
     """Spikes per neuron, synaptic events, and their ratio to the rate network's MACs."""
     neurons = sum(math.prod(s) for s in model.state_shapes)
-    spikes = [float(n) for n in st.spikes]
+    spikes = torch.stack(st.spikes).tolist()  # one read of the device per report
     events = sum(n * f for n, f in zip(spikes, fanout(model)))
     macs = model.macs_per_step() * batch * steps
     return {
@@ -190,7 +190,7 @@ def spiking_estimator(name: str):
             nudged = [torch.zeros_like(n) for n in free.spikes]
             with updates(params, apply_update, phases.lr) as update:
                 for sign in (1.0, -1.0):
-                    sb = torch.as_tensor(sign * b, dtype=x.dtype)
+                    sb = torch.as_tensor(sign * b, dtype=x.dtype, device=x.device)
                     grads, st = time_local_phase(
                         model,
                         y,

@@ -12,7 +12,6 @@ checkpoint's history: a kill at any instant loses only the work since the last c
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import time
@@ -23,8 +22,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from .data import augment, preprocess
-from .dynamics import make_step, relax_until
+from .dynamics import make_step, relax, relax_until
 from .estimators import Phases, set_grads
+from .machine import describe
 from .registry import entry
 from .spiking import SpikeConfig, SpikeState, spike_report, spiking_phase
 from .training import (
@@ -99,6 +99,7 @@ class Trainer:
         self.stats = [0.0, 0.0, 0.0]  # this epoch so far on this process: wrong, loss sum, count
         self.wall_offset = 0.0  # wall seconds of training (and evaluation) before this process started
         self.spike_stats, self.train_spikes = [], []
+        self.first_step_seconds = None  # the first training iteration of this process (compiles the step)
         if resume:
             ck = load_checkpoint(resume)
             self.model.load_state_dict(ck["model"])
@@ -129,6 +130,8 @@ class Trainer:
             self.spike_stats.append(spike_report(self.model, st, x.shape[0], p.T)["spikes_per_neuron"])
             return st.rates, p.T
         s0 = self.model.init_states(x.shape[0], x)
+        if self.phases.tol <= 0:  # all T steps: nothing to read from the device
+            return relax(self.model, x, s0, self.phases.T, step_fn=self.step_fn), self.phases.T
         s, n, _ = relax_until(
             self.model, x, s0, self.phases.T, self.phases.tol, self.phases.check_every, step_fn=self.step_fn
         )
@@ -144,60 +147,86 @@ class Trainer:
         self.model.eval()
         wrong, steps = [], []
         for xb, yb in loader:
-            s, n = self.free_phase(self.prep(xb).to(self.device))
+            s, n = self.free_phase(self.prep(xb.to(self.device, non_blocking=True)))  # uint8 copied, prepared there
             wrong.append(self.acc.gather_for_metrics(self.model.logits(s).argmax(1) != yb.to(self.device)))
             steps.append(n)
         self.model.train()
         return torch.cat(wrong).float().mean().item(), sum(steps) / len(steps)
 
-    def update(self, grads, where: str) -> None:
-        """Average the estimate over processes (one flattened all-reduce), check it, take the step."""
+    def update(self, grads) -> None:
+        """Average the estimate over processes (one flattened all-reduce) and take the step. Whether
+        the estimate and the new weights are finite is kept on the device (`self.ok`) and read once
+        per iteration with the statistics (`end_iteration`): no host sync here."""
         flat = flatten(grads)
         if self.world > 1:
             flat = self.acc.reduce(flat, reduction="mean")
-        if not torch.isfinite(flat).all():
-            raise Diverged(f"non-finite gradient estimate or loss at {where}")
+        self.ok[0] &= torch.isfinite(flat).all()
         set_grads(self.model, unflatten(flat, grads))
         self.optimizer.step()
-        if not torch.isfinite(flatten([p.detach() for p in self.model.parameters()])).all():
-            raise Diverged(f"non-finite weights after the update at {where}")
+        self.ok[1] &= torch.isfinite(flatten([p.detach() for p in self.model.parameters()])).all()
 
-    def train_step(self, epoch: int, step: int, order: torch.Tensor) -> None:
-        """Estimate on this process's slice of global batch `step` and update the weights (at every
-        nudged step for the time-local estimators)."""
+    def host_batch(self, epoch: int, step: int, order: torch.Tensor):
+        """The host data pipeline: this process's slice of global batch `step` as uint8 images
+        (cropped and flipped for the global batch by the step's host generator) and int64 labels,
+        on the host, and that generator."""
         cfg, B = self.cfg, self.B
         idx = order[step * B : (step + 1) * B]
         gen = step_generator(cfg["seed"], epoch, step)
         xb = augment(self.splits.train.x[idx], gen) if cfg["augment"] else self.splits.train.x[idx]
-        x, y = self.prep(xb), self.splits.train.y[idx]  # (B, C, H, W), (B,) for the global batch
-        masks = self.model.dropout_masks(B, x, gen)
-        x, y = x[self.lo : self.hi].to(self.device), y[self.lo : self.hi].to(self.device)
-        masks = None if masks is None else [None if m is None else m[self.lo : self.hi].to(self.device) for m in masks]
-        where = f"epoch {epoch + 1}, batch {step + 1}"
+        return xb[self.lo : self.hi], self.splits.train.y[idx][self.lo : self.hi], gen  # (B/world, C, H, W)
+
+    def batch(self, epoch: int, step: int, order: torch.Tensor):
+        """This process's slice of global batch `step` on the device, its dropout masks and the
+        generator of its other draws (dropout masks, random signs, spikes). That generator lives on
+        the device and draws the masks for the global batch there, sliced to this process, so 1 and N
+        processes see the same numbers; on the CPU it is the host pipeline's own generator."""
+        xb, yb, gen = self.host_batch(epoch, step, order)
+        x = self.prep(xb.to(self.device, non_blocking=True))  # (B/world, C, H, W)
+        y = yb.to(self.device, non_blocking=True)  # (B/world,)
+        if self.device.type != "cpu":
+            gen = step_generator(self.cfg["seed"], epoch, step, self.device)
+        masks = self.model.dropout_masks(self.B, x, gen)  # for the global batch, sliced to this process
+        masks = None if masks is None else [None if m is None else m[self.lo : self.hi] for m in masks]
+        return x, y, masks, gen
+
+    def train_step(self, epoch: int, step: int, order: torch.Tensor) -> list[float]:
+        """Estimate on this process's slice of global batch `step` and update the weights (at every
+        nudged step for the time-local estimators). Returns the epoch's statistics so far (wrong,
+        loss sum, count), read from the device once, with the finiteness flags."""
+        cfg = self.cfg
+        x, y, masks, gen = self.batch(epoch, step, order)
+        self.ok = torch.ones(3, dtype=torch.bool, device=self.device)  # estimate, weights, loss finite
         kw = dict(masks=masks, generator=gen, step_fn=self.step_fn)
         if self.time_local:  # C-EP & co. update the weights at every nudged step, through `update`
 
             def apply(g, k, K):
                 if cfg["wd_compensation"]:
                     g = wd_compensate(g, self.optimizer, k, K, self.group_of)
-                self.update(g, where)
+                self.update(g)
 
             est = self.estimate(self.model, x, y, self.phases, apply_update=apply, **kw)
         else:
             est = self.estimate(self.model, x, y, self.phases, **kw)
-            self.update(est.grads, where)
+            self.update(est.grads)
         if hasattr(self.optimizer, "end_iteration"):  # adam-phase: its statistics move per iteration
             self.optimizer.end_iteration()
-        loss_sum = est.loss.sum().item()
-        if not math.isfinite(loss_sum):
-            raise Diverged(f"non-finite loss at {where}")
+        loss_sum = est.loss.detach().sum().to(torch.float64)
+        self.ok[2] &= torch.isfinite(loss_sum)
         if "spikes_iteration" in est.info:
             self.train_spikes.append(est.info["spikes_iteration"])
-        self.stats = [
-            self.stats[0] + (est.logits.argmax(1) != y).sum().item(),
-            self.stats[1] + loss_sum,
-            self.stats[2] + len(y),
-        ]
+        wrong = (est.logits.argmax(1) != y).sum().to(torch.float64)
+        self.stats = self.device_stats() + torch.stack([wrong, loss_sum, loss_sum.new_tensor(float(len(y)))])
+        host = torch.cat([self.stats, self.ok.to(torch.float64)]).tolist()  # the iteration's one read
+        for ok, what in zip(host[3:], ("gradient estimate or loss", "weights after the update", "loss")):
+            if not ok:
+                raise Diverged(f"non-finite {what} at epoch {epoch + 1}, batch {step + 1}")
+        return host[:3]
+
+    def device_stats(self) -> torch.Tensor:
+        """The epoch's statistics so far as a float64 tensor on the device (a checkpoint stores a list)."""
+        if isinstance(self.stats, torch.Tensor):
+            return self.stats
+        return torch.tensor(self.stats, dtype=torch.float64, device=self.device)
 
     # ------------------------------------------------------------------ run folder
     def open_run(self, out: Path) -> None:
@@ -209,6 +238,8 @@ class Trainer:
             for stale in out.glob(".*.tmp*"):  # temp files of a write that a kill interrupted
                 stale.unlink()
             (out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
+            with open(out / "machines.jsonl", "a") as f:  # one line per start: a resumed run may move
+                f.write(json.dumps({"epoch": self.epoch, "step": self.step, **describe()}) + "\n")
             tmp = out / ".metrics.jsonl.tmp"
             tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
             os.replace(tmp, out / "metrics.jsonl")
@@ -260,11 +291,15 @@ class Trainer:
                 if cfg["lr_per_step"]:
                     lr = set_epoch_lr(self.optimizer, epoch + step / per_epoch, cfg)
                 t_step = time.time()
-                self.train_step(epoch, step, order)
-                if done == 0 and cfg["compile"]:  # the first call compiles the step
-                    bar.set_description(f"epoch {epoch + 1}/{cfg['epochs']} (compiled in {time.time() - t_step:.0f} s)")
+                wrong, _, count = self.train_step(epoch, step, order)
+                if done == 0:  # the first call compiles the step: its time is reported apart
+                    self.first_step_seconds = time.time() - t_step
+                    if cfg["compile"]:
+                        bar.set_description(
+                            f"epoch {epoch + 1}/{cfg['epochs']} (compiled in {self.first_step_seconds:.0f} s)"
+                        )
                 bar.update(1)
-                bar.set_postfix(err=f"{self.stats[0] / max(self.stats[2], 1):.3f}", lr=f"{lr:.3g}")
+                bar.set_postfix(err=f"{wrong / max(count, 1):.3f}", lr=f"{lr:.3g}")
                 done += 1
                 now = eval_steps and (step + 1) % eval_steps == 0 and step + 1 <= per_epoch - eval_steps // 2
                 if now:  # a test-only row inside the epoch, checkpointed with it
@@ -281,7 +316,7 @@ class Trainer:
                     )
                 every = cfg["checkpoint_every"]
                 if now or (every and (step + 1) % every == 0 and step + 1 < per_epoch):
-                    self.save(epoch, step + 1, self.stats)
+                    self.save(epoch, step + 1, self.device_stats().tolist())
                 if crash_at_step and done == crash_at_step:
                     os.kill(os.getpid(), signal.SIGKILL)  # testing: a real kill, mid-epoch
             bar.close()
@@ -301,7 +336,7 @@ class Trainer:
 
     def end_epoch(self, epoch: int, lr: float, t0: float) -> dict:
         """Evaluate, log the epoch's row, checkpoint (best.pt on validation error, else train error)."""
-        tot = self.acc.reduce(torch.tensor(self.stats, dtype=torch.float64, device=self.device), reduction="sum")
+        tot = self.acc.reduce(self.device_stats(), reduction="sum")
         (val_err, _), (test_err, eval_free) = self.evaluate(self.splits.val), self.evaluate(self.splits.test)
         row = {
             "epoch": epoch + 1,
@@ -314,6 +349,8 @@ class Trainer:
             "eval_free_steps": eval_free,
             "wall_seconds": time.time() - self.wall0,
         }
+        if self.first_step_seconds is not None:  # the first row of this process: its first iteration
+            row["first_step_seconds"], self.first_step_seconds = self.first_step_seconds, None
         angles = alignment_angles(self.model)
         if angles:
             row["alignment_deg"] = angles

@@ -148,8 +148,11 @@ def wd_compensate(grads, optimizer, k: int, K: int, group_of: list[int]) -> list
     return out
 
 
-def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+def step_generator(seed: int, epoch: int, step: int, device="cpu") -> torch.Generator:
+    """The generator of global batch `step` of `epoch`, on `device`: every process and a resumed run
+    draw the same numbers from it (the host one for the data pipeline, the device one for dropout
+    masks, random signs and spikes, so no draw crosses the bus)."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:

@@ -148,7 +148,7 @@ def main(argv=None):
                 f"  {'':<26} {p.dataset}, {p.estimator}, T={p.T} K={p.K} beta={p.beta}, {p.epochs} epochs"
                 f"{', compiled' if p.compile else ''}"
             )
-        print("* the default (no --preset)")
+        print("(* marks the default: the preset of a run without --preset)")
         return 0
     config = None
     try:

@@ -202,7 +202,12 @@ def test_mismatched_models_error():
 
 @pytest.mark.parametrize(
     "preset,threshold",
-    [("digits-cep-mlp", 0.85), ("digits-cvf-mlp", 0.75), ("digits-cep-conv", 0.95), ("digits-cvf-conv", 0.90)],
+    [
+        ("digits-cep-mlp", 0.85),
+        ("digits-cvf-mlp", 0.75),
+        pytest.param("digits-cep-conv", 0.95, marks=pytest.mark.slow),  # 30-epoch ConvNet runs: minutes
+        pytest.param("digits-cvf-conv", 0.90, marks=pytest.mark.slow),
+    ],
 )
 def test_continual_rules_learn_digits(tmp_path, preset, threshold):
     """A broken increment (wrong sign, missing 1/beta, weights not used by the next step) stays near

@@ -129,6 +129,7 @@ def test_gradcheck_rows(tmp_path):
     assert main(args + ["--hep-points", "1"]) == 2
 
 
+@pytest.mark.slow
 def test_holomorphic_learns_digits(tmp_path):
     """The digits ConvNet trained with holomorphic EP (N = 4, |beta| = 1): >= 95% test accuracy."""
     import json

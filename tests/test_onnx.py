@@ -74,6 +74,7 @@ def test_contract_names_and_metadata(tmp_path):
     assert {"Conv", "MaxPool", "MaxUnpool", "ConvTranspose", "HardSigmoid"} <= body_ops
 
 
+@pytest.mark.slow
 def test_trained_digits_model_same_accuracy_in_onnxruntime(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     run = tmp_path / "run"

@@ -104,8 +104,10 @@ def test_every_preset_is_listed_and_builds(capsys, monkeypatch, tmp_path):
     import cifar
 
     assert cifar.main(["--list-presets"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    out = capsys.readouterr().out.splitlines()
+    listed = [line[2:].split()[0] for line in out if line[:2] in ("* ", "  ") and line[2:3] != " "]
     assert listed == list(cifar.PRESETS)
+    assert [line[2:].split()[0] for line in out if line.startswith("* ")][0] == "digits-ce-symmetric"  # marked
     built = {}
     monkeypatch.setattr(cifar, "training_function", lambda config, args: built.setdefault(config["preset"], config))
     for name in cifar.PRESETS:
@@ -204,6 +206,7 @@ def test_resume_refuses_changes_applies_epochs_and_uses_the_files_folder(tmp_pat
     assert [r["epoch"] for r in rows] == [1, 2] and not (out / ".last.pt.tmp999").exists()
 
 
+@pytest.mark.slow
 def test_accelerate_launch_without_config_matches_plain_python(tmp_path):
     """`accelerate launch` (no config file, one process) against plain python on digits: the same
     metrics, and the launcher's one-thread default replaced by the idle cores of the process."""

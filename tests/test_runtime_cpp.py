@@ -68,6 +68,7 @@ def test_ctest_kernels_errors_and_golden_cases(build, golden):
     assert bad["bad_meta_huge.onnx"] == bad["bad_default_T.onnx"] == bad["bad_duplicate.onnx"] == "3"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sanitizer,args", [("thread", ["--threads"]), ("address,undefined", ["--golden"])])
 def test_runtime_under_sanitizers(golden, tmp_path, sanitizer, args):
     """Two threads loading and running at once under TSan; every golden case, per-step state and
@@ -168,6 +169,7 @@ def test_ep_infer_raw_images_and_bad_arguments(build, golden, tmp_path):
         assert p.returncode == 2 and "preprocessing" in p.stderr
 
 
+@pytest.mark.slow
 def test_aarch64_build_under_qemu_matches_host(build, golden, tmp_path):
     need("aarch64-linux-gnu-g++", "qemu-aarch64")
     exe = tmp_path / "ep_infer_a64"
@@ -201,6 +203,7 @@ def test_aarch64_build_under_qemu_matches_host(build, golden, tmp_path):
         assert np.array_equal(np.load(tmp_path / "arm.npy"), np.load(tmp_path / "host.npy"))  # bitwise
 
 
+@pytest.mark.slow
 def test_cortex_m_firmware_under_qemu_matches_host(build, golden, tmp_path, capsys):
     need("arm-none-eabi-g++", "qemu-system-arm")
     imgs = tmp_path / "imgs.npy"
@@ -247,6 +250,7 @@ def qemu_m4(elf):
     )
 
 
+@pytest.mark.slow
 def test_32bit_workspace_overflow_fails_cleanly_on_cortex_m(build, tmp_path):
     """A small file whose batch of 400 images needs ~4.5 GB of workspace: on the 64-bit host the size
     is exact, on the 32-bit Cortex-M (size_t of 4 bytes) workspace_bytes says 0 and run() refuses with
@@ -282,6 +286,7 @@ def test_32bit_workspace_overflow_fails_cleanly_on_cortex_m(build, tmp_path):
     assert "batch 400: workspace_bytes 0, run: too large for this platform" in run.stdout, run.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["fuzz_loader", "fuzz_run"])
 def test_fuzz_under_asan_ubsan(golden, tmp_path, capsys, target):
     need("clang++-14")

@@ -102,6 +102,7 @@ def test_bad_spiking_options(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_spiking_ep_learns_digits_and_logs_spikes(tmp_path):
     out = tmp_path / "spk"
     last = train(out, "--preset", "digits-spiking")[-1]

@@ -117,6 +117,7 @@ def test_kill_inside_checkpoint_write_then_resume(tmp_path, point):
     assert list(crash.glob(".*tmp*")) == []
 
 
+@pytest.mark.slow
 def test_symmetric_ce_ep_learns_digits(tmp_path):
     """The embedded default (symmetric EP, cross-entropy read-out) on real digits: >= 95% test
     accuracy. A broken estimator (e.g. a wrong sign or a missing 1/beta) stays far below."""
@@ -205,6 +206,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monke
     assert (out / "last.pt").read_bytes() == good
 
 
+@pytest.mark.slow
 def test_kp_vf_learns_digits_and_aligns_while_vf_logs_its_angle(tmp_path):
     """Table 2 on digits: KP-VF reaches >= 90% and its w^f / w^b angle falls; VF runs and logs it."""
     run_script(["--preset", "digits-ce-kpvf", "--no-compile", "--cpu", "--out", str(tmp_path / "kp")])
