@@ -16,14 +16,23 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
+# --help is answered before torch is imported (seconds on a busy machine): from the text the parser
+# itself wrote (`python experiments/cifar.py --write-help`; tests/test_cli_help.py keeps it current)
+HELP = Path(__file__).with_name("cifar_help.txt")
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]) and HELP.exists():
+    sys.stdout.write(HELP.read_text())
+    sys.exit(0)
 
-from ep_compile.config import RunConfig, cautions
-from ep_compile.data import make_splits
-from ep_compile.model import ConfigError
-from ep_compile.presets import DEFAULT, DESCRIPTIONS, PRESETS
-from ep_compile.trainer import Diverged, Trainer
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+
+from ep_compile.config import RunConfig, cautions  # noqa: E402
+from ep_compile.data import make_splits  # noqa: E402
+from ep_compile.model import ConfigError  # noqa: E402
+from ep_compile.presets import DEFAULT, DESCRIPTIONS, PRESETS  # noqa: E402
+from ep_compile.trainer import Diverged, Trainer  # noqa: E402
+
+HELP_COLUMNS = 100  # the width cifar_help.txt is written at
 
 
 def set_threads(requested: int, world: int) -> str:
@@ -107,8 +116,9 @@ def training_function(config: RunConfig, args):
     return last
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="cifar.py",
         description="Train a convergent ConvNet by EP or BPTT.",
         epilog="Defaults shown are those of the embedded preset (digits-ce-symmetric); another --preset "
         "overrides some of them (--list-presets), and every flag given overrides the preset. Quick tries of "
@@ -138,7 +148,26 @@ def main(argv=None):
         default=0,
         help="testing: SIGKILL this process after N optimizer steps, to check exact resume",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument("--write-help", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def help_text() -> str:
+    """--help as the parser formats it at HELP_COLUMNS columns: what cifar_help.txt must hold."""
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(HELP_COLUMNS)
+    try:
+        return build_parser().format_help()
+    finally:
+        os.environ.pop("COLUMNS") if old is None else os.environ.__setitem__("COLUMNS", old)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.write_help:
+        HELP.write_text(help_text())
+        print(f"wrote {HELP}")
+        return 0
     if args.list_presets:
         for name, preset in PRESETS.items():
             p = RunConfig.from_dict(preset)
