@@ -134,13 +134,13 @@ MUTANTS = {
     ),
     "avg-unpool-no-quarter": (
         "model.py",
-        "post.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1) / 4",
-        "post.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)",
+        'up = repeat(post, "b c h w -> b c (h i) (w j)", i=2, j=2) / 4',
+        'up = repeat(post, "b c h w -> b c (h i) (w j)", i=2, j=2)',
         CORE,
     ),
     "random-sign-always-positive": (
         "estimators.py",
-        "sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0",
+        "sign = 1.0 if torch.randint(0, 2, (1,), generator=generator, device=dev).item() else -1.0",
         "sign = 1.0",
         CORE,
     ),
@@ -164,14 +164,14 @@ MUTANTS = {
     ),
     "c-ep-readout-not-halved": (
         "continual.py",
-        "ro = readout_gradient(model, y, s_new, masks, 0.5 if two_sided else 1.0)",
-        "ro = readout_gradient(model, y, s_new, masks, 1.0)",
+        "                    0.5 if two_sided else 1.0,\n",
+        "                    1.0,\n",
         CONT,
     ),
     "c-vf-pre-from-next-step": (
         "continual.py",
-        "g = RULES[rule](model, x, y, s, 0.0, s_new, denom, masks, s_star=s, loss=False)",
-        "g = RULES[rule](model, x, y, s, 0.0, s_new, denom, masks, s_star=s_new, loss=False)",
+        "RULES[rule](model, x, y, s, 0.0, new, d, masks, s_star=s, loss=False)",
+        "RULES[rule](model, x, y, s, 0.0, new, d, masks, s_star=new, loss=False)",
         CONT,
     ),
     "wd-compensation-exponent": (
@@ -179,6 +179,19 @@ MUTANTS = {
         '(1 - group["lr"] * group["weight_decay"]) ** (K - 1 - k)',
         '(1 - group["lr"] * group["weight_decay"]) ** (K - k)',
         CONT,
+    ),
+    # randomness on the device (tests/test_fake_cuda.py): a draw from the host generator, a host draw
+    "dropout-masks-from-the-host-generator": (
+        "trainer.py",
+        'gen = step_generator(self.cfg["seed"], epoch, step, self.device)',
+        "gen = gen",
+        ["tests/test_fake_cuda.py"],
+    ),
+    "spiking-quantizer-drawn-on-the-host": (
+        "spiking.py",
+        "torch.rand(s.shape, generator=generator, dtype=s.dtype, device=s.device)",
+        "torch.rand(s.shape, generator=generator, dtype=s.dtype).to(s.device)",
+        ["tests/test_fake_cuda.py"],
     ),
 }
 
