@@ -70,6 +70,27 @@ def describe() -> dict:
     return out
 
 
+def idle_cores(sample_seconds: float = 0.25) -> float | None:
+    """Cores left idle by all other work right now: the idle share of /proc/stat's CPU time over
+    `sample_seconds`, times the cores (None where /proc/stat cannot be read). Unlike the load
+    average, which trails by a minute (a run that just ended still counts), this is the present."""
+    import time
+
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v[:8])  # idle + iowait, total (user .. steal)
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(sample_seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    n = os.cpu_count() or 1
+    return n * (idle1 - idle0) / max(1, total1 - total0)
+
+
 def native_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX), where 16-bit convolutions pay."""
     return any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))

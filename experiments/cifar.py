@@ -28,6 +28,7 @@ from accelerate import Accelerator  # noqa: E402
 
 from ep_compile.config import RunConfig, cautions  # noqa: E402
 from ep_compile.data import make_splits  # noqa: E402
+from ep_compile.machine import idle_cores  # noqa: E402
 from ep_compile.model import ConfigError  # noqa: E402
 from ep_compile.presets import DEFAULT, DESCRIPTIONS, PRESETS  # noqa: E402
 from ep_compile.trainer import Diverged, Trainer  # noqa: E402
@@ -37,8 +38,8 @@ HELP_COLUMNS = 100  # the width cifar_help.txt is written at
 
 def set_threads(requested: int, world: int) -> str:
     """Threads per process on the CPU: --threads if given, else OMP_NUM_THREADS if set, else the idle
-    cores (those this process may use, less the 1-minute load average of other work) divided by the
-    local processes. torch's own default takes every core even when other work holds them, and its
+    cores (those this process may use, less what other work holds right now: machine.idle_cores)
+    divided by the local processes (several processes launched together share all the cores). torch's own default takes every core even when other work holds them, and its
     spinning threads then oversubscribe the machine: a one-minute run was seen to take fifteen."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -48,10 +49,12 @@ def set_threads(requested: int, world: int) -> str:
     elif "OMP_NUM_THREADS" in os.environ and not launched:
         return f"threads per process: {torch.get_num_threads()} (OMP_NUM_THREADS)"
     else:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        idle = max(1, min(cores, round(cores - load)))
+        free = idle_cores()
+        free = float(cores) if free is None else free
+        # processes started together measure each other's start-up as busy: share the cores evenly
+        idle = cores if launched and local > 1 else max(1, min(cores, round(free)))
         requested = max(1, idle // local)
-        why = f"{idle} idle of {cores} cores (load {load:.1f}) / {local} local processes; --threads N sets it"
+        why = f"{idle} idle of {cores} cores ({free:.1f} idle now) / {local} local processes; --threads N sets it"
     torch.set_num_threads(requested)
     return f"threads per process: {requested} ({why})"
 

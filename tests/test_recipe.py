@@ -230,7 +230,7 @@ def test_accelerate_launch_without_config_matches_plain_python(tmp_path):
     import re
 
     said = re.search(
-        rf"threads per process: (\d+) \((\d+) idle of {cores} cores \(load [0-9.]+\) / 1 local", a.stdout + a.stderr
+        rf"threads per process: (\d+) \((\d+) idle of {cores} cores \([0-9.]+ idle now\) / 1 local", a.stdout + a.stderr
     )
     assert said and said[1] == said[2] and 1 <= int(said[1]) <= cores, a.stdout + a.stderr
     ra = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
