@@ -271,6 +271,9 @@ def main(argv=None):
         "--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16"), help="precisions of the estimator table"
     )
     p.add_argument("--eager-only", action="store_true", help="skip the compiled rows (quick dry runs)")
+    p.add_argument(
+        "--compiled-estimators", nargs="+", default=None, help="compiled rows only for these (default: every one)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default="benchmarks/results.json", help="write the results here")
     p.add_argument("--child-memory", nargs=2, default=None, help=argparse.SUPPRESS)
@@ -289,7 +292,8 @@ def main(argv=None):
     if "estimators" in args.sections:
         rows = []
         for name in args.estimators:
-            for compiled in (False,) if args.eager_only else (False, True):
+            compiles = not args.eager_only and (args.compiled_estimators is None or name in args.compiled_estimators)
+            for compiled in (False, True) if compiles else (False,):
                 for precision in args.precisions:
                     r = bench_estimator(args, name, compiled, precision)
                     if r is None:

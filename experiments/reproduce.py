@@ -210,10 +210,10 @@ def plot(curves, out: Path):
     for name, ms in curves.items():
         ep = [m["epoch"] for m in ms]
         ax = axes[0] if name.startswith("mse") else axes[1]
-        line = ax.plot(ep, [100 * m["test_error"] for m in ms], label=name)[0]
-        ax.plot(ep, [100 * m["train_error"] for m in ms], "--", color=line.get_color())
+        line = ax.plot(ep, [100 * m["test_error"] for m in ms], marker="o", ms=3, label=name)[0]
+        ax.plot(ep, [100 * m["train_error"] for m in ms], "--", marker="x", ms=3, color=line.get_color())
     for ax, title in zip(axes, ("squared error (Fig. 4 style)", "cross-entropy (Fig. 5 style)")):
-        ax.set_title(f"{title}: test solid, train dashed", fontsize=9)
+        ax.set_title(f"{title}: test solid (o), train dashed (x)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("error (%)")
         ax.legend(fontsize=6)
@@ -225,9 +225,14 @@ def plot(curves, out: Path):
     for name, style in (("ce-vf-s0", "--"), ("ce-kpvf-s0", "-")):
         ms = curves.get(name)
         if ms and "alignment_deg" in ms[-1]:
-            for layer in ms[-1]["alignment_deg"]:
+            for i, layer in enumerate(ms[-1]["alignment_deg"]):  # a marker per layer: VF's lines lie together
                 ax.plot(
-                    [m["epoch"] for m in ms], [m["alignment_deg"][layer] for m in ms], style, label=f"{name} {layer}"
+                    [m["epoch"] for m in ms],
+                    [m["alignment_deg"][layer] for m in ms],
+                    style,
+                    marker="os^vD"[i % 5],
+                    ms=3,
+                    label=f"{name} {layer}",
                 )
     ax.set_title("angle between forward and backward weights (Fig. 7 style)", fontsize=9)
     ax.set_xlabel("epoch")

@@ -190,6 +190,7 @@ def test_one_iteration_on_a_simulated_device(name, monkeypatch):
     assert len(guard.syncs) <= 1 + e.spiking, guard.syncs  # evaluation: the error (+ the spike count)
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")  # autocast off without a driver
 @pytest.mark.parametrize(
     "over", [dict(), dict(channels_last=True), dict(amp="bf16"), dict(fused=True), dict(tol=1e-3)], ids=str
 )

@@ -1,0 +1,120 @@
+"""Milliseconds per dynamics step of the cifar10-cpu net (32-64-128-256, even/odd, batch 64): float32,
+bf16 autocast (the `--amp bf16` path: bf16 convolutions, float32 weights and estimate), and the bare
+convolutions of one step (each layer's forward conv and the feedback's transposed conv, nothing
+else: the floor), side by side in one process, eager and compiled; plus the cosine between the bf16
+and float32 estimates of symmetric EP on the same batch. Prints a table, writes JSON with the machine.
+
+    python benchmarks/bf16_steps.py --threads 2
+    python benchmarks/bf16_steps.py --checkpoint runs/cifar10-cpu/last.pt   # the cosine on trained weights
+
+Without --checkpoint the net is at its initialisation, and the JSON says so.
+"""
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from ep_compile.config import RunConfig  # noqa: E402
+from ep_compile.dynamics import make_step, relax  # noqa: E402
+from ep_compile.estimators import Phases, get_estimator  # noqa: E402
+from ep_compile.machine import describe, native_bf16  # noqa: E402
+from ep_compile.presets import PRESETS  # noqa: E402
+from ep_compile.training import load_checkpoint, model_from_config  # noqa: E402
+
+
+def bare_convs(model, x, states, dtype):
+    """The convolutions of one step alone: forward conv of every layer, transposed conv of every
+    layer above the first (what the step cannot avoid)."""
+    layers = [x] + states
+    for n, layer in enumerate(model.layers):
+        if not hasattr(layer, "conv"):
+            continue
+        w = layer.conv.weight.to(dtype)
+        u = F.conv2d(layers[n].to(dtype), w, padding=layer.padding)
+        if n > 0:
+            F.conv_transpose2d(u, w, padding=layer.padding)
+
+
+def timed(fn, repeats: int) -> float:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", default=None, help="a cifar10-cpu checkpoint (default: the net at init)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=10, help="steps per timing")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-compile", action="store_true", help="eager rows only")
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "bf16_steps.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = RunConfig.from_dict(PRESETS["cifar10-cpu"])
+    model = model_from_config(cfg)
+    if args.checkpoint:
+        model.load_state_dict(load_checkpoint(args.checkpoint)["model"])
+    model = model.to(memory_format=torch.channels_last)
+    x = (torch.randn(args.batch, 3, 32, 32) * 0.3).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch,))
+    with torch.no_grad():
+        s = relax(model, x, model.init_states(args.batch, x), 20, step_fn=make_step(False, "evenodd"))
+    rows = []
+    for compiled in (False,) if args.no_compile else (False, True):
+        fn = make_step(compiled, "evenodd")
+        for precision in ("fp32", "bf16"):
+            cast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+            with torch.no_grad(), cast:
+                relax(model, x, s, 2, step_fn=fn)  # warm up / compile
+                t = timed(lambda fn=fn: relax(model, x, s, args.steps, step_fn=fn), args.repeats) / args.steps
+            rows.append({"path": "step", "compiled": compiled, "precision": precision, "ms_per_step": 1e3 * t})
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        with torch.no_grad():
+            bare_convs(model, x, s, dtype)
+            t = timed(lambda dtype=dtype: [bare_convs(model, x, s, dtype) for _ in range(args.steps)], args.repeats)
+        rows.append(
+            {
+                "path": "bare convolutions",
+                "compiled": False,
+                "precision": precision,
+                "ms_per_step": 1e3 * t / args.steps,
+            }
+        )
+    est = get_estimator("symmetric")
+    ph = dict(T=cfg.T, K=cfg.K, beta=cfg.beta)
+    g32 = est(model, x, y, Phases(**ph), step_fn=make_step(False, "evenodd")).grads
+    g16 = est(model, x, y, Phases(**ph, amp="bf16"), step_fn=make_step(False, "evenodd")).grads
+    a, b = torch.cat([g.flatten() for g in g32]), torch.cat([g.flatten() for g in g16])
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+    print(
+        f"== ms per step, cifar10-cpu net, batch {args.batch}, {args.threads} thread(s); native bf16: {native_bf16()}"
+    )
+    print(f"{'path':<18} {'compiled':<9} {'precision':<9} {'ms/step':>9}")
+    for r in rows:
+        print(f"{r['path']:<18} {str(r['compiled']):<9} {r['precision']:<9} {r['ms_per_step']:>9.2f}")
+    weights = args.checkpoint or "initialisation (no --checkpoint)"
+    print(f"cosine(bf16 estimate, fp32 estimate), symmetric EP T={cfg.T} K={cfg.K}, weights {weights}: {cosine:.5f}")
+    out = {"machine": describe(), "native_bf16": native_bf16(), "threads": args.threads, "batch": args.batch}
+    out.update(rows=rows, cosine_bf16_fp32=cosine, weights=weights)
+    Path(args.json).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
