@@ -25,6 +25,7 @@ from .data import augment, preprocess
 from .dynamics import make_step, relax, relax_until
 from .estimators import Phases, set_grads
 from .machine import describe
+from .model import ConfigError
 from .registry import entry
 from .spiking import SpikeConfig, SpikeState, spike_report, spiking_phase
 from .training import (
@@ -73,6 +74,47 @@ def make_phases(cfg) -> Phases:
     if cfg["estimator"] != "bptt":
         phases.require_beta(cfg["estimator"])
     return phases
+
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # a folder holding any of them holds a run
+
+
+def check_fresh_folder(out: Path) -> None:
+    """A fresh run may not start in a folder that holds one."""
+    if any((out / f).exists() for f in RUN_FILES):
+        raise ConfigError(
+            f"run folder {out} already holds a run: continue it with --resume {out}, "
+            "start over with --overwrite, or pick another --out"
+        )
+
+
+def lock_run_folder(out: Path):
+    """Hold an exclusive lock on out/.lock for the life of this process (the OS drops it when the
+    process dies, so a kill never leaves a lock that blocks). A second writer is refused in one line
+    naming the holder's PID. Returns the open file that holds the lock."""
+    import fcntl
+
+    f = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = ""
+        for _ in range(20):  # the holder writes its PID just after it takes the lock
+            f.seek(0)
+            holder = f.read().strip()
+            if holder:
+                break
+            time.sleep(0.05)
+        f.close()
+        holder = holder or "unknown"
+        raise ConfigError(
+            f"run folder {out} is in use by another run (PID {holder}); wait for it or pick another --out"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 class Trainer:
@@ -229,12 +271,17 @@ class Trainer:
         return torch.tensor(self.stats, dtype=torch.float64, device=self.device)
 
     # ------------------------------------------------------------------ run folder
-    def open_run(self, out: Path) -> None:
-        """Create the run folder: stale temp files removed, config.json written (after validation and
-        the data load succeeded), metrics.jsonl cut back to the checkpoint's history."""
+    def open_run(self, out: Path, fresh: bool = False, overwrite: bool = False) -> None:
+        """Create the run folder: the folder's lock taken (one writer per run folder), stale temp files
+        removed, config.json written (after validation and the data load succeeded), metrics.jsonl
+        cut back to the checkpoint's history. fresh: a new run, refused (under the lock, so two
+        starts cannot both pass) when the folder already holds one, unless overwrite."""
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
         if self.acc.is_main_process:
+            self.lock = lock_run_folder(out)
+            if fresh and not overwrite:
+                check_fresh_folder(out)
             for stale in out.glob(".*.tmp*"):  # temp files of a write that a kill interrupted
                 stale.unlink()
             (out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))

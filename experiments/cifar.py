@@ -31,7 +31,7 @@ from ep_compile.data import make_splits  # noqa: E402
 from ep_compile.machine import idle_cores  # noqa: E402
 from ep_compile.model import ConfigError  # noqa: E402
 from ep_compile.presets import DEFAULT, DESCRIPTIONS, PRESETS  # noqa: E402
-from ep_compile.trainer import Diverged, Trainer  # noqa: E402
+from ep_compile.trainer import Diverged, Trainer, check_fresh_folder  # noqa: E402
 
 HELP_COLUMNS = 100  # the width cifar_help.txt is written at
 
@@ -109,7 +109,7 @@ def training_function(config: RunConfig, args):
         )
         return {"test_error": err, "free_steps": steps}
 
-    trainer.open_run(out)
+    trainer.open_run(out, fresh=not args.resume, overwrite=args.overwrite)
     if args.with_tracking:
         accelerator.init_trackers("ep_compile", {k: str(v) for k, v in config.to_dict().items()})
     trainer.fit(crash_at_step=args.simulate_crash_at_step, tracking=args.with_tracking)
@@ -190,12 +190,8 @@ def main(argv=None):
             config = RunConfig.resume(args)
         else:
             config = RunConfig.from_args(args)
-            out = Path(config.out)
-            if not args.overwrite and any((out / f).exists() for f in ("last.pt", "best.pt", "metrics.jsonl")):
-                raise ConfigError(
-                    f"run folder {out} already holds a run: continue it with --resume {out}, "
-                    "start over with --overwrite, or pick another --out"
-                )
+            if not args.overwrite:  # early, before the data load; again under the folder's lock
+                check_fresh_folder(Path(config.out))
         for line in cautions(config):
             print(f"cifar.py: {line}", file=sys.stderr)
         training_function(config, args)
