@@ -193,6 +193,19 @@ MUTANTS = {
         "torch.rand(s.shape, generator=generator, dtype=s.dtype).to(s.device)",
         ["tests/test_fake_cuda.py"],
     ),
+    # the order of the time-local rule at a finite rate (test_c_ep_trajectory_at_a_finite_rate_...)
+    "c-ep-weights-frozen-in-the-phase": (
+        "continual.py",
+        "        update(g, k, K)\n        total = g if total is None",
+        "        total = g if total is None",
+        CONT,
+    ),
+    "c-ep-readout-in-the-first-increment": (
+        "continual.py",
+        "        if k == K - 1:\n            g = [a + r for a, r in zip(g, readout_gradient(",
+        "        if k == 0:\n            g = [a + r for a, r in zip(g, readout_gradient(",
+        CONT,
+    ),
 }
 
 

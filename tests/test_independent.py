@@ -206,3 +206,57 @@ def test_c_vf_increments_equal_the_time_local_rule(f64):
                 picked = F.linear((b[n - 1] - a[n - 1]).flatten(1), wb)
             g_b = g_b + d((picked * a[n]).sum(), wb)
         torch.testing.assert_close(got[f"layers.{n}.weight_b"], -g_b / (ph.beta * B), rtol=1e-6, atol=1e-12)
+
+
+def test_c_ep_trajectory_at_a_finite_rate_follows_the_per_step_rule(f64):
+    """C-EP (Ernoult et al. 2020) at continual learning rate 0.05, plain SGD: the weights after every
+    nudged step (each depends on that step's pair of states) against a loop written here: s_{k+1} = sigma(dPhi/ds(s_k; theta_k) - beta dl/ds(s_k));
+    theta_{k+1} = theta_k - lr g_k with g_k = -(1/(beta B)) d/dtheta [Phi(s_{k+1}) - Phi(s_k)] at
+    theta_k, plus the read-out's dl/dw_out at s_K in the last increment. At this rate the order of
+    step and update changes the weights by far more than the tolerance (a tiny-rate test cannot see it)."""
+    import copy
+
+    from ep_compile.dynamics import step
+
+    torch.manual_seed(0)
+    m = EPNet(small_cfg(fc=[5]))
+    x, y = data(1)
+    ph, lr, B = Phases(T=40, K=6, beta=0.5), 0.05, x.shape[0]
+    ref = copy.deepcopy(m)
+    got_w = []
+
+    def sgd(g, k, K):  # the trainer's update: one SGD step per nudged step, weights recorded
+        with torch.no_grad():
+            for p, gi in zip(m.parameters(), g):
+                p.sub_(lr * gi)
+        got_w.append([p.detach().clone() for p in m.parameters()])
+
+    ESTIMATORS["c-ep"](m, x, y, ph, apply_update=sgd)
+    params = list(ref.parameters())
+    with torch.no_grad():
+        s = relax(ref, x, ref.init_states(B, x), ph.T)
+    ref_w = []
+    for k in range(ph.K):
+        with torch.no_grad():
+            new = step(ref, x, s, None, y, torch.tensor(ph.beta))  # theta_k drives the step
+        with torch.enable_grad():
+            dphi = ref.phi(x, new).sum() - ref.phi(x, s).sum()
+            g = [
+                gi if gi is not None else torch.zeros_like(p)
+                for gi, p in zip(torch.autograd.grad(-dphi / (ph.beta * B), params, allow_unused=True), params)
+            ]
+            if k == ph.K - 1:  # the read-out's own gradient at s_K, once, in the last increment
+                ro = torch.autograd.grad(ref.loss(new, y).mean(), list(ref.readout.parameters()))
+                ids = {id(p): r for p, r in zip(ref.readout.parameters(), ro)}
+                g = [gi + ids.get(id(p), 0) for gi, p in zip(g, params)]
+        with torch.no_grad():
+            for p, gi in zip(params, g):
+                p.sub_(lr * gi)
+        ref_w.append([p.detach().clone() for p in params])
+        s = new
+    assert len(got_w) == ph.K
+    for k, (a, b) in enumerate(zip(got_w, ref_w)):
+        for wa, wb in zip(a, b):
+            torch.testing.assert_close(wa, wb, rtol=1e-9, atol=1e-12, msg=f"weights after nudged step {k + 1}")
+    moved = max((w1 - w0).abs().max().item() for w0, w1 in zip(ref_w[0], ref_w[-1]))
+    assert moved > 1e-4  # the rate is finite: the weights move within the phase
