@@ -78,13 +78,10 @@ else
   echo "== epoch, recipe: skipped (no --data-root)"
 fi
 GPUS=$(python -c "import torch; print(torch.cuda.device_count())")
-if [ "$DRY" = 1 ]; then # two CPU processes (gloo): the same launch line as on two GPUs
-  step ddp timeout 120 accelerate launch --multi_gpu --num_processes 2 experiments/cifar.py "${DDP[@]}" \
-    --out "$OUT/run-ddp" --overwrite
-  cp "$OUT/run-ddp/ranks.json" "$OUT/gpu_ddp.json" 2>/dev/null
-elif [ "$GPUS" -ge 2 ] && [ -n "$DATA" ]; then
-  step ddp timeout 60 accelerate launch --multi_gpu --num_processes 2 experiments/cifar.py "${DDP[@]}" \
-    --out "$OUT/run-ddp" --overwrite
+# the dry run launches two CPU processes (gloo) with the same line as two GPUs (NCCL)
+if [ "$DRY" = 1 ] || { [ "$GPUS" -ge 2 ] && [ -n "$DATA" ]; }; then
+  step ddp timeout "$([ "$DRY" = 1 ] && echo 120 || echo 60)" accelerate launch --multi_gpu --num_processes 2 \
+    experiments/cifar.py "${DDP[@]}" --out "$OUT/run-ddp" --overwrite
   cp "$OUT/run-ddp/ranks.json" "$OUT/gpu_ddp.json" 2>/dev/null
 else
   echo "{\"ran\": false, \"why\": \"$GPUS GPU(s): NCCL needs one GPU per process, so two processes need two GPUs\"}" \

@@ -21,8 +21,8 @@ from pathlib import Path
 from . import registry
 from .data import DATASETS
 from .estimators import check_compatible
-from .model import ConfigError, EPNet, ModelConfig
-from .presets import PRESETS, closest
+from .model import ConfigError, EPNet, ModelConfig, closest
+from .presets import PRESETS
 from .spiking import SpikeConfig, check_spiking
 from .trainer import DTYPES
 from .training import MODEL_KEYS, load_checkpoint
@@ -193,9 +193,9 @@ class RunConfig:
     def from_args(cls, args) -> RunConfig:
         """The preset, the flags given over it, validated."""
         if args.preset not in PRESETS:
-            raise ConfigError(
-                f"unknown preset {args.preset!r}{closest(args.preset, PRESETS) or '; see --list-presets'}"
-            )
+            hit = closest(args.preset, PRESETS)
+            hint = f"did you mean {hit!r}?" if hit else "see --list-presets"
+            raise ConfigError(f"unknown preset {args.preset!r}; {hint}")
         given = cls.given(args)
         d = {**PRESETS[args.preset], "preset": args.preset, **given}
         spike = dict(d.get("spike", {}))

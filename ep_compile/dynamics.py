@@ -118,7 +118,7 @@ def relax_until(
     if tol <= 0:  # no stop to decide: all max_steps steps, the last one's change read once at the end
         states = relax(model, x, states, max_steps - 1, masks, y, beta, step_fn)
         new = step_fn(model, x, states, masks, y, beta)
-        return new, max_steps, torch.stack([(a - b).abs().max() for a, b in zip(new, states)]).max().item()
+        return new, max_steps, largest_change(new, states).item()
     t, res = 0, float("inf")
     while t < max_steps:
         for _ in range(min(check_every, max_steps - t) - 1):
@@ -126,11 +126,16 @@ def relax_until(
             t += 1
         new = step_fn(model, x, states, masks, y, beta)
         t += 1
-        res = torch.stack([(a - b).abs().max() for a, b in zip(new, states)]).max().item()  # one read
+        res = largest_change(new, states).item()  # one read of the device
         states = new
         if res < tol:
             break
     return states, t, res
+
+
+def largest_change(new, old) -> torch.Tensor:
+    """max_n |new_n - old_n| over every state layer, as a 0-d tensor on the states' device."""
+    return torch.stack([(a - b).abs().max() for a, b in zip(new, old)]).max()
 
 
 def residual(model: EPNet, x, states, masks=None, y=None, beta=None, step_fn=step) -> torch.Tensor:
@@ -138,7 +143,7 @@ def residual(model: EPNet, x, states, masks=None, y=None, beta=None, step_fn=ste
     new = step_fn(
         model, x, states, masks, y, None if beta is None else torch.as_tensor(beta, dtype=x.dtype, device=x.device)
     )
-    return torch.stack([(a - b).abs().max() for a, b in zip(new, states)]).max()
+    return largest_change(new, states)
 
 
 def regions(model: EPNet, x, states, masks=None, y=None, beta=None):

@@ -13,52 +13,46 @@ import torch
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "sve", "asimd")
 
 
-def cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """/proc/cpuinfo as key -> the first value of that key ({} where it cannot be read): the first
+    processor's fields, and those some Arm kernels print once after the last processor ('Model')."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("model name", "Model")):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
 
 
-def cpu_family_model() -> str:
+def cpu_model(info: dict | None = None) -> str:
+    info = _cpuinfo() if info is None else info
+    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
+
+
+def cpu_family_model(info: dict | None = None) -> str:
     """'family/model' of an x86 CPU ('6/207'): the model name of a virtual machine may hide it."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("cpu family", "model") and key.strip() not in fields:
-                    fields[key.strip()] = value.strip()
-                if not line.strip():
-                    break
-    except OSError:
-        pass
-    return f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}"
+    info = _cpuinfo() if info is None else info
+    return f"{info.get('cpu family', '?')}/{info.get('model', '?')}"
 
 
-def cpu_flags() -> list[str]:
+def cpu_flags(info: dict | None = None) -> list[str]:
     """The FLAGS this CPU has (from /proc/cpuinfo; [] where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    have = set(line.split(":", 1)[1].split())
-                    return [f for f in FLAGS if f in have]
-    except OSError:
-        pass
-    return []
+    info = _cpuinfo() if info is None else info
+    have = set((info.get("flags") or info.get("Features") or "").split())
+    return [f for f in FLAGS if f in have]
 
 
 def describe() -> dict:
     """One dict for config files and benchmark JSON."""
+    info = _cpuinfo()
     out = {
-        "cpu_model": cpu_model(),
-        "cpu_family_model": cpu_family_model(),
-        "cpu_flags": cpu_flags(),
+        "cpu_model": cpu_model(info),
+        "cpu_family_model": cpu_family_model(info),
+        "cpu_flags": cpu_flags(info),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch": torch.__version__,
         "machine": platform.machine(),

@@ -42,6 +42,14 @@ class ConfigError(ValueError):
     """A model or run configuration that cannot work; the message names the bad value."""
 
 
+def closest(name: str, valid) -> str | None:
+    """The valid name closest to a misspelt one ('did you mean'), or None when nothing is close."""
+    import difflib
+
+    hit = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return hit[0] if hit else None
+
+
 def conv_out(size: int, kernel: int, padding: int) -> int:
     """Output size of a stride-1 convolution: the one formula of the Python side (the C++ loader has
     its own, once)."""

@@ -191,11 +191,3 @@ DESCRIPTIONS = {  # name -> one line for --list-presets
     "fashion-spiking-conv": "Fashion-MNIST spiking ConvNet 16-32, symmetric EP",
     "fashion-ce-symmetric": "Fashion-MNIST ConvNet 32-64, symmetric EP, cross-entropy",
 }
-
-
-def closest(name: str, valid) -> str:
-    """', did you mean X?' for a misspelt name, or '' when nothing is close."""
-    import difflib
-
-    hit = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
-    return f"; did you mean {hit[0]!r}?" if hit else ""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .model import ConfigError
+from .model import ConfigError, closest
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,8 @@ def register(name: str, fn: Callable, **capabilities) -> Callable:
 
 def entry(name: str) -> Entry:
     if name not in ENTRIES:
-        import difflib
-
-        hit = difflib.get_close_matches(name, list(ENTRIES), n=1, cutoff=0.6)
-        hint = f"did you mean {hit[0]!r}? " if hit else ""
+        hit = closest(name, ENTRIES)
+        hint = f"did you mean {hit!r}? " if hit else ""
         raise ConfigError(f"unknown estimator {name!r}; {hint}valid: {', '.join(ENTRIES)}")
     return ENTRIES[name]
 

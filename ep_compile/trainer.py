@@ -198,7 +198,7 @@ class Trainer:
     def update(self, grads) -> None:
         """Average the estimate over processes (one flattened all-reduce) and take the step. Whether
         the estimate and the new weights are finite is kept on the device (`self.ok`) and read once
-        per iteration with the statistics (`end_iteration`): no host sync here."""
+        per iteration with the statistics (`train_step`): no host sync here."""
         flat = flatten(grads)
         if self.world > 1:
             flat = self.acc.reduce(flat, reduction="mean")

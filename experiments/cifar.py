@@ -12,6 +12,7 @@ loop (train_step, evaluate, checkpoints, the all-reduce of hand-set gradients) i
 """
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -39,8 +40,9 @@ HELP_COLUMNS = 100  # the width cifar_help.txt is written at
 def set_threads(requested: int, world: int) -> str:
     """Threads per process on the CPU: --threads if given, else OMP_NUM_THREADS if set, else the idle
     cores (those this process may use, less what other work holds right now: machine.idle_cores)
-    divided by the local processes (several processes launched together share all the cores). torch's own default takes every core even when other work holds them, and its
-    spinning threads then oversubscribe the machine: a one-minute run was seen to take fifteen."""
+    divided by the local processes (several processes launched together share all the cores).
+    torch's own default takes every core even when other work holds them, and its spinning threads
+    then oversubscribe the machine: a one-minute run was seen to take fifteen."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # accelerate launch sets OMP_NUM_THREADS=1 itself
@@ -156,13 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def help_text() -> str:
-    """--help as the parser formats it at HELP_COLUMNS columns: what cifar_help.txt must hold."""
-    old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = str(HELP_COLUMNS)
-    try:
-        return build_parser().format_help()
-    finally:
-        os.environ.pop("COLUMNS") if old is None else os.environ.__setitem__("COLUMNS", old)
+    """--help as the parser formats it on a HELP_COLUMNS-wide terminal: what cifar_help.txt holds."""
+    parser = build_parser()
+    parser.formatter_class = functools.partial(argparse.HelpFormatter, width=HELP_COLUMNS - 2)  # as argparse sizes it
+    return parser.format_help()
 
 
 def main(argv=None):

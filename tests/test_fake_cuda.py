@@ -63,10 +63,9 @@ class DeviceGuard(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in SYNCS and self.on and args[0].device.type == self.device:  # a read of the device
-            self.syncs.append(f"{getattr(func, '__name__', func)} at {_caller()}")
-            return _dummy(args[0], func)
         if func in SYNCS:
+            if self.on and args[0].device.type == self.device:  # a read of the device
+                self.syncs.append(f"{getattr(func, '__name__', func)} at {_caller()}")
             return _dummy(args[0], func)
         gen = kwargs.get("generator")
         if self.on and gen is not None and id(gen) not in self.device_generators:
