@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +211,7 @@ class RunConfig:
         if cfg.out is None:
             cfg.out = f"runs/{args.preset}"
         cfg.validate(set(given))
+        check_out(cfg.out)
         return cfg
 
     @classmethod
@@ -217,8 +220,13 @@ class RunConfig:
         change the run are refused unless they repeat the stored value; the few that may change are
         applied and reported."""
         path = Path(args.resume)
-        cfg = cls.from_dict(load_checkpoint(path)["config"])
+        if getattr(args, "overwrite", False):
+            raise ConfigError(f"--resume {path} continues the run, --overwrite would replace it: give one")
+        stored = load_checkpoint(path)["config"]
+        cfg = cls.from_dict(stored)
         cfg.out = str(path if path.is_dir() else path.parent)
+        check_folder_config(Path(cfg.out), stored)
+        check_out(cfg.out)
         for key, v in cls.given(args).items():
             if v == cfg[key]:
                 continue
@@ -255,6 +263,7 @@ class RunConfig:
         for key, valid in (("dtype", DTYPES), ("dataset", DATASETS)):
             if self[key] not in valid:
                 raise ConfigError(f"unknown {key} {self[key]!r}; valid: {', '.join(valid)}")
+        check_memory(self)  # before the model below is allocated
         model = EPNet(self.model_config())
         check_compatible(self.estimator, model)
         if self.neuron == "spiking":
@@ -328,6 +337,8 @@ VALUE_RULES = {
     "test_subset": (lambda v: v >= 1, "an integer >= 1"),
     "stop_at_accuracy": (lambda v: _finite(v) and 0 <= v <= 1, "a fraction in [0, 1] (0: off)"),
     "max_hours": (lambda v: _finite(v) and v >= 0, "a number of hours >= 0 (0: off)"),
+    # training.step_generator mixes (seed, epoch, step) into one 64-bit generator seed
+    "seed": (lambda v: isinstance(v, int) and 0 <= v < 2**24, f"an integer in [0, {2**24})"),
 }
 
 
@@ -351,6 +362,92 @@ def check_values(config) -> None:
     if config.get("data_root") and config.get("dataset") == "digits":
         raise ConfigError(
             f"--data-root {config['data_root']}: the digits set ships with scikit-learn and takes no data root"
+        )
+
+
+def check_folder_config(out: Path, stored: dict) -> None:
+    """The folder's config.json describes the checkpoint's run: a hand-edited config.json or a
+    last.pt copied in from another run is refused, not overwritten (settings a resume may change
+    are left out of the comparison)."""
+    f = out / "config.json"
+    if not f.exists():
+        return
+    try:
+        on_disk = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{f} is unreadable ({type(e).__name__}): move it away to resume from last.pt") from None
+    if not isinstance(on_disk, dict):
+        raise ConfigError(f"{f} is not a run config: move it away to resume from last.pt")
+    differ = sorted(
+        k
+        for k in set(on_disk) | set(stored)
+        if k not in RESUME_MAY_CHANGE and k != "out" and on_disk.get(k) != stored.get(k)
+    )
+    if differ:
+        k = differ[0]
+        raise ConfigError(
+            f"{f} does not describe {out / 'last.pt'} ({k}: {on_disk.get(k)!r} vs {stored.get(k)!r}"
+            f"{f' and {len(differ) - 1} more' if len(differ) > 1 else ''}): one of them was edited or copied in"
+        )
+
+
+def check_out(out: str, resume: bool = False) -> None:
+    """The run folder can be made and written: one line naming it, before anything is loaded."""
+    if not out or not str(out).strip():
+        raise ConfigError(
+            f"--out {out!r}: expected a folder name (an empty one would write into the working directory)"
+        )
+    path = Path(out)
+    long = [part for part in path.parts if len(part.encode()) > 255]
+    if long:
+        raise ConfigError(f"--out {out[:60]}...: the name {long[0][:24]}... is over 255 bytes")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--out {out}: {probe} is a file, so no folder can be made under it")
+    try:  # a real write: permissions, read-only mounts and pseudo file systems all answer here
+        import tempfile
+
+        Path(tempfile.mkdtemp(prefix=".ep-probe-", dir=probe)).rmdir()
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write in {probe} ({e.strerror or type(e).__name__})") from None
+
+
+def memory_estimate(cfg) -> int:
+    """Bytes a run needs about, from the architecture alone (nothing allocated): the weights with
+    their gradients, optimizer moments and checkpoint copy (x6, x2 again for backward weights), and
+    the states of a training batch (x12: free, nudged and scratch copies) and of an eval batch (x3)."""
+    mc = cfg.model_config() if hasattr(cfg, "model_config") else cfg
+    weights = 0
+    for sp in mc.layer_specs():
+        n = (
+            sp.in_shape[0] * sp.out_shape[0] * sp.kernel**2
+            if sp.kind == "conv"
+            else math.prod(sp.in_shape) * sp.out_shape[0]
+        )
+        weights += n * (2 if mc.asymmetric else 1)
+    last = mc.layer_specs()[-1].out_shape if mc.layer_specs() else mc.in_shape
+    weights += math.prod(last) * mc.n_classes
+    states = sum(math.prod(sp.conv_shape or sp.out_shape) for sp in mc.layer_specs())
+    batch = getattr(cfg, "batch_size", 1) * 12 + getattr(cfg, "eval_batch_size", 0) * 3
+    return 4 * (6 * weights + states * batch)
+
+
+def check_memory(cfg) -> None:
+    """Refuse a run that cannot fit in this machine's memory, before anything is built."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = memory_estimate(cfg)
+    if need > total:
+        raise ConfigError(
+            f"--channels {' '.join(map(str, cfg.channels)) or '(none)'} --fc {' '.join(map(str, cfg.fc)) or '(none)'} "
+            f"--batch-size {cfg.batch_size}: the run needs about {need / 2**30:.0f} GiB, this machine has "
+            f"{total / 2**30:.0f} GiB"
         )
 
 

@@ -103,6 +103,9 @@ def _image_tree(entries, what: str) -> tuple[Dataset, Dataset]:
     if not groups["train"] or not groups["test"]:
         raise ConfigError(f"{what} holds no images in the layout train/<class>/*.jpg and test/<class>/*.jpg")
     classes = sorted(groups["train"])
+    unseen = sorted(set(groups["test"]) - set(classes))
+    if unseen:
+        raise ConfigError(f"{what}: test class {unseen[0]!r} has no training images (classes must match across splits)")
     out, first = [], None
     for split in ("train", "test"):
         xs, ys = [], []
@@ -224,6 +227,8 @@ def load_source(name: str, data_root: str | None = None, cache_dir: Path | None 
     if name == "digits":
         return load_digits_set()
     cache_dir = Path(cache_dir or default_cache_dir())
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ConfigError(f"--cache-dir {cache_dir}: is a file, not a folder")
     if data_root is None:
         return _torchvision_set(name, cache_dir / "torchvision", download=True)
     root = Path(data_root).expanduser()
@@ -251,16 +256,44 @@ def load_source(name: str, data_root: str | None = None, cache_dir: Path | None 
         train, test = load_image_folder(root)
     else:
         raise ConfigError(f"data root {root} is neither a folder nor a .tar.gz archive")
-    cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save(
-        {"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y, "classes": train.classes}, tmp
-    )
-    os.replace(tmp, cache)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(cache.parent)
+        d = {"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y, "classes": train.classes}
+        torch.save(d, tmp)
+        os.replace(tmp, cache)
+    except OSError as e:  # the data is decoded: an unwritable cache only costs the next start its decode
+        log(
+            f"data: warning: cannot write the cache {cache} ({e.strerror or type(e).__name__}); --cache-dir DIR sets it"
+        )
+        if tmp.exists():
+            tmp.unlink()
     return train, test
 
 
+def remove_stale_temps(folder: Path) -> None:
+    """Temp files (NAME.tmpPID) of cache writes whose process is gone: a kill mid-write leaves them."""
+    for t in folder.glob("*.tmp*"):
+        pid = t.suffix[4:]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            t.unlink(missing_ok=True)
+
+
 # ----------------------------------------------------------------------------- splits and batches
+
+
+def check_classes(train: Dataset, test: Dataset, what) -> None:
+    """At least two classes, and every label of both splits one of the training classes."""
+    if len(train.classes) < 2:
+        raise ConfigError(
+            f"{what}: the training set has {len(train.classes)} class(es) {train.classes}; a classifier needs >= 2"
+        )
+    for split, ds in (("training", train), ("test", test)):
+        if len(ds.y) and not 0 <= int(ds.y.min()) <= int(ds.y.max()) < len(train.classes):
+            raise ConfigError(
+                f"{what}: {split} labels span {int(ds.y.min())}..{int(ds.y.max())}, outside the {len(train.classes)} classes"
+            )
 
 
 def make_splits(
@@ -269,6 +302,7 @@ def make_splits(
     """Train/validation/test. The validation set is held out of the training set by a seeded
     permutation (the best checkpoint is chosen on it, never on the test set)."""
     train, test = load_source(name, data_root, cache_dir, log)
+    check_classes(train, test, data_root or name)
     n = len(train.y)
     val_size = (n // 10 if n < 20000 else 5000) if val_size is None else val_size
     if not 0 <= val_size < n:

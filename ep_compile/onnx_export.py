@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -269,8 +270,17 @@ def export_checkpoint(ck: dict, path: str, T: int | None = None, rate: bool = Fa
     fixed point its decoded states approach), otherwise it is refused."""
     from .config import RunConfig
     from .data import preprocessing_meta
-    from .training import model_from_config
+    from .training import check_contents, model_from_config
 
+    if T is not None and (not isinstance(T, int) or isinstance(T, bool) or T < 1):
+        raise ConfigError(f"--T {T}: expected an integer >= 1 (or leave it out: the training T)")
+    target = Path(path)
+    if target.is_dir() or str(path).endswith(os.sep):
+        raise ConfigError(f"--out {path}: is a folder; give the path of the .onnx file to write")
+    if not target.parent.is_dir():
+        raise ConfigError(f"--out {path}: the folder {target.parent} does not exist")
+    if "config" not in ck or not isinstance(ck["config"], dict):
+        raise ConfigError("the checkpoint holds no run config: it was not written by a training run")
     config = RunConfig.from_dict(ck["config"])  # the stored run, with RunConfig's one default for anything absent
     if config.neuron == "spiking" and not rate:
         raise ConfigError(
@@ -278,6 +288,7 @@ def export_checkpoint(ck: dict, path: str, T: int | None = None, rate: bool = Fa
             "network, whose fixed point the decoded spiking states approach (docs/onnx.md)"
         )
     model = model_from_config(config)
+    check_contents(ck, model)
     model.load_state_dict(ck["model"])
     meta = {
         "preprocessing": preprocessing_meta(config, model.cfg.in_shape),

@@ -31,6 +31,7 @@ from .spiking import SpikeConfig, SpikeState, spike_report, spiking_phase
 from .training import (
     alignment_angles,
     atomic_save,
+    check_contents,
     checkpoint_payload,
     epoch_order,
     flatten,
@@ -76,16 +77,51 @@ def make_phases(cfg) -> Phases:
     return phases
 
 
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # a folder holding any of them holds a run
+CHECKPOINTS = ("last.pt", "best.pt")  # a folder holding either holds a run; without one it is a fresh start
+ASIDE = ".replaced"  # an --overwrite moves the old run here until the new one has written its first checkpoint
 
 
 def check_fresh_folder(out: Path) -> None:
-    """A fresh run may not start in a folder that holds one."""
-    if any((out / f).exists() for f in RUN_FILES):
+    """A fresh run may not start in a folder that holds a checkpointed run (partial files of a run
+    that died before its first checkpoint are no run: they are replaced)."""
+    if any((out / f).exists() for f in CHECKPOINTS) or (out / ASIDE).is_dir():
         raise ConfigError(
             f"run folder {out} already holds a run: continue it with --resume {out}, "
             "start over with --overwrite, or pick another --out"
         )
+
+
+def _run_files(out: Path) -> list[Path]:
+    """Everything in a run folder but its lock and the moved-aside old run."""
+    return [p for p in out.iterdir() if p.name not in (".lock", ASIDE)]
+
+
+def _remove(p: Path) -> None:
+    import shutil
+
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+
+
+def restore_aside(out: Path, log=print) -> bool:
+    """If an --overwrite moved an old run aside and the new run never wrote a checkpoint (it failed
+    or was killed first), put the old run back byte for byte; if the new run did checkpoint, drop
+    the old one. Call with the folder's lock held. Returns whether the old run was restored."""
+    aside = out / ASIDE
+    if not aside.is_dir():
+        return False
+    if (out / "last.pt").exists():  # the new run got as far as a checkpoint: the old one is replaced
+        _remove(aside)
+        return False
+    for p in _run_files(out):
+        _remove(p)
+    for p in aside.iterdir():
+        os.replace(p, out / p.name)
+    aside.rmdir()
+    log(f"run folder {out}: the run that --overwrite was replacing wrote no checkpoint; the old run is back")
+    return True
 
 
 def lock_run_folder(out: Path):
@@ -144,6 +180,7 @@ class Trainer:
         self.first_step_seconds = None  # the first training iteration of this process (compiles the step)
         if resume:
             ck = load_checkpoint(resume)
+            check_contents(ck, self.model, self.optimizer, resume)
             self.model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
             self.epoch, self.step, self.best, self.history = (
@@ -272,16 +309,32 @@ class Trainer:
 
     # ------------------------------------------------------------------ run folder
     def open_run(self, out: Path, fresh: bool = False, overwrite: bool = False) -> None:
-        """Create the run folder: the folder's lock taken (one writer per run folder), stale temp files
-        removed, config.json written (after validation and the data load succeeded), metrics.jsonl
-        cut back to the checkpoint's history. fresh: a new run, refused (under the lock, so two
-        starts cannot both pass) when the folder already holds one, unless overwrite."""
+        """Take the run folder: its lock (one writer per run folder), an interrupted --overwrite
+        settled (restore_aside), stale temp files removed, config.json written (after validation
+        and the data load succeeded), metrics.jsonl cut back to the checkpoint's history. fresh: a
+        new run, refused (under the lock, so two starts cannot both pass) when the folder holds a
+        checkpointed run, unless overwrite; then the old run is moved aside and removed only once
+        this one has written its first checkpoint (abandon_run puts it back)."""
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
         if self.acc.is_main_process:
             self.lock = lock_run_folder(out)
-            if fresh and not overwrite:
-                check_fresh_folder(out)
+            restore_aside(out, self.log)
+            if fresh:
+                if not overwrite:
+                    check_fresh_folder(out)
+                held = any((out / f).exists() for f in CHECKPOINTS)
+                if held:  # --overwrite: the old run waits aside until this one has checkpointed
+                    (out / ASIDE).mkdir()
+                    for p in _run_files(out):
+                        os.replace(p, out / ASIDE / p.name)
+                    self.log(f"run folder {out}: the old run is kept aside until this one writes its first checkpoint")
+                elif _run_files(out):
+                    self.log(
+                        f"run folder {out} holds no checkpoint (a run that stopped before its first): starting afresh"
+                    )
+                    for p in _run_files(out):
+                        _remove(p)
             for stale in out.glob(".*.tmp*"):  # temp files of a write that a kill interrupted
                 stale.unlink()
             (out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
@@ -290,15 +343,18 @@ class Trainer:
             tmp = out / ".metrics.jsonl.tmp"
             tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
             os.replace(tmp, out / "metrics.jsonl")
+        self.written = len(self.history)  # rows of metrics.jsonl: never more than the checkpoint holds
         self.wall0 = time.time() - self.wall_offset
 
+    def abandon_run(self) -> None:
+        """A run that fails before its first checkpoint under --overwrite: the old run goes back."""
+        if self.acc.is_main_process and getattr(self, "out", None) is not None:
+            restore_aside(self.out, self.log)
+
     def log_row(self, row: dict) -> None:
+        """Keep and print a row; metrics.jsonl gets it once a checkpoint holding it is on disk (save)."""
         self.history.append(row)
         self.log(json.dumps(row))
-        if self.acc.is_main_process:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            kill_point("metrics-row-written")  # testing hook: the row is written, the checkpoint not yet
 
     def save(self, epoch: int, step: int, stats, name: str = "last.pt") -> None:
         if self.acc.is_main_process:
@@ -309,6 +365,15 @@ class Trainer:
             payload["epoch_stats"] = stats
             payload["wall_seconds"] = time.time() - self.wall0
             atomic_save(payload, self.out / name)
+            if name == "last.pt":
+                aside = self.out / ASIDE
+                if aside.is_dir():  # the first checkpoint of an --overwrite: the old run is replaced
+                    _remove(aside)
+                if len(self.history) > self.written:  # rows behind the checkpoint, never ahead of it
+                    with open(self.out / "metrics.jsonl", "a") as f:
+                        f.write("".join(json.dumps(r) + "\n" for r in self.history[self.written :]))
+                    self.written = len(self.history)
+                    kill_point("metrics-row-written")  # testing hook: checkpoint and row both written
         self.acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ epochs

@@ -237,6 +237,50 @@ def load_checkpoint(path: str | Path) -> dict:
     return ck
 
 
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "epoch", "step", "best_val_error", "metrics", "torch_rng")
+
+
+def check_contents(ck: dict, model, optimizer=None, path="checkpoint") -> None:
+    """The checkpoint holds what this config builds: every key, every weight with its shape, and
+    (when an optimizer is given) an optimizer state of the same groups and parameter shapes. One
+    ConfigError naming the first difference, before anything is loaded into the model."""
+    missing = (
+        [k for k in CHECKPOINT_KEYS if k not in ck] if optimizer is not None else [k for k in ("model",) if k not in ck]
+    )
+    if missing:
+        raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by a training run")
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = ck["model"]
+    if not isinstance(got, dict) or not all(isinstance(v, torch.Tensor) for v in got.values()):
+        raise ConfigError(f"checkpoint {path}: its model entry is not a dict of tensors")
+    for k in sorted(set(want) | set(got)):
+        if k not in got:
+            raise ConfigError(f"checkpoint {path} has no weight {k!r} (another architecture?)")
+        if k not in want:
+            raise ConfigError(
+                f"checkpoint {path} has a weight {k!r} this config does not build (another architecture?)"
+            )
+        if tuple(got[k].shape) != want[k]:
+            raise ConfigError(f"checkpoint {path}: weight {k!r} is {tuple(got[k].shape)}, the config builds {want[k]}")
+    if optimizer is None:
+        return
+    st = ck["optimizer"]
+    groups = st.get("param_groups") if isinstance(st, dict) else None
+    mine = optimizer.state_dict()["param_groups"]
+    if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [len(g["params"]) for g in mine]:
+        raise ConfigError(
+            f"checkpoint {path}: its optimizer state has other parameter groups than this config's optimizer"
+        )
+    shapes = [tuple(q.shape) for g in optimizer.param_groups for q in g["params"]]
+    ids = [i for g in groups for i in g["params"]]
+    for i, shape in zip(ids, shapes):
+        for name, v in st.get("state", {}).get(i, {}).items():
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and tuple(v.shape) != shape:
+                raise ConfigError(
+                    f"checkpoint {path}: optimizer state {name!r} is {tuple(v.shape)} for a weight of {shape}"
+                )
+
+
 def checkpoint_payload(model, optimizer, config: dict, epoch: int, step: int, best_val, metrics_so_far) -> dict:
     """Everything needed to continue exactly: weights (from the uncompiled module), optimizer state,
     config, position in the data (epoch, step in epoch), the global torch RNG state."""

@@ -83,8 +83,14 @@ def training_function(config: RunConfig, args):
         config.cache_dir,
         log=log,
     )
-    if config.mean is None:
+    if config.mean is None:  # a fresh run: preprocessing and classes come from its training data
         config.mean, config.std, config.classes = splits.mean, splits.std, splits.train.classes
+        config.n_classes = len(config.classes)
+    elif list(config.classes or []) != list(splits.train.classes):
+        raise ConfigError(
+            f"{config.data_root or config.dataset} has classes {splits.train.classes[:4]}..., the stored run "
+            f"was trained on {list(config.classes or [])[:4]}... ({len(config.classes or [])} classes)"
+        )
     n_train, world = len(splits.train.y), accelerator.num_processes
     if config.batch_size > n_train:
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set ({n_train} examples)")
@@ -112,9 +118,13 @@ def training_function(config: RunConfig, args):
         return {"test_error": err, "free_steps": steps}
 
     trainer.open_run(out, fresh=not args.resume, overwrite=args.overwrite)
-    if args.with_tracking:
-        accelerator.init_trackers("ep_compile", {k: str(v) for k, v in config.to_dict().items()})
-    trainer.fit(crash_at_step=args.simulate_crash_at_step, tracking=args.with_tracking)
+    try:
+        if args.with_tracking:
+            accelerator.init_trackers("ep_compile", {k: str(v) for k, v in config.to_dict().items()})
+        trainer.fit(crash_at_step=args.simulate_crash_at_step, tracking=args.with_tracking)
+    except BaseException:  # before its first checkpoint an --overwrite gives the folder back to the old run
+        trainer.abandon_run()
+        raise
     last = trainer.finish()
     accelerator.wait_for_everyone()  # no rank tears its process group down while another still talks to it
     accelerator.end_training()  # finishes trackers and destroys the process group: no gloo thread alive at exit
@@ -186,6 +196,8 @@ def main(argv=None):
         if args.threads < 0:
             raise ConfigError(f"--threads must be >= 0 (0: automatic), got {args.threads}")
         if args.resume:
+            if args.overwrite:
+                raise ConfigError(f"--resume {args.resume} continues the run, --overwrite would replace it: give one")
             config = RunConfig.resume(args)
         else:
             config = RunConfig.from_args(args)
