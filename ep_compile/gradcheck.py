@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -132,6 +133,12 @@ def load_batch(data: str, in_shape, batch: int, n_classes: int, dtype, generator
 def run(args) -> dict:
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     torch.manual_seed(args.seed)
+    for flag, v in (("--batch", args.batch), ("--T", args.T), ("--K", args.K)):
+        if v < 1:
+            raise ConfigError(f"{flag} {v}: expected an integer >= 1")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path and (Path(path).is_dir() or not Path(path).parent.is_dir()):
+            raise ConfigError(f"{flag} {path}: expected a file path in an existing folder")
     cfg = model_config(args.arch, loss=args.loss, asymmetric=True if args.asymmetric else None)
     model = EPNet(cfg).to(dtype)
     gen = torch.Generator().manual_seed(args.seed)

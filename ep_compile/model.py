@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -165,7 +166,12 @@ class ModelConfig:
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"unknown model config keys {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"model config {str(d)[:100]}: a value has the wrong type ({e})") from None
 
 
 PRESETS = {
@@ -183,11 +189,14 @@ def model_config(arch: str | dict, **overrides) -> ModelConfig:
     if isinstance(arch, str):
         if arch in PRESETS:
             d = dict(PRESETS[arch])
-        elif arch.lstrip().startswith("{"):
-            d = json.loads(arch)
-        elif arch.endswith(".json"):
-            with open(arch) as f:
-                d = json.load(f)
+        elif arch.lstrip().startswith("{") or arch.endswith(".json"):
+            try:
+                d = json.loads(arch) if arch.lstrip().startswith("{") else json.loads(Path(arch).read_text())
+            except (OSError, ValueError) as e:
+                why = e.strerror if isinstance(e, OSError) else f"not JSON: {e}"
+                raise ConfigError(f"architecture {arch[:80]!r}: {why}") from None
+            if not isinstance(d, dict):
+                raise ConfigError(f"architecture {arch[:80]!r}: expected a JSON object of ModelConfig fields")
         else:
             raise ConfigError(f"unknown architecture {arch!r}; give a preset ({', '.join(PRESETS)}) or a JSON file")
     else:

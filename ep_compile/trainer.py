@@ -153,6 +153,17 @@ def lock_run_folder(out: Path):
     return f
 
 
+def settle_folder(out: Path, log=print) -> None:
+    """Before a start reads the folder: an --overwrite that a kill interrupted is settled under the
+    folder's lock (restore_aside), so the start sees the old run, or the new one's checkpoint."""
+    if (out / ASIDE).is_dir():
+        lock = lock_run_folder(out)
+        try:
+            restore_aside(out, log)
+        finally:
+            lock.close()
+
+
 class Trainer:
     """One run: model, optimizer, estimator and phases from `cfg`, data from `splits`, processes and
     devices from `accelerator`; resumes from `resume` (a run folder or .pt file) when given."""

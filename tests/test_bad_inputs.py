@@ -177,3 +177,213 @@ def test_bad_resume_targets(run_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--T" in err[0], err
     assert snapshot(run_dir) == before
+
+
+MORE = [  # (arguments, needle): values in range one by one, combinations the path would ignore, huge runs
+    (["--T", "-5"], "--T -5"),
+    (["--K", "-1"], "--K -1"),
+    (["--beta", "inf"], "--beta inf"),
+    (["--momentum", "-0.1"], "--momentum -0.1"),
+    (["--lr-min", "nan"], "--lr-min nan"),
+    (["--std-scale", "nan"], "--std-scale nan"),
+    (["--warmup-epochs", "nan"], "--warmup-epochs nan"),
+    (["--eval-every", "nan"], "--eval-every nan"),
+    (["--stop-at-accuracy", "2"], "--stop-at-accuracy 2"),
+    (["--max-hours", "-1"], "--max-hours -1"),
+    (["--tol", "inf"], "--tol inf"),
+    (["--check-every", "-3"], "--check-every -3"),
+    (["--estimator", "bptt", "--bptt-steps", "0"], "--bptt-steps 0"),
+    (["--estimator", "bptt", "--bptt-steps", "99"], "--bptt-steps 99"),
+    (["--threads", "-5"], "--threads"),
+    (["--decay-epochs", "-3"], "--decay-epochs -3"),
+    (["--val-size", "100000"], "--val-size 100000"),
+    (["--train-subset", "-3"], "--train-subset -3"),
+    (["--spike-t0", "3"], "--neuron spiking"),
+    (["--estimator", "bptt", "--fused"], "--fused"),
+    (["--estimator", "bptt", "--tol", "0.1"], "--tol 0.1"),
+    (["--vf-form", "paper-code"], "--vf-form paper-code"),
+    (["--hep-points", "4"], "--hep-points"),
+    (["--wd-compensation"], "--wd-compensation"),
+    (["--bptt-steps", "3"], "--bptt-steps"),
+    (["--seed", str(2**70)], f"--seed {2**70}"),
+    (["--seed", "-1"], "--seed -1"),
+    (["--channels", "100000", "100000"], "GiB"),
+    (["--fc", "10000000"], "GiB"),
+    (["--init-gain", "1000"], "1000"),
+    (["--dropout", "0.1"], "dropout has 1"),
+    (["--kernels", "3", "3", "3"], "kernels has 3"),
+    (["--neuron", "lif"], "'lif'"),
+    (["--estimator", "spiking-symmetric"], "needs --neuron spiking"),
+    (["--estimator", "c-ep", "--amp", "bf16"], "--amp bf16"),
+    (["--augment", "--no-augment"], "contradict"),
+    (["--epochs", "0", "--batch-size", "0"], "--batch-size 0"),
+]
+
+
+@pytest.mark.parametrize("args,needle", MORE, ids=[" ".join(a)[:40] for a, _ in MORE])
+def test_more_bad_flags(run_dir, capsys, args, needle):
+    test_bad_flag(run_dir, capsys, args, needle)
+
+
+def _one_line(capsys, rc, needle, prefix):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(prefix) and needle in err[0], (rc, err)
+
+
+def test_bad_out_paths(tmp_path, capsys):
+    """--out that cannot hold a run: refused before the data load, nothing created."""
+    (tmp_path / "file").write_text("x")
+    cases = [
+        ("", "--out ''"),
+        (str(tmp_path / "file"), "is a file"),
+        (str(tmp_path / "file" / "sub"), "no folder can be made"),
+        (str(tmp_path / ("n" * 300)), "over 255 bytes"),
+        ("/proc/ep-run", "cannot write"),
+        ("/sys/ep-run/deeper", "cannot write"),
+    ]
+    for out, needle in cases:
+        before = sorted(tmp_path.iterdir())
+        _one_line(capsys, cifar.main(FAST + ["--out", out]), needle, "cifar.py: error:")
+        assert sorted(tmp_path.iterdir()) == before, out
+
+
+def test_bad_class_sets(run_dir, tmp_path, capsys):
+    """One class only, a test class that training never saw, a cache folder that is a file."""
+    one = {f"c/{s}/a/{i}.png": _png(32) for s in ("train", "test") for i in range(2)}
+    unseen = {**{f"c/{s}/{c}/{i}.png": _png(32) for s in ("train", "test") for c in "ab" for i in range(2)}}
+    unseen["c/test/z/0.png"] = _png(32)
+    (tmp_path / "cachefile").write_text("x")
+    good = _archive(
+        tmp_path,
+        "good.tar.gz",
+        {f"c/{s}/{c}/{i}.png": _png(32) for s in ("train", "test") for c in "ab" for i in range(2)},
+    )
+    before = snapshot(run_dir)
+    for root, cache, needle in [
+        (_archive(tmp_path, "one.tar.gz", one), tmp_path / "cache", "1 class"),
+        (_archive(tmp_path, "unseen.tar.gz", unseen), tmp_path / "cache", "'z'"),
+        (good, tmp_path / "cachefile", "is a file"),
+    ]:
+        args = FAST + ["--preset", "ce-symmetric", "--data-root", str(root), "--cache-dir", str(cache)]
+        _one_line(capsys, cifar.main(args + ["--out", str(run_dir), "--overwrite"]), needle, "cifar.py: error:")
+    assert snapshot(run_dir) == before
+
+
+def _crafted(run_dir: Path, tmp: Path, name: str, edit) -> Path:
+    """A folder holding run_dir's last.pt with one edit (no config.json, so only the checkpoint speaks)."""
+    import torch
+
+    ck = torch.load(run_dir / "last.pt", weights_only=True)
+    edit(ck)
+    (tmp / name).mkdir()
+    torch.save(ck, tmp / name / "last.pt")
+    return tmp / name
+
+
+def _drop_weight(ck):
+    ck["model"].pop(next(iter(ck["model"])))
+
+
+def _reshape_weight(ck):
+    import torch
+
+    k = next(iter(ck["model"]))
+    ck["model"][k] = torch.zeros(3, 3)
+
+
+def _extra_weight(ck):
+    import torch
+
+    ck["model"]["synapses.9.conv.weight"] = torch.zeros(1)
+
+
+def _foreign_optimizer(ck):
+    ck["optimizer"]["param_groups"] = ck["optimizer"]["param_groups"][:1]
+
+
+CONTENTS = [  # (edit of last.pt, what the error names, whether export reads that part: weights, not the optimizer)
+    (_drop_weight, "has no weight", True),
+    (_reshape_weight, "the config builds", True),
+    (_extra_weight, "does not build", True),
+    (lambda ck: ck.pop("optimizer"), "lacks optimizer", False),
+    (_foreign_optimizer, "parameter groups", False),
+]
+
+
+USES = [
+    (u, e, n) for e, n, exported in CONTENTS for u in ("resume", "eval-only", "export") if u != "export" or exported
+]
+
+
+@pytest.mark.parametrize("use,edit,needle", USES, ids=[f"{u}-{n}" for u, _, n in USES])
+def test_checkpoint_with_wrong_contents(run_dir, tmp_path, capsys, use, edit, needle):
+    folder = _crafted(run_dir, tmp_path, "crafted", edit)
+    before = snapshot(folder)
+    if use == "export":
+        rc = to_onnx.main([str(folder / "last.pt"), "--out", str(tmp_path / "m.onnx")])
+        prefix = "to_onnx.py: error:"
+        assert not (tmp_path / "m.onnx").exists()
+    else:
+        rc = cifar.main(["--resume", str(folder), "--cpu"] + (["--eval-only"] if use == "eval-only" else []))
+        prefix = "cifar.py: error:"
+    _one_line(capsys, rc, needle, prefix)
+    assert snapshot(folder) == before
+
+
+def test_resume_refusals(run_dir, tmp_path, capsys):
+    """--overwrite with --resume; a last.pt copied in from another run (config.json disagrees)."""
+    before = snapshot(run_dir)
+    _one_line(capsys, cifar.main(["--resume", str(run_dir), "--overwrite", "--cpu"]), "give one", "cifar.py: error:")
+    other = tmp_path / "other"
+    assert cifar.main(FAST + ["--T", "7", "--out", str(other)]) == 0
+    capsys.readouterr()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_bytes((run_dir / "config.json").read_bytes())
+    (foreign / "last.pt").write_bytes((other / "last.pt").read_bytes())
+    kept = snapshot(foreign)
+    _one_line(capsys, cifar.main(["--resume", str(foreign), "--cpu"]), "does not describe", "cifar.py: error:")
+    assert snapshot(foreign) == kept and snapshot(run_dir) == before
+
+
+sys.path.insert(0, str(ROOT / "export"))
+import to_onnx  # noqa: E402
+
+
+def test_bad_export_arguments(run_dir, tmp_path, capsys):
+    import torch
+
+    ck = torch.load(run_dir / "last.pt", weights_only=True)
+    ck.pop("config")
+    torch.save(ck, tmp_path / "noconfig.pt")
+    (tmp_path / "adir").mkdir()
+    for args, needle in [
+        ([str(run_dir), "--T", "-5", "--out", str(tmp_path / "m.onnx")], "--T -5"),
+        ([str(run_dir), "--T", "0", "--out", str(tmp_path / "m.onnx")], "--T 0"),
+        ([str(run_dir), "--out", str(tmp_path / "adir")], "is a folder"),
+        ([str(run_dir), "--out", str(tmp_path / "missing" / "m.onnx")], "does not exist"),
+        ([str(tmp_path / "noconfig.pt"), "--out", str(tmp_path / "m.onnx")], "no run config"),
+    ]:
+        _one_line(capsys, to_onnx.main(args), needle, "to_onnx.py: error:")
+        assert not (tmp_path / "m.onnx").exists()
+
+
+GRADCHECK = [
+    (["--arch", "bogus"], "'bogus'"),
+    (["--arch", '{"in_shape": "abc"}'], "wrong type"),
+    (["--arch", "/no/such/arch.json"], "arch.json"),
+    (["--arch", "[1, 2]"], "unknown architecture"),
+    (["--arch", "{not json"], "not JSON"),
+    (["--json", "/no/such/dir/r.json"], "--json /no/such/dir/r.json"),
+    (["--json", "/tmp"], "--json /tmp"),
+    (["--batch", "0"], "--batch 0"),
+    (["--T", "0"], "--T 0"),
+    (["--K", "0"], "--K 0"),
+]
+
+
+@pytest.mark.parametrize("args,needle", GRADCHECK, ids=[" ".join(a) for a, _ in GRADCHECK])
+def test_bad_gradcheck_arguments(capsys, args, needle):
+    from ep_compile import gradcheck
+
+    _one_line(capsys, gradcheck.main(["--T", "4", "--K", "2", *args]), needle, "gradcheck: error:")
