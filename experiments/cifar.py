@@ -32,7 +32,7 @@ from ep_compile.data import make_splits  # noqa: E402
 from ep_compile.machine import idle_cores  # noqa: E402
 from ep_compile.model import ConfigError  # noqa: E402
 from ep_compile.presets import DEFAULT, DESCRIPTIONS, PRESETS  # noqa: E402
-from ep_compile.trainer import Diverged, Trainer, check_fresh_folder  # noqa: E402
+from ep_compile.trainer import Diverged, Trainer, check_fresh_folder, settle_folder  # noqa: E402
 
 HELP_COLUMNS = 100  # the width cifar_help.txt is written at
 
@@ -196,11 +196,14 @@ def main(argv=None):
         if args.threads < 0:
             raise ConfigError(f"--threads must be >= 0 (0: automatic), got {args.threads}")
         if args.resume:
+            folder = Path(args.resume)
+            settle_folder(folder if folder.is_dir() else folder.parent)  # an --overwrite a kill interrupted
             if args.overwrite:
                 raise ConfigError(f"--resume {args.resume} continues the run, --overwrite would replace it: give one")
             config = RunConfig.resume(args)
         else:
             config = RunConfig.from_args(args)
+            settle_folder(Path(config.out))
             if not args.overwrite:  # early, before the data load; again under the folder's lock
                 check_fresh_folder(Path(config.out))
         for line in cautions(config):

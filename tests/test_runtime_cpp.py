@@ -321,3 +321,83 @@ def test_fuzz_under_asan_ubsan(golden, tmp_path, capsys, target):
             f"\n  {target}: {runs} executions in {seconds} s ({rate:.0f}/s), "
             f"coverage {cov.group(1) if cov else '?'} edges, no finding"
         )
+
+
+def _npy(header: str, data: bytes = b"") -> bytes:
+    h = header.encode()
+    h += b" " * ((64 - (10 + len(h) + 1) % 64) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little") + h + data
+
+
+CRAFTED_NPY = {  # name -> bytes: each refused in one line, no undefined behaviour on the way
+    "shape_overflow.npy": _npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1099511627776), }"),
+    "shape_zero_batch.npy": _npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 1, 8, 8), }"),
+    "shape_product_wraps.npy": _npy(
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 16), }"
+    ),
+    "truncated_header.npy": b"\x93NUMPY\x01\x00\xff\x7f{'descr'",
+    "v3_huge_header.npy": b"\x93NUMPY\x03\x00\xff\xff\xff\xff{",
+    "no_shape.npy": _npy("{'descr': '<f4', 'fortran_order': False, }"),
+}
+
+
+def _crafted_npy(tmp_path):
+    for name, data in CRAFTED_NPY.items():
+        (tmp_path / name).write_bytes(data)
+    return [tmp_path / n for n in CRAFTED_NPY]
+
+
+PEAK = (  # a fresh interpreter runs the command: its RUSAGE_CHILDREN peak is that one child's
+    "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+    "sys.stderr.write(p.stderr); print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def _max_rss_mb_of(cmd) -> tuple[int, float, str]:
+    """Exit code, peak resident memory (MB) and stderr of one child process."""
+    p = subprocess.run([sys.executable, "-c", PEAK, *cmd], capture_output=True, text=True, timeout=120)
+    rc, kb = p.stdout.split()
+    return int(rc), int(kb) / 1024, p.stderr
+
+
+def test_ep_infer_memory_cap_bounds_what_it_reads(build, golden, tmp_path):
+    """--max-memory-mb bounds the bytes read from any file: /dev/zero as the model or as the input
+    exits non-zero within the cap; crafted .npy headers are refused in one line."""
+    exe, model = str(build / "ep_infer"), str(golden / "digits_sym_ce_trained.onnx")
+    for cmd in (
+        [exe, "/dev/zero", str(golden / "digits.npy"), "--max-memory-mb", "64"],
+        [exe, model, "/dev/zero", "--max-memory-mb", "64"],
+    ):
+        rc, rss, err = _max_rss_mb_of(cmd)
+        assert rc != 0 and rss < 64 + 16, (cmd, rc, rss, err)  # 16 MB: the process itself
+        assert "larger than" in err and len(err.strip().splitlines()) == 1, err
+    for path in _crafted_npy(tmp_path):
+        p = subprocess.run([exe, model, str(path)], capture_output=True, text=True)
+        assert p.returncode in (1, 2) and len(p.stderr.strip().splitlines()) == 1 and str(path) in p.stderr, (
+            path,
+            p.stderr,
+        )
+
+
+@pytest.mark.slow
+def test_ep_infer_inputs_under_asan_ubsan(golden, tmp_path):
+    """ep_infer's own inputs (crafted .npy files, /dev/zero under the cap, bad flags) under ASan + UBSan."""
+    need("cmake", "clang++-14")
+    b = tmp_path / "san"
+    sh(["cmake", "-S", str(RT), "-B", str(b), "-DCMAKE_CXX_COMPILER=clang++-14", "-DEP_SANITIZE=address,undefined"])
+    sh(["cmake", "--build", str(b), "--target", "ep_infer", "-j2"])
+    exe, model = str(b / "ep_infer"), str(golden / "digits_sym_ce_trained.onnx")
+    runs = [[exe, model, str(p)] for p in _crafted_npy(tmp_path)]
+    runs += [
+        [exe, model, "/dev/zero", "--max-memory-mb", "16"],
+        [exe, "/dev/zero", str(golden / "digits.npy"), "--max-memory-mb", "16"],
+    ]
+    runs += [
+        [exe, model, str(golden / "digits.npy"), "--max-steps", "-3"],
+        [exe, model, str(golden / "digits.npy"), "--tol", "nan"],
+    ]
+    runs += [[exe, model, str(golden / "digits.npy"), "--max-steps", "20"]]
+    for cmd in runs:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert "runtime error" not in p.stderr and "AddressSanitizer" not in p.stderr, (cmd, p.stderr[-2000:])
+    assert p.returncode == 0  # the good input runs clean too

@@ -40,12 +40,14 @@ static int infer(char** argv, bool raw_input, int max_steps, float tol, std::uin
 // Reads and loads the model at `path` into file / arena / m, each allocation first counted by
 // within(bytes, what); says why on stderr and returns false on failure. Shared by --sizes and inference.
 template <typename Within>
-static bool load_model(const char* path, Within within, std::vector<std::uint8_t>* file, std::vector<float>* arena, ep::Model* m) {
-  std::uint64_t fsize = 0;
-  bool ok = npy::file_size(path, &fsize);
-  if (ok && !within(fsize, path)) return false;
-  if (ok) *file = npy::read_file(path, &ok);
+static bool load_model(const char* path, Within within, std::uint64_t room, std::vector<std::uint8_t>* file, std::vector<float>* arena, ep::Model* m) {
+  bool ok = false, too_big = false;
+  *file = npy::read_capped(path, room, &ok, &too_big);  // never reads (or allocates) past the cap
   if (!ok) { std::fprintf(stderr, "ep_infer: cannot read %s\n", path); return false; }
+  if (too_big || !within(file->size(), path)) {
+    std::fprintf(stderr, "ep_infer: %s is larger than the %llu MB that --max-memory-mb leaves for it\n", path, (unsigned long long)(room >> 20));
+    return false;
+  }
   std::size_t n_floats = 0;
   ep::Status s = ep::required_arena(file->data(), file->size(), &n_floats, m);
   if (s == ep::OK && !within(std::uint64_t(n_floats) * 4, "the weights")) return false;
@@ -65,7 +67,7 @@ static int sizes(const char* path, const char* batch_arg) {
   std::vector<std::uint8_t> file;
   std::vector<float> arena;
   static ep::Model m;
-  if (!load_model(path, [](std::uint64_t, const char*) { return true; }, &file, &arena, &m)) return 1;
+  if (!load_model(path, [](std::uint64_t, const char*) { return true; }, std::uint64_t(1) << 40, &file, &arena, &m)) return 1;
   std::printf("arena_floats=%zu workspace_bytes=%zu n_classes=%d input=%dx%dx%d batch=%d\n", arena.size(),
               ep::workspace_bytes(m, batch), m.n_classes, m.in_c, m.in_h, m.in_w, batch);
   return 0;
@@ -127,13 +129,12 @@ static int infer(char** argv, bool raw_input, int max_steps, float tol, std::uin
   std::vector<std::uint8_t> file;
   std::vector<float> arena;
   static ep::Model m;
-  if (!load_model(argv[1], within, &file, &arena, &m)) return 1;
-  std::uint64_t xsize = 0;
-  if (!npy::file_size(argv[2], &xsize)) { std::fprintf(stderr, "ep_infer: cannot read %s\n", argv[2]); return 1; }
-  if (!within(xsize * 5, argv[2])) return 1;  // the file, and its float32 copy when uint8
-  npy::Array x;
-  std::string err = npy::read(argv[2], &x);
+  if (!load_model(argv[1], within, cap, &file, &arena, &m)) return 1;
+  npy::Array x;  // the file, and its float32 copy (x5 when uint8): read no more than the cap leaves
+  std::string err = npy::read(argv[2], &x, (cap > used ? cap - used : 0) / 5);
+  if (err == "larger than the memory cap") err += " of --max-memory-mb " + std::to_string(cap >> 20);
   if (!err.empty()) { std::fprintf(stderr, "ep_infer: %s: %s\n", argv[2], err.c_str()); return 1; }
+  if (!within(std::uint64_t(x.data.size()) * (x.uint8 ? 5 : 8), argv[2])) return 1;
   if (x.shape.size() != 4 || x.shape[1] != m.in_c || x.shape[2] != m.in_h || x.shape[3] != m.in_w || x.shape[0] < 1) {
     std::fprintf(stderr, "ep_infer: %s: expected shape (N, %d, %d, %d)\n", argv[2], m.in_c, m.in_h, m.in_w);
     return 1;

@@ -15,15 +15,33 @@ struct Array {
   bool uint8 = false;
 };
 
-// Returns an empty string on success, else what is wrong with the file.
-inline std::string read(const char* path, Array* a) {
+// Reads at most max_bytes + 1 bytes of any file (a pipe or /dev/zero included): *too_big says the
+// file holds more than max_bytes, and nothing past the cap was read or allocated.
+inline std::vector<std::uint8_t> read_capped(const char* path, std::uint64_t max_bytes, bool* ok, bool* too_big) {
+  std::vector<std::uint8_t> buf;
+  *too_big = false;
   std::FILE* f = std::fopen(path, "rb");
-  if (f == nullptr) return std::string("cannot open ") + path;
-  std::vector<unsigned char> buf;
+  *ok = f != nullptr;
+  if (f == nullptr) return buf;
   unsigned char chunk[65536];
   std::size_t n;
-  while ((n = std::fread(chunk, 1, sizeof(chunk), f)) > 0) buf.insert(buf.end(), chunk, chunk + n);
+  while ((n = std::fread(chunk, 1, sizeof(chunk), f)) > 0) {
+    if (std::uint64_t(buf.size()) + n > max_bytes) {
+      *too_big = true;
+      break;
+    }
+    buf.insert(buf.end(), chunk, chunk + n);
+  }
   std::fclose(f);
+  return buf;
+}
+
+// Returns an empty string on success, else what is wrong with the file; reads at most max_bytes.
+inline std::string read(const char* path, Array* a, std::uint64_t max_bytes = std::uint64_t(1) << 34) {
+  bool ok = false, too_big = false;
+  std::vector<std::uint8_t> buf = read_capped(path, max_bytes, &ok, &too_big);
+  if (!ok) return std::string("cannot open ") + path;
+  if (too_big) return "larger than the memory cap";
   if (buf.size() < 10 || std::memcmp(buf.data(), "\x93NUMPY", 6) != 0) return "not a .npy file";
   const int major = buf[6];
   std::size_t hlen, hstart;
@@ -51,12 +69,13 @@ inline std::string read(const char* path, Array* a) {
     while (p < h.size() && h[p] >= '0' && h[p] <= '9') { v = v * 10 + (h[p++] - '0'); digit = true; if (v > (1LL << 40)) return "dimension too large"; }
     if (!digit) return "malformed shape";
     a->shape.push_back(v);
+    if (v != 0 && total > (std::int64_t(1) << 32) / v) return "array too large";  // checked before the product
     total *= v;
-    if (total > (1LL << 32)) return "array too large";
   }
   const std::size_t data = hstart + hlen;
   if (buf.size() - data != std::size_t(total) * item) return "data size does not match the shape";
   a->data.resize(std::size_t(total));
+  if (total == 0) return "";  // an empty array: nothing to copy (and no null pointer handed to memcpy)
   if (a->uint8) {
     for (std::size_t i = 0; i < std::size_t(total); ++i) a->data[i] = float(buf[data + i]);
   } else {
@@ -83,28 +102,10 @@ inline bool write(const char* path, const std::vector<std::int64_t>& shape, cons
   return std::fclose(f) == 0 && ok;
 }
 
-// The size of a file in bytes, read before anything is allocated for it.
-inline bool file_size(const char* path, std::uint64_t* size) {
-  std::FILE* f = std::fopen(path, "rb");
-  if (f == nullptr) return false;
-  bool ok = std::fseek(f, 0, SEEK_END) == 0;
-  const long n = ok ? std::ftell(f) : -1;
-  std::fclose(f);
-  if (n < 0) return false;
-  *size = std::uint64_t(n);
-  return true;
-}
-
+// The whole file (host tools that read their own trusted files: tests, benchmarks).
 inline std::vector<std::uint8_t> read_file(const char* path, bool* ok) {
-  std::vector<std::uint8_t> buf;
-  std::FILE* f = std::fopen(path, "rb");
-  *ok = f != nullptr;
-  if (f == nullptr) return buf;
-  unsigned char chunk[65536];
-  std::size_t n;
-  while ((n = std::fread(chunk, 1, sizeof(chunk), f)) > 0) buf.insert(buf.end(), chunk, chunk + n);
-  std::fclose(f);
-  return buf;
+  bool too_big = false;
+  return read_capped(path, std::uint64_t(1) << 40, ok, &too_big);
 }
 
 }  // namespace npy
