@@ -401,3 +401,84 @@ def test_ep_infer_inputs_under_asan_ubsan(golden, tmp_path):
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert "runtime error" not in p.stderr and "AddressSanitizer" not in p.stderr, (cmd, p.stderr[-2000:])
     assert p.returncode == 0  # the good input runs clean too
+
+
+def _edit(src: Path, dst: Path, how) -> Path:
+    """A golden model with one edit of its metadata or graph (the edits of an audit that loaded)."""
+    import json as _json
+
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(src)
+    body = next(a.g for n in m.graph.node if n.op_type == "Loop" for a in n.attribute if a.name == "body")
+    if how == "relabel-no-weight-b":  # an asymmetric export whose metadata claims symmetric weights
+        prop = next(p for p in m.metadata_props if p.key == "ep_compile.architecture")
+        arch = _json.loads(prop.value)
+        for d in arch["layers"]:
+            d["has_weight_b"] = False
+        prop.value = _json.dumps(arch)
+    elif how == "hardsigmoid-beta":
+        hs = next(n for n in body.node if n.op_type == "HardSigmoid")
+        next(a for a in hs.attribute if a.name == "beta").f = 0.25
+    elif how == "hardsigmoid-no-beta":  # ONNX's default beta is 0.5
+        hs = next(n for n in body.node if n.op_type == "HardSigmoid")
+        keep = [a for a in hs.attribute if a.name != "beta"]
+        del hs.attribute[:]
+        hs.attribute.extend(keep)
+    elif how == "extra-mul":  # the first state's pre-activation doubled
+        hs = next(n for n in body.node if n.op_type == "HardSigmoid")
+        body.initializer.append(onnx.numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+        body.node.append(helper.make_node("Mul", [hs.input[0], "two"], ["doubled"], name="mul"))
+        hs.input[0] = "doubled"
+        nodes = list(body.node)  # topological order: the Mul before its consumer
+        nodes.insert(nodes.index(hs), nodes.pop())
+        del body.node[:]
+        body.node.extend(nodes)
+    elif how == "dead-maxpool":  # beside the real AveragePool, read by nothing
+        ap = next(n for n in body.node if n.op_type == "AveragePool")
+        body.node.append(
+            helper.make_node("MaxPool", [ap.input[0]], ["dead"], kernel_shape=[2, 2], strides=[2, 2], name="dead")
+        )
+    elif how == "conv-group":  # an attribute no export writes
+        conv = next(n for n in body.node if n.op_type == "Conv")
+        conv.attribute.append(helper.make_attribute("dilations", [2, 2]))
+    elif how == "rewired-feedback":  # the feedback of layer 2 reads layer 2's forward weights twice over
+        ct = next(n for n in body.node if n.op_type == "ConvTranspose" and n.input[1].endswith(".weight"))
+        ct.input[1] = (
+            ct.input[1].replace("layer2", "layer3")
+            if "layer2" in ct.input[1]
+            else ct.input[1].replace(".weight", ".bias")
+        )
+    onnx.save(m, dst)
+    return dst
+
+
+GRAPH_EDITS = [  # (golden model, edit, what the error names)
+    ("cifar_asym_ce.onnx", "relabel-no-weight-b", "has_weight_b: false"),
+    ("digits_sym_ce_trained.onnx", "hardsigmoid-beta", "beta 0"),
+    ("digits_sym_ce_trained.onnx", "hardsigmoid-no-beta", "beta 0"),
+    ("digits_sym_ce_trained.onnx", "extra-mul", "Mul"),
+    ("cifar_sym_mse_none_avg.onnx", "dead-maxpool", "pool max"),
+    ("digits_sym_ce_trained.onnx", "conv-group", "attribute"),
+    ("cifar_sym_ce.onnx", "rewired-feedback", "reads layer"),
+]
+
+
+@pytest.mark.parametrize("model,how,needle", GRAPH_EDITS, ids=[h for _, h, _ in GRAPH_EDITS])
+def test_loader_refuses_every_graph_edit(build, golden, tmp_path, model, how, needle):
+    """Each edit loads in onnxruntime (it is a valid model) but computes something other than the
+    metadata says: the C++ loader refuses it with a named error."""
+    import onnxruntime as ort
+
+    path = _edit(golden / model, tmp_path / f"{how}.onnx", how)
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # still a valid ONNX model
+    x = np.zeros((1, *np.load(golden / "digits.npy").shape[1:]), np.float32) if "digits" in model else None
+    if x is None:
+        import onnx
+
+        dims = [d.dim_value for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim[1:]]
+        x = np.zeros((1, *dims), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    p = subprocess.run([str(build / "ep_infer"), str(path), str(tmp_path / "x.npy")], capture_output=True, text=True)
+    assert p.returncode != 0 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -337,6 +337,45 @@ struct Facts {
   bool slopes_agree = true;
 };
 
+// Every node of the graph counted: by op type in the main graph (0) and in the Loop's body (1), each
+// reference to a weight by its layer, the attributes each op may carry and their values where the
+// step depends on them. check_graph() compares it with the graph the architecture implies, so that
+// no added, removed or rewired node and no edited attribute goes unnoticed.
+enum Op : std::uint8_t {
+  OP_CONV, OP_MAXPOOL, OP_AVGPOOL, OP_FLATTEN, OP_GEMM, OP_ADD, OP_HARDSIGMOID, OP_MATMUL, OP_RESHAPE, OP_SHAPE,
+  OP_MAXUNPOOL, OP_CONVT, OP_PAD, OP_SUB, OP_ABS, OP_REDUCEMAX, OP_MAX, OP_LESS, OP_NOT, OP_IDENTITY, OP_CONCAT,
+  OP_CONSTOFSHAPE, OP_LOOP, OP_OTHER, N_OPS
+};
+const char* const OP_NAMES[N_OPS] = {"Conv", "MaxPool", "AveragePool", "Flatten", "Gemm", "Add", "HardSigmoid", "MatMul",
+                                     "Reshape", "Shape", "MaxUnpool", "ConvTranspose", "Pad", "Sub", "Abs", "ReduceMax", "Max",
+                                     "Less", "Not", "Identity", "Concat", "ConstantOfShape", "Loop", "another op"};
+// The attributes each op may carry (space separated): anything else is an edit.
+const char* const OP_ATTRS[N_OPS] = {"kernel_shape pads", "kernel_shape strides", "kernel_shape strides", "axis", "transB", "",
+                                     "alpha beta", "", "", "start end", "kernel_shape strides", "kernel_shape pads strides group",
+                                     "", "", "", "keepdims", "", "", "", "", "axis", "value", "body", ""};
+
+struct Census {
+  std::uint16_t ops[2][N_OPS] = {};
+  std::uint8_t refs_w[MAX_LAYERS] = {0}, refs_wb[MAX_LAYERS] = {0}, refs_b[MAX_LAYERS] = {0}, refs_ro_w = 0, refs_ro_b = 0;
+  int kernel_of[MAX_LAYERS] = {0}, pad_of[MAX_LAYERS] = {0};  // every Conv / ConvTranspose on a layer's weights
+  bool kp_differ[MAX_LAYERS] = {false};
+  char bad[96] = {0};  // the first node that no export writes, said in words
+};
+
+bool in_list(const char* list, Span name) {
+  for (const char* p = list; *p;) {
+    const char* e = p;
+    while (*e && *e != ' ') ++e;
+    if (std::size_t(e - p) == name.n && std::memcmp(p, name.p, name.n) == 0) return true;
+    p = *e ? e + 1 : e;
+  }
+  return false;
+}
+
+void note_bad(Census* c, const char* what, Span op) {
+  if (c->bad[0] == 0) std::snprintf(c->bad, sizeof(c->bad), "%s %.*s", what, int(op.n < 40 ? op.n : 40), reinterpret_cast<const char*>(op.p));
+}
+
 // Everything scan() finds, kept on the caller's stack (about 4 KB): no static state, so two
 // threads may load at once.
 struct Found {
@@ -345,6 +384,7 @@ struct Found {
   bool want_b[MAX_LAYERS] = {false};  // the architecture says the layer has backward weights
   bool duplicate = false;
   Facts facts;
+  Census census;
 };
 
 // "layer<N><suffix>" -> N - 1, else -1.
@@ -430,10 +470,11 @@ bool scan_graph(Span graph, Found* f, int depth);
 // NodeProto: records what a Conv / Gemm / pool / HardSigmoid node says about the layers, and walks
 // into subgraphs (the Loop's body holds the step).
 bool scan_node(Span s, Found* f, int depth) {
-  Span inputs[3], output, op;
-  int n_in = 0, n_out = 0;
-  Attr kernel, pads, alpha;
-  bool has_alpha = false;
+  Span inputs[3], output, op, attr_names[8];
+  int n_in = 0, n_out = 0, n_attr = 0;
+  Attr kernel, pads, alpha, beta, strides, group;
+  bool has_alpha = false, has_beta = false;
+  Census& c = f->census;
   Reader r{s.p, s.p + s.n};
   while (!r.done()) {
     std::uint32_t fld, w;
@@ -443,6 +484,12 @@ bool scan_node(Span s, Found* f, int depth) {
       if (!r.bytes(&v)) return false;
       if (n_in < 3) inputs[n_in] = v;
       ++n_in;
+      int l;  // every reference to a weight, at any input position
+      if ((l = layer_of(v, ".weight")) >= 0) ++c.refs_w[l];
+      else if ((l = layer_of(v, ".weight_b")) >= 0) ++c.refs_wb[l];
+      else if ((l = layer_of(v, ".bias")) >= 0) ++c.refs_b[l];
+      else if (v.eq("readout.weight")) ++c.refs_ro_w;
+      else if (v.eq("readout.bias")) ++c.refs_ro_b;
     } else if (fld == 2 && w == 2) {
       if (!r.bytes(&v)) return false;
       if (n_out++ == 0) output = v;
@@ -455,8 +502,50 @@ bool scan_node(Span s, Found* f, int depth) {
       if (a.name.eq("kernel_shape")) kernel = a;
       if (a.name.eq("pads")) pads = a;
       if (a.name.eq("alpha")) { alpha = a; has_alpha = true; }
+      if (a.name.eq("beta")) { beta = a; has_beta = true; }
+      if (a.name.eq("strides")) strides = a;
+      if (a.name.eq("group")) group = a;
+      if (n_attr < 8) attr_names[n_attr] = a.name;
+      ++n_attr;
     } else if (!r.skip(w)) {
       return false;
+    }
+  }
+  int o = 0;
+  while (o < OP_OTHER && !op.eq(OP_NAMES[o])) ++o;
+  if (depth > 1) note_bad(&c, "a nested subgraph holds", op);
+  if (o == OP_OTHER) note_bad(&c, "an op that no export writes:", op);
+  ++c.ops[depth > 0 ? 1 : 0][o];
+  if (n_attr > 8) note_bad(&c, "too many attributes on", op);
+  for (int i = 0; i < n_attr && i < 8; ++i)
+    if (!in_list(OP_ATTRS[o], attr_names[i])) note_bad(&c, "an attribute no export writes on", op);
+  const bool pool2 = kernel.n_ints == 2 && kernel.ints[0] == 2 && kernel.ints[1] == 2 && strides.n_ints == 2 && strides.ints[0] == 2 && strides.ints[1] == 2;
+  if ((o == OP_MAXPOOL || o == OP_AVGPOOL || o == OP_MAXUNPOOL) && !pool2) note_bad(&c, "a 2x2 window of stride 2 is not what says", op);
+  if (o == OP_HARDSIGMOID && (!has_beta || beta.f != 0.0f)) note_bad(&c, "beta 0 is not what says", op);
+  if ((o == OP_GEMM || o == OP_FLATTEN) && n_attr != 1) note_bad(&c, "transB=1 / axis=1 is not what says", op);
+  if (o == OP_CONV && n_in >= 2) {  // every Conv on a layer's weights has that layer's kernel and padding
+    int l = layer_of(inputs[1], ".weight");
+    if (l < 0) l = layer_of(inputs[1], ".weight_b");
+    if (l >= 0) {
+      const int kk = kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
+      const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] && pads.ints[0] == pads.ints[3];
+      const int pp = pads.n_ints == 0 ? 0 : same && pads.ints[0] < 64 ? int(pads.ints[0]) : -1;
+      if (c.kernel_of[l] == 0) { c.kernel_of[l] = kk; c.pad_of[l] = pp; }
+      else if (c.kernel_of[l] != kk || c.pad_of[l] != pp) c.kp_differ[l] = true;
+    }
+  }
+  if (o == OP_CONVT && n_in >= 2) {
+    int l = layer_of(inputs[1], ".weight");
+    if (l < 0) l = layer_of(inputs[1], ".weight_b");
+    if (l >= 0) {  // the transposed conv of a layer: its kernel and padding, no stride or group
+      const int kk = kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
+      const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] && pads.ints[0] == pads.ints[3];
+      const int pp = pads.n_ints == 0 ? 0 : same && pads.ints[0] < 64 ? int(pads.ints[0]) : -1;
+      if (strides.n_ints != 0 || group.name.n != 0) note_bad(&c, "a stride or group on the transposed conv of a layer:", op);
+      if (c.kernel_of[l] == 0) { c.kernel_of[l] = kk; c.pad_of[l] = pp; }
+      else if (c.kernel_of[l] != kk || c.pad_of[l] != pp) c.kp_differ[l] = true;
+    } else if (!(pool2 && group.i >= 1 && pads.n_ints == 0)) {
+      note_bad(&c, "the average-pool adjoint is not a 2x2 stride-2 grouped", op);
     }
   }
   Facts& k = f->facts;
@@ -678,10 +767,76 @@ Status parse_architecture(Found& f, Model* m) {
   return OK;
 }
 
+// The census of the graph the architecture implies (onnx_export.build_onnx, node for node) against
+// the census of the file: every op counted in the main graph and the Loop's body, every weight
+// referenced as often as the step reads it, backward weights exactly where the metadata has them.
+Status check_graph(const Found& f, const Model* m_in, Model* m) {
+  const Census& c = f.census;
+  if (c.bad[0]) return fail(m, ERR_SHAPE, "the graph has %s: not the step the metadata describes; %s", c.bad, REEXPORT);
+  std::uint16_t want[2][N_OPS] = {};
+  const int L = m_in->n_layers;
+  for (int n = 0; n < L; ++n) {
+    const Layer& l = m_in->layers[n];
+    const bool wb = f.want_b[n], conv = l.kind == Kind::Conv;
+    if (conv) {
+      ++want[1][OP_CONV];
+      if (l.pool == Pool::Max) ++want[1][OP_MAXPOOL];
+      if (l.pool == Pool::Avg) ++want[1][OP_AVGPOOL];
+    } else {
+      ++want[1][OP_FLATTEN];
+      ++want[1][OP_GEMM];
+    }
+    if (n >= 1) {  // the feedback of layer n into state n - 1
+      ++want[1][OP_ADD];
+      if (!conv) {
+        ++want[1][OP_MATMUL];
+        if (m_in->layers[n - 1].kind == Kind::Conv) ++want[1][OP_RESHAPE];
+      } else {
+        if (l.pool == Pool::Max) {
+          want[1][OP_SHAPE] += 1;
+          want[1][OP_MAXUNPOOL] += 1;
+          if (wb) { ++want[1][OP_CONV]; ++want[1][OP_MAXPOOL]; }
+        }
+        if (l.pool == Pool::Avg) {
+          ++want[1][OP_CONVT];
+          if (l.conv_h != 2 * l.out_h || l.conv_w != 2 * l.out_w) ++want[1][OP_PAD];
+        }
+        ++want[1][OP_CONVT];
+      }
+    }
+    const std::uint8_t w_refs = std::uint8_t(1 + (n >= 1 && !wb ? 1 : 0));
+    const std::uint8_t wb_refs = std::uint8_t(wb ? 1 + (conv && l.pool == Pool::Max ? 1 : 0) : 0);
+    if (c.refs_w[n] != w_refs || c.refs_wb[n] != wb_refs || c.refs_b[n] != 1)
+      return fail(m, ERR_SHAPE, "layer %d: the graph reads layer%d.weight %d, weight_b %d and bias %d times, the metadata's step %d, %d and 1 (has_weight_b: %s): metadata and graph disagree; %s",
+                  n + 1, n + 1, c.refs_w[n], c.refs_wb[n], c.refs_b[n], w_refs, wb_refs, wb ? "true" : "false", REEXPORT);
+    if (c.kp_differ[n]) return fail(m, ERR_SHAPE, "layer %d: its convolutions in the graph differ in kernel or padding; %s", n + 1, REEXPORT);
+  }
+  for (int n = L; n < MAX_LAYERS; ++n)
+    if (c.refs_w[n] || c.refs_wb[n] || c.refs_b[n]) return fail(m, ERR_SHAPE, "the graph reads weights of a layer %d the metadata does not have; %s", n + 1, REEXPORT);
+  want[1][OP_HARDSIGMOID] = std::uint16_t(L);
+  want[1][OP_SUB] = want[1][OP_ABS] = want[1][OP_REDUCEMAX] = want[1][OP_IDENTITY] = std::uint16_t(L);
+  want[1][OP_MAX] = L > 1 ? 1 : 0;
+  want[1][OP_LESS] = want[1][OP_NOT] = 1;
+  ++want[1][OP_ADD];  // the step counter
+  want[0][OP_SHAPE] = 1;
+  want[0][OP_CONCAT] = want[0][OP_CONSTOFSHAPE] = std::uint16_t(L);
+  want[0][OP_LOOP] = want[0][OP_IDENTITY] = 1;
+  if (m_in->readout) want[0][OP_FLATTEN] = want[0][OP_GEMM] = 1;
+  const std::uint8_t ro = m_in->readout ? 1 : 0;
+  if (c.refs_ro_w != ro || c.refs_ro_b != ro) return fail(m, ERR_SHAPE, "the graph reads the read-out weights %d times, the metadata says %d; %s", c.refs_ro_w, ro, REEXPORT);
+  for (int g = 0; g < 2; ++g)
+    for (int o = 0; o < N_OPS; ++o)
+      if (c.ops[g][o] != want[g][o])
+        return fail(m, ERR_SHAPE, "the %s has %d %s node(s), the step of the metadata's architecture has %d: metadata and graph disagree; %s",
+                    g ? "loop body" : "main graph", c.ops[g][o], OP_NAMES[o], want[g][o], REEXPORT);
+  return OK;
+}
+
 Status build(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t arena_floats, Model* m, std::size_t* needed) {
   Found f;  // on this call's stack (~4 KB): reentrant
   if (Status s = scan(buf, len, &f, m)) return s;
   if (Status s = parse_architecture(f, m)) return s;
+  if (Status s = check_graph(f, m, m)) return s;
   std::uint64_t total = 0;  // each tensor <= 2^28 floats: 64 bits cannot overflow
   for (int n = 0; n < m->n_layers; ++n) {
     total += std::uint64_t(f.weight[n].numel()) * (f.want_b[n] ? 2 : 1) + std::uint64_t(f.bias[n].numel());
