@@ -21,12 +21,23 @@ void _fini(void) {}
 }
 [[noreturn]] void Fault_Handler(void) {  // any fault: semihosting SYS_EXIT(RunTimeErrorUnknown), qemu rc 1
   __asm volatile("movs r0, #0x18\n ldr r1, =0x20023\n bkpt 0xab" ::: "r0", "r1", "memory");
-  for (;;) {
-  }
+  for (;;) {}
 }
 }
 using Handler = void (*)(void);
-__attribute__((section(".isr_vector"), used)) const Handler g_vectors[16] = {
-    reinterpret_cast<Handler>(&__StackTop), Reset_Handler, Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler,
-    Fault_Handler, nullptr, nullptr, nullptr, nullptr, Fault_Handler, Fault_Handler, nullptr, Fault_Handler,
-    Fault_Handler};
+__attribute__((section(".isr_vector"), used)) const Handler g_vectors[16] = {reinterpret_cast<Handler>(&__StackTop),
+                                                                             Reset_Handler,
+                                                                             Fault_Handler,
+                                                                             Fault_Handler,
+                                                                             Fault_Handler,
+                                                                             Fault_Handler,
+                                                                             Fault_Handler,
+                                                                             nullptr,
+                                                                             nullptr,
+                                                                             nullptr,
+                                                                             nullptr,
+                                                                             Fault_Handler,
+                                                                             Fault_Handler,
+                                                                             nullptr,
+                                                                             Fault_Handler,
+                                                                             Fault_Handler};

@@ -58,16 +58,16 @@ struct Model {
   Layer layers[MAX_LAYERS];
   int n_classes = 0;
   int in_c = 0, in_h = 0, in_w = 0;
-  float slope = 0.5f;                  // hard sigmoid clamp(slope * u, 0, 1)
-  bool readout = false;                // 'ce': scores = readout_w . s^L + readout_b
-  const float* readout_w = nullptr;    // (n_classes, size of the last state)
+  float slope = 0.5f;                // hard sigmoid clamp(slope * u, 0, 1)
+  bool readout = false;              // 'ce': scores = readout_w . s^L + readout_b
+  const float* readout_w = nullptr;  // (n_classes, size of the last state)
   const float* readout_b = nullptr;
-  int default_steps = 0;               // ep_compile.default_T
-  float mean[4] = {0, 0, 0, 0};        // preprocessing: (img/255 - mean) / (std_scale * std)
+  int default_steps = 0;         // ep_compile.default_T
+  float mean[4] = {0, 0, 0, 0};  // preprocessing: (img/255 - mean) / (std_scale * std)
   float std[4] = {1, 1, 1, 1};
   float std_scale = 1.0f;
-  bool has_preprocessing = false;      // mean and std were read for every input channel (<= 4)
-  char error[256] = {0};               // why the last call failed
+  bool has_preprocessing = false;  // mean and std were read for every input channel (<= 4)
+  char error[256] = {0};           // why the last call failed
 };
 
 // Floats of weight storage that load() will need for this file. On failure, diagnostics->error
@@ -98,10 +98,10 @@ const float* state(const Model& m, int batch, const void* workspace, std::size_t
 Status read_scores(const Model& m, int batch, const void* workspace, std::size_t workspace_len, float* scores);
 
 // --- kernels: free functions with explicit buffers and dimensions (one image: no batch index)
-void conv2d(float* out, const float* in, const float* w, const float* b, int cin, int h, int wd,
-            int cout, int k, int pad, float* col);
-void conv2d_transpose(float* out, const float* in, const float* w, int cout, int hc, int wc, int cin,
-                      int h, int wd, int k, int pad, float* col);
+void conv2d(float* out, const float* in, const float* w, const float* b, int cin, int h, int wd, int cout, int k,
+            int pad, float* col);
+void conv2d_transpose(float* out, const float* in, const float* w, int cout, int hc, int wc, int cin, int h, int wd,
+                      int k, int pad, float* col);
 void maxpool2x2(float* out, std::int32_t* idx, const float* in, int c, int h, int w);
 void maxunpool2x2(float* out, const float* in, const std::int32_t* idx, int c, int h, int w);
 void avgpool2x2(float* out, const float* in, int c, int h, int w);

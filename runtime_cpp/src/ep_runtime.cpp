@@ -90,9 +90,15 @@ struct Reader {
     Span s;
     switch (wire) {
       case 0: return varint(&v);
-      case 1: if (end - p < 8) return false; p += 8; return true;
+      case 1:
+        if (end - p < 8) return false;
+        p += 8;
+        return true;
       case 2: return bytes(&s);
-      case 5: if (end - p < 4) return false; p += 4; return true;
+      case 5:
+        if (end - p < 4) return false;
+        p += 4;
+        return true;
       default: return false;  // groups (3, 4) and reserved wire types
     }
   }
@@ -175,7 +181,10 @@ const char* skip_value(const char* p, const char* e, int depth) {
   if (p >= e || depth > 32) return nullptr;
   if (*p == '"') {
     for (++p; p < e; ++p) {
-      if (*p == '\\') { ++p; continue; }
+      if (*p == '\\') {
+        ++p;
+        continue;
+      }
       if (*p == '"') return p + 1;
     }
     return nullptr;
@@ -195,7 +204,10 @@ const char* skip_value(const char* p, const char* e, int depth) {
       p = skip_value(p, e, depth + 1);
       if (p == nullptr) return nullptr;
       p = ws(p, e);
-      if (p < e && *p == ',') { ++p; continue; }
+      if (p < e && *p == ',') {
+        ++p;
+        continue;
+      }
       if (p < e && *p == close) return p + 1;
       return nullptr;
     }
@@ -314,9 +326,9 @@ bool shape3(Json v, int* c, int* h, int* w) {
 
 // What the loader keeps of one initializer: its data span and shape, not its name (~64 bytes).
 struct Slot {
-  Span data;                  // raw_data, or packed float_data
+  Span data;  // raw_data, or packed float_data
   std::int64_t dims[4] = {0};
-  int ndim = 0;               // 5: more than 4 dimensions (never a valid shape here)
+  int ndim = 0;  // 5: more than 4 dimensions (never a valid shape here)
   std::uint64_t data_type = 0;
   bool present = false, external = false, raw = false;
   std::int64_t numel() const {
@@ -333,7 +345,7 @@ struct Facts {
   int kernel[MAX_LAYERS] = {0}, pad[MAX_LAYERS] = {0};
   Pool pool[MAX_LAYERS] = {};
   Span conv_out[MAX_LAYERS];
-  float slope = -1.0f;        // alpha of the HardSigmoid nodes (-1: none seen)
+  float slope = -1.0f;  // alpha of the HardSigmoid nodes (-1: none seen)
   bool slopes_agree = true;
 };
 
@@ -342,21 +354,67 @@ struct Facts {
 // step depends on them. check_graph() compares it with the graph the architecture implies, so that
 // no added, removed or rewired node and no edited attribute goes unnoticed.
 enum Op : std::uint8_t {
-  OP_CONV, OP_MAXPOOL, OP_AVGPOOL, OP_FLATTEN, OP_GEMM, OP_ADD, OP_HARDSIGMOID, OP_MATMUL, OP_RESHAPE, OP_SHAPE,
-  OP_MAXUNPOOL, OP_CONVT, OP_PAD, OP_SUB, OP_ABS, OP_REDUCEMAX, OP_MAX, OP_LESS, OP_NOT, OP_IDENTITY, OP_CONCAT,
-  OP_CONSTOFSHAPE, OP_LOOP, OP_OTHER, N_OPS
+  OP_CONV,
+  OP_MAXPOOL,
+  OP_AVGPOOL,
+  OP_FLATTEN,
+  OP_GEMM,
+  OP_ADD,
+  OP_HARDSIGMOID,
+  OP_MATMUL,
+  OP_RESHAPE,
+  OP_SHAPE,
+  OP_MAXUNPOOL,
+  OP_CONVT,
+  OP_PAD,
+  OP_SUB,
+  OP_ABS,
+  OP_REDUCEMAX,
+  OP_MAX,
+  OP_LESS,
+  OP_NOT,
+  OP_IDENTITY,
+  OP_CONCAT,
+  OP_CONSTOFSHAPE,
+  OP_LOOP,
+  OP_OTHER,
+  N_OPS
 };
-const char* const OP_NAMES[N_OPS] = {"Conv", "MaxPool", "AveragePool", "Flatten", "Gemm", "Add", "HardSigmoid", "MatMul",
-                                     "Reshape", "Shape", "MaxUnpool", "ConvTranspose", "Pad", "Sub", "Abs", "ReduceMax", "Max",
-                                     "Less", "Not", "Identity", "Concat", "ConstantOfShape", "Loop", "another op"};
+const char* const OP_NAMES[N_OPS] = {
+    "Conv",        "MaxPool",  "AveragePool", "Flatten",         "Gemm",      "Add",
+    "HardSigmoid", "MatMul",   "Reshape",     "Shape",           "MaxUnpool", "ConvTranspose",
+    "Pad",         "Sub",      "Abs",         "ReduceMax",       "Max",       "Less",
+    "Not",         "Identity", "Concat",      "ConstantOfShape", "Loop",      "another op"};
 // The attributes each op may carry (space separated): anything else is an edit.
-const char* const OP_ATTRS[N_OPS] = {"kernel_shape pads", "kernel_shape strides", "kernel_shape strides", "axis", "transB", "",
-                                     "alpha beta", "", "", "start end", "kernel_shape strides", "kernel_shape pads strides group",
-                                     "", "", "", "keepdims", "", "", "", "", "axis", "value", "body", ""};
+const char* const OP_ATTRS[N_OPS] = {"kernel_shape pads",
+                                     "kernel_shape strides",
+                                     "kernel_shape strides",
+                                     "axis",
+                                     "transB",
+                                     "",
+                                     "alpha beta",
+                                     "",
+                                     "",
+                                     "start end",
+                                     "kernel_shape strides",
+                                     "kernel_shape pads strides group",
+                                     "",
+                                     "",
+                                     "",
+                                     "keepdims",
+                                     "",
+                                     "",
+                                     "",
+                                     "",
+                                     "axis",
+                                     "value",
+                                     "body",
+                                     ""};
 
 struct Census {
   std::uint16_t ops[2][N_OPS] = {};
-  std::uint8_t refs_w[MAX_LAYERS] = {0}, refs_wb[MAX_LAYERS] = {0}, refs_b[MAX_LAYERS] = {0}, refs_ro_w = 0, refs_ro_b = 0;
+  std::uint8_t refs_w[MAX_LAYERS] = {0}, refs_wb[MAX_LAYERS] = {0}, refs_b[MAX_LAYERS] = {0}, refs_ro_w = 0,
+               refs_ro_b = 0;
   int kernel_of[MAX_LAYERS] = {0}, pad_of[MAX_LAYERS] = {0};  // every Conv / ConvTranspose on a layer's weights
   bool kp_differ[MAX_LAYERS] = {false};
   char bad[96] = {0};  // the first node that no export writes, said in words
@@ -373,7 +431,9 @@ bool in_list(const char* list, Span name) {
 }
 
 void note_bad(Census* c, const char* what, Span op) {
-  if (c->bad[0] == 0) std::snprintf(c->bad, sizeof(c->bad), "%s %.*s", what, int(op.n < 40 ? op.n : 40), reinterpret_cast<const char*>(op.p));
+  if (c->bad[0] == 0)
+    std::snprintf(c->bad, sizeof(c->bad), "%s %.*s", what, int(op.n < 40 ? op.n : 40),
+                  reinterpret_cast<const char*>(op.p));
 }
 
 // Everything scan() finds, kept on the caller's stack (about 4 KB): no static state, so two
@@ -402,11 +462,16 @@ int layer_of(Span s, const char* suffix) {
 void note_tensor(const Tensor& t, Found* f) {
   Slot* slot = nullptr;
   int n;
-  if (t.name.eq("readout.weight")) slot = &f->ro_w;
-  else if (t.name.eq("readout.bias")) slot = &f->ro_b;
-  else if ((n = layer_of(t.name, ".weight")) >= 0) slot = &f->weight[n];
-  else if ((n = layer_of(t.name, ".bias")) >= 0) slot = &f->bias[n];
-  else if ((n = layer_of(t.name, ".weight_b")) >= 0) slot = &f->weight_b[n];
+  if (t.name.eq("readout.weight"))
+    slot = &f->ro_w;
+  else if (t.name.eq("readout.bias"))
+    slot = &f->ro_b;
+  else if ((n = layer_of(t.name, ".weight")) >= 0)
+    slot = &f->weight[n];
+  else if ((n = layer_of(t.name, ".bias")) >= 0)
+    slot = &f->bias[n];
+  else if ((n = layer_of(t.name, ".weight_b")) >= 0)
+    slot = &f->weight_b[n];
   if (slot == nullptr) return;
   if (slot->present) f->duplicate = true;
   slot->present = true;
@@ -485,11 +550,16 @@ bool scan_node(Span s, Found* f, int depth) {
       if (n_in < 3) inputs[n_in] = v;
       ++n_in;
       int l;  // every reference to a weight, at any input position
-      if ((l = layer_of(v, ".weight")) >= 0) ++c.refs_w[l];
-      else if ((l = layer_of(v, ".weight_b")) >= 0) ++c.refs_wb[l];
-      else if ((l = layer_of(v, ".bias")) >= 0) ++c.refs_b[l];
-      else if (v.eq("readout.weight")) ++c.refs_ro_w;
-      else if (v.eq("readout.bias")) ++c.refs_ro_b;
+      if ((l = layer_of(v, ".weight")) >= 0)
+        ++c.refs_w[l];
+      else if ((l = layer_of(v, ".weight_b")) >= 0)
+        ++c.refs_wb[l];
+      else if ((l = layer_of(v, ".bias")) >= 0)
+        ++c.refs_b[l];
+      else if (v.eq("readout.weight"))
+        ++c.refs_ro_w;
+      else if (v.eq("readout.bias"))
+        ++c.refs_ro_b;
     } else if (fld == 2 && w == 2) {
       if (!r.bytes(&v)) return false;
       if (n_out++ == 0) output = v;
@@ -501,8 +571,14 @@ bool scan_node(Span s, Found* f, int depth) {
       if (a.has_graph && !scan_graph(a.graph, f, depth + 1)) return false;
       if (a.name.eq("kernel_shape")) kernel = a;
       if (a.name.eq("pads")) pads = a;
-      if (a.name.eq("alpha")) { alpha = a; has_alpha = true; }
-      if (a.name.eq("beta")) { beta = a; has_beta = true; }
+      if (a.name.eq("alpha")) {
+        alpha = a;
+        has_alpha = true;
+      }
+      if (a.name.eq("beta")) {
+        beta = a;
+        has_beta = true;
+      }
       if (a.name.eq("strides")) strides = a;
       if (a.name.eq("group")) group = a;
       if (n_attr < 8) attr_names[n_attr] = a.name;
@@ -519,31 +595,44 @@ bool scan_node(Span s, Found* f, int depth) {
   if (n_attr > 8) note_bad(&c, "too many attributes on", op);
   for (int i = 0; i < n_attr && i < 8; ++i)
     if (!in_list(OP_ATTRS[o], attr_names[i])) note_bad(&c, "an attribute no export writes on", op);
-  const bool pool2 = kernel.n_ints == 2 && kernel.ints[0] == 2 && kernel.ints[1] == 2 && strides.n_ints == 2 && strides.ints[0] == 2 && strides.ints[1] == 2;
-  if ((o == OP_MAXPOOL || o == OP_AVGPOOL || o == OP_MAXUNPOOL) && !pool2) note_bad(&c, "a 2x2 window of stride 2 is not what says", op);
+  const bool pool2 = kernel.n_ints == 2 && kernel.ints[0] == 2 && kernel.ints[1] == 2 && strides.n_ints == 2 &&
+                     strides.ints[0] == 2 && strides.ints[1] == 2;
+  if ((o == OP_MAXPOOL || o == OP_AVGPOOL || o == OP_MAXUNPOOL) && !pool2)
+    note_bad(&c, "a 2x2 window of stride 2 is not what says", op);
   if (o == OP_HARDSIGMOID && (!has_beta || beta.f != 0.0f)) note_bad(&c, "beta 0 is not what says", op);
   if ((o == OP_GEMM || o == OP_FLATTEN) && n_attr != 1) note_bad(&c, "transB=1 / axis=1 is not what says", op);
   if (o == OP_CONV && n_in >= 2) {  // every Conv on a layer's weights has that layer's kernel and padding
     int l = layer_of(inputs[1], ".weight");
     if (l < 0) l = layer_of(inputs[1], ".weight_b");
     if (l >= 0) {
-      const int kk = kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
-      const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] && pads.ints[0] == pads.ints[3];
+      const int kk =
+          kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
+      const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] &&
+                        pads.ints[0] == pads.ints[3];
       const int pp = pads.n_ints == 0 ? 0 : same && pads.ints[0] < 64 ? int(pads.ints[0]) : -1;
-      if (c.kernel_of[l] == 0) { c.kernel_of[l] = kk; c.pad_of[l] = pp; }
-      else if (c.kernel_of[l] != kk || c.pad_of[l] != pp) c.kp_differ[l] = true;
+      if (c.kernel_of[l] == 0) {
+        c.kernel_of[l] = kk;
+        c.pad_of[l] = pp;
+      } else if (c.kernel_of[l] != kk || c.pad_of[l] != pp)
+        c.kp_differ[l] = true;
     }
   }
   if (o == OP_CONVT && n_in >= 2) {
     int l = layer_of(inputs[1], ".weight");
     if (l < 0) l = layer_of(inputs[1], ".weight_b");
     if (l >= 0) {  // the transposed conv of a layer: its kernel and padding, no stride or group
-      const int kk = kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
-      const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] && pads.ints[0] == pads.ints[3];
+      const int kk =
+          kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
+      const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] &&
+                        pads.ints[0] == pads.ints[3];
       const int pp = pads.n_ints == 0 ? 0 : same && pads.ints[0] < 64 ? int(pads.ints[0]) : -1;
-      if (strides.n_ints != 0 || group.name.n != 0) note_bad(&c, "a stride or group on the transposed conv of a layer:", op);
-      if (c.kernel_of[l] == 0) { c.kernel_of[l] = kk; c.pad_of[l] = pp; }
-      else if (c.kernel_of[l] != kk || c.pad_of[l] != pp) c.kp_differ[l] = true;
+      if (strides.n_ints != 0 || group.name.n != 0)
+        note_bad(&c, "a stride or group on the transposed conv of a layer:", op);
+      if (c.kernel_of[l] == 0) {
+        c.kernel_of[l] = kk;
+        c.pad_of[l] = pp;
+      } else if (c.kernel_of[l] != kk || c.pad_of[l] != pp)
+        c.kp_differ[l] = true;
     } else if (!(pool2 && group.i >= 1 && pads.n_ints == 0)) {
       note_bad(&c, "the average-pool adjoint is not a 2x2 stride-2 grouped", op);
     }
@@ -552,8 +641,10 @@ bool scan_node(Span s, Found* f, int depth) {
   const int n = n_in >= 2 ? layer_of(inputs[1], ".weight") : -1;
   if (op.eq("Conv") && n >= 0) {
     k.conv[n] = true;
-    k.kernel[n] = kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
-    const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] && pads.ints[0] == pads.ints[3];
+    k.kernel[n] =
+        kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
+    const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] &&
+                      pads.ints[0] == pads.ints[3];
     k.pad[n] = pads.n_ints == 0 ? 0 : same && pads.ints[0] < 64 ? int(pads.ints[0]) : -1;
     k.conv_out[n] = output;
   } else if (op.eq("Gemm") && n >= 0) {
@@ -562,7 +653,8 @@ bool scan_node(Span s, Found* f, int depth) {
     k.readout = true;
   } else if ((op.eq("MaxPool") || op.eq("AveragePool")) && n_in >= 1) {
     for (int l = 0; l < MAX_LAYERS; ++l)
-      if (k.conv_out[l].n > 0 && k.conv_out[l].n == inputs[0].n && std::memcmp(k.conv_out[l].p, inputs[0].p, inputs[0].n) == 0)
+      if (k.conv_out[l].n > 0 && k.conv_out[l].n == inputs[0].n &&
+          std::memcmp(k.conv_out[l].p, inputs[0].p, inputs[0].n) == 0)
         k.pool[l] = op.eq("MaxPool") ? Pool::Max : Pool::Avg;
   } else if (op.eq("HardSigmoid")) {
     const float a = has_alpha ? alpha.f : 0.2f;  // ONNX's default alpha
@@ -599,7 +691,8 @@ Status scan(const std::uint8_t* buf, std::size_t len, Found* f, Model* m) {
   bool has_graph = false;
   while (!r.done()) {
     std::uint32_t fld, w;
-    if (!r.key(&fld, &w)) return fail(m, ERR_PARSE, "not an ONNX protobuf (bad field key at byte %ld)", long(r.p - buf));
+    if (!r.key(&fld, &w))
+      return fail(m, ERR_PARSE, "not an ONNX protobuf (bad field key at byte %ld)", long(r.p - buf));
     if (fld == 7 && w == 2) {
       if (has_graph) return fail(m, ERR_PARSE, "two graphs in the file: not an ep_compile export");
       if (!r.bytes(&graph)) return fail(m, ERR_PARSE, "truncated graph");
@@ -611,9 +704,12 @@ Status scan(const std::uint8_t* buf, std::size_t len, Found* f, Model* m) {
       while (!er.done()) {
         std::uint32_t ef, ew;
         if (!er.key(&ef, &ew)) return fail(m, ERR_PARSE, "bad metadata entry");
-        if (ef == 1 && ew == 2) { if (!er.bytes(&key)) return fail(m, ERR_PARSE, "bad metadata key"); }
-        else if (ef == 2 && ew == 2) { if (!er.bytes(&value)) return fail(m, ERR_PARSE, "bad metadata value"); }
-        else if (!er.skip(ew)) return fail(m, ERR_PARSE, "bad metadata entry");
+        if (ef == 1 && ew == 2) {
+          if (!er.bytes(&key)) return fail(m, ERR_PARSE, "bad metadata key");
+        } else if (ef == 2 && ew == 2) {
+          if (!er.bytes(&value)) return fail(m, ERR_PARSE, "bad metadata value");
+        } else if (!er.skip(ew))
+          return fail(m, ERR_PARSE, "bad metadata entry");
       }
       if (key.eq("ep_compile.format_version")) f->meta_version = value;
       if (key.eq("ep_compile.architecture")) f->meta_arch = value;
@@ -624,25 +720,31 @@ Status scan(const std::uint8_t* buf, std::size_t len, Found* f, Model* m) {
     }
   }
   if (!has_graph) return fail(m, ERR_PARSE, "no graph in the file: not an ONNX model");
-  if (!scan_graph(graph, f, 0)) return fail(m, ERR_PARSE, "corrupt graph (a node, attribute or initializer does not parse)");
+  if (!scan_graph(graph, f, 0))
+    return fail(m, ERR_PARSE, "corrupt graph (a node, attribute or initializer does not parse)");
   if (f->duplicate) return fail(m, ERR_PARSE, "an initializer name appears twice; %s", REEXPORT);
   return OK;
 }
 
 Status check_tensor(const Slot& t, const std::int64_t* want, int ndim, const char* what, Model* m) {
   if (t.external) return fail(m, ERR_UNSUPPORTED, "%s: external data is not supported; %s", what, REEXPORT);
-  if (t.data_type != 1) return fail(m, ERR_UNSUPPORTED, "%s: data type %d, expected float32; %s", what, int(t.data_type), REEXPORT);
+  if (t.data_type != 1)
+    return fail(m, ERR_UNSUPPORTED, "%s: data type %d, expected float32; %s", what, int(t.data_type), REEXPORT);
   bool same = t.ndim == ndim;
   for (int i = 0; same && i < ndim; ++i) same = t.dims[i] == want[i];
   if (!same) {
     char got[96] = {0}, exp[96] = {0};
-    for (int i = 0; i < t.ndim && i < 4; ++i) std::snprintf(got + std::strlen(got), sizeof(got) - std::strlen(got), "%s%lld", i ? "x" : "", (long long)t.dims[i]);
-    for (int i = 0; i < ndim; ++i) std::snprintf(exp + std::strlen(exp), sizeof(exp) - std::strlen(exp), "%s%lld", i ? "x" : "", (long long)want[i]);
+    for (int i = 0; i < t.ndim && i < 4; ++i)
+      std::snprintf(got + std::strlen(got), sizeof(got) - std::strlen(got), "%s%lld", i ? "x" : "",
+                    (long long)t.dims[i]);
+    for (int i = 0; i < ndim; ++i)
+      std::snprintf(exp + std::strlen(exp), sizeof(exp) - std::strlen(exp), "%s%lld", i ? "x" : "", (long long)want[i]);
     return fail(m, ERR_SHAPE, "%s has shape %s, the architecture needs %s; %s", what, got, exp, REEXPORT);
   }
   // numel <= MAX_ELEMENTS (2^28): 4 * numel fits a 32-bit size_t
   if (std::uint64_t(t.data.n) != std::uint64_t(t.numel()) * 4)
-    return fail(m, ERR_SHAPE, "%s holds %zu bytes of data for %lld floats; %s", what, t.data.n, (long long)t.numel(), REEXPORT);
+    return fail(m, ERR_SHAPE, "%s holds %zu bytes of data for %lld floats; %s", what, t.data.n, (long long)t.numel(),
+                REEXPORT);
   return OK;
 }
 
@@ -655,7 +757,8 @@ const float* place(const Slot& t, float* arena, std::size_t* used) {
 
 // Layer n's weight (and backward weight when the architecture says so) of shape wd, and its bias.
 Status check_layer_tensors(const Found& f, int n, const std::int64_t* wd, int ndim, bool wb, Model* m) {
-  if (!f.weight[n].present || !f.bias[n].present) return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
+  if (!f.weight[n].present || !f.bias[n].present)
+    return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
   char what[40];
   std::snprintf(what, sizeof(what), "layer%d.weight", n + 1);
   if (Status s = check_tensor(f.weight[n], wd, ndim, what, m)) return s;
@@ -671,27 +774,39 @@ Status check_layer_tensors(const Found& f, int n, const std::int64_t* wd, int nd
 const char* pool_name(Pool p) { return p == Pool::Max ? "max" : p == Pool::Avg ? "avg" : "none"; }
 
 Status parse_architecture(Found& f, Model* m) {
-  if (f.meta_version.n == 0) return fail(m, ERR_MISSING, "no ep_compile.format_version metadata: not an ep_compile export; %s", REEXPORT);
+  if (f.meta_version.n == 0)
+    return fail(m, ERR_MISSING, "no ep_compile.format_version metadata: not an ep_compile export; %s", REEXPORT);
   char v[16] = {0};
   std::memcpy(v, f.meta_version.p, f.meta_version.n < 15 ? f.meta_version.n : 15);
   if (std::atoi(v) != FORMAT_VERSION || f.meta_version.n > 15)
-    return fail(m, ERR_VERSION, "file has format version '%s', this runtime reads %d; %s (or rebuild the runtime from the same ep_compile)", v, FORMAT_VERSION, REEXPORT);
+    return fail(
+        m, ERR_VERSION,
+        "file has format version '%s', this runtime reads %d; %s (or rebuild the runtime from the same ep_compile)", v,
+        FORMAT_VERSION, REEXPORT);
   if (f.meta_arch.n == 0) return fail(m, ERR_MISSING, "no ep_compile.architecture metadata; %s", REEXPORT);
-  Json arch = value_span(reinterpret_cast<const char*>(f.meta_arch.p), reinterpret_cast<const char*>(f.meta_arch.p) + f.meta_arch.n);
+  Json arch = value_span(reinterpret_cast<const char*>(f.meta_arch.p),
+                         reinterpret_cast<const char*>(f.meta_arch.p) + f.meta_arch.n);
   Json layers = get(arch, "layers");
   int n_layers = length(layers);
   double slope;
   if (!arch.ok() || n_layers < 1 || n_layers > MAX_LAYERS || !number(get(arch, "slope"), &slope) || slope <= 0 ||
-      !integer(get(arch, "n_classes"), 2, MAX_CLASSES, &m->n_classes) || !shape3(get(arch, "in_shape"), &m->in_c, &m->in_h, &m->in_w))
-    return fail(m, ERR_PARSE, "architecture metadata is malformed or has %d layers (1..%d supported)", n_layers, MAX_LAYERS);
+      !integer(get(arch, "n_classes"), 2, MAX_CLASSES, &m->n_classes) ||
+      !shape3(get(arch, "in_shape"), &m->in_c, &m->in_h, &m->in_w))
+    return fail(m, ERR_PARSE, "architecture metadata is malformed or has %d layers (1..%d supported)", n_layers,
+                MAX_LAYERS);
   m->slope = float(slope);
   m->readout = is_true(get(arch, "readout"));
-  if (std::int64_t(m->in_c) * m->in_h * m->in_w > MAX_ELEMENTS) return fail(m, ERR_SHAPE, "the input %dx%dx%d is too large", m->in_c, m->in_h, m->in_w);
+  if (std::int64_t(m->in_c) * m->in_h * m->in_w > MAX_ELEMENTS)
+    return fail(m, ERR_SHAPE, "the input %dx%dx%d is too large", m->in_c, m->in_h, m->in_w);
   const Facts& k = f.facts;
   if (k.slope < 0.0f || !k.slopes_agree || k.slope != m->slope)
-    return fail(m, ERR_SHAPE, "the metadata's slope %g is not the graph's HardSigmoid alpha (%g): metadata and graph disagree; %s", slope, double(k.slope), REEXPORT);
+    return fail(m, ERR_SHAPE,
+                "the metadata's slope %g is not the graph's HardSigmoid alpha (%g): metadata and graph disagree; %s",
+                slope, double(k.slope), REEXPORT);
   if (m->readout != k.readout)
-    return fail(m, ERR_SHAPE, "the metadata says readout=%s, the graph %s a read-out Gemm: metadata and graph disagree; %s", m->readout ? "true" : "false", k.readout ? "has" : "has no", REEXPORT);
+    return fail(m, ERR_SHAPE,
+                "the metadata says readout=%s, the graph %s a read-out Gemm: metadata and graph disagree; %s",
+                m->readout ? "true" : "false", k.readout ? "has" : "has no", REEXPORT);
   m->n_layers = n_layers;
   int c = m->in_c, h = m->in_h, w = m->in_w;
   for (int n = 0; n < n_layers; ++n) {
@@ -700,15 +815,22 @@ Status parse_architecture(Found& f, Model* m) {
     int ic, ih, iw;
     if (!shape3(get(d, "in_shape"), &ic, &ih, &iw) || !shape3(get(d, "out_shape"), &L.out_c, &L.out_h, &L.out_w))
       return fail(m, ERR_PARSE, "layer %d: malformed shapes in the metadata", n + 1);
-    if (ic != c || ih != h || iw != w) return fail(m, ERR_SHAPE, "layer %d input %dx%dx%d does not follow the previous layer's %dx%dx%d; %s", n + 1, ic, ih, iw, c, h, w, REEXPORT);
-    L.in_c = c; L.in_h = h; L.in_w = w;
+    if (ic != c || ih != h || iw != w)
+      return fail(m, ERR_SHAPE, "layer %d input %dx%dx%d does not follow the previous layer's %dx%dx%d; %s", n + 1, ic,
+                  ih, iw, c, h, w, REEXPORT);
+    L.in_c = c;
+    L.in_h = h;
+    L.in_w = w;
     bool wb = is_true(get(d, "has_weight_b"));
     if (wb && n == 0) return fail(m, ERR_SHAPE, "layer 1 reads the static input and cannot have backward weights");
     f.want_b[n] = wb;
     if (is_str(get(d, "kind"), "conv")) {
       L.kind = Kind::Conv;
       Json pool = get(d, "pool");
-      L.pool = is_str(pool, "max") ? Pool::Max : is_str(pool, "avg") ? Pool::Avg : is_str(pool, "none") ? Pool::None : Pool(255);
+      L.pool = is_str(pool, "max")    ? Pool::Max
+               : is_str(pool, "avg")  ? Pool::Avg
+               : is_str(pool, "none") ? Pool::None
+                                      : Pool(255);
       if (L.pool == Pool(255)) return fail(m, ERR_UNSUPPORTED, "layer %d: unknown pooling", n + 1);
       if (!integer(get(d, "kernel"), 1, 15, &L.kernel) || !integer(get(d, "padding"), 0, 15, &L.padding))
         return fail(m, ERR_PARSE, "layer %d: kernel / padding missing or out of range", n + 1);
@@ -717,40 +839,55 @@ Status parse_architecture(Found& f, Model* m) {
       L.conv_w = w + 2 * L.padding - L.kernel + 1;
       int ph = L.pool == Pool::None ? L.conv_h : L.conv_h / 2, pw = L.pool == Pool::None ? L.conv_w : L.conv_w / 2;
       if (L.conv_h < 1 || L.conv_w < 1 || ph != L.out_h || pw != L.out_w || length(get(d, "out_shape")) != 3)
-        return fail(m, ERR_SHAPE, "layer %d: conv %dx%d pad %d on %dx%d gives no %dx%d state; %s", n + 1, L.kernel, L.kernel, L.padding, h, w, L.out_h, L.out_w, REEXPORT);
+        return fail(m, ERR_SHAPE, "layer %d: conv %dx%d pad %d on %dx%d gives no %dx%d state; %s", n + 1, L.kernel,
+                    L.kernel, L.padding, h, w, L.out_h, L.out_w, REEXPORT);
       if (!k.conv[n] || k.kernel[n] != L.kernel || k.pad[n] != L.padding || k.pool[n] != L.pool)
-        return fail(m, ERR_SHAPE, "layer %d: the metadata says conv %dx%d pad %d pool %s, the graph's nodes say %s %dx%d pad %d pool %s: metadata and graph disagree; %s",
-                    n + 1, L.kernel, L.kernel, L.padding, pool_name(L.pool), k.conv[n] ? "conv" : "no conv", k.kernel[n], k.kernel[n], k.pad[n], pool_name(k.pool[n]), REEXPORT);
+        return fail(m, ERR_SHAPE,
+                    "layer %d: the metadata says conv %dx%d pad %d pool %s, the graph's nodes say %s %dx%d pad %d pool "
+                    "%s: metadata and graph disagree; %s",
+                    n + 1, L.kernel, L.kernel, L.padding, pool_name(L.pool), k.conv[n] ? "conv" : "no conv",
+                    k.kernel[n], k.kernel[n], k.pad[n], pool_name(k.pool[n]), REEXPORT);
       const std::int64_t wd[4] = {L.out_c, c, L.kernel, L.kernel};
       if (Status s = check_layer_tensors(f, n, wd, 4, wb, m)) return s;
     } else if (is_str(get(d, "kind"), "dense")) {
       L.kind = Kind::Dense;
-      if (length(get(d, "out_shape")) != 1) return fail(m, ERR_SHAPE, "layer %d: a dense layer has a flat output", n + 1);
-      if (!k.dense[n] || k.conv[n]) return fail(m, ERR_SHAPE, "layer %d: the metadata says dense, the graph's nodes do not: metadata and graph disagree; %s", n + 1, REEXPORT);
+      if (length(get(d, "out_shape")) != 1)
+        return fail(m, ERR_SHAPE, "layer %d: a dense layer has a flat output", n + 1);
+      if (!k.dense[n] || k.conv[n])
+        return fail(m, ERR_SHAPE,
+                    "layer %d: the metadata says dense, the graph's nodes do not: metadata and graph disagree; %s",
+                    n + 1, REEXPORT);
       const std::int64_t wd[2] = {L.out_c, std::int64_t(c) * h * w};
       if (Status s = check_layer_tensors(f, n, wd, 2, wb, m)) return s;
     } else {
       return fail(m, ERR_UNSUPPORTED, "layer %d: unknown kind (conv and dense are supported)", n + 1);
     }
-    if (L.out_size() > MAX_ELEMENTS || L.conv_size() > MAX_ELEMENTS) return fail(m, ERR_SHAPE, "layer %d is too large", n + 1);
-    c = L.out_c; h = L.out_h; w = L.out_w;
+    if (L.out_size() > MAX_ELEMENTS || L.conv_size() > MAX_ELEMENTS)
+      return fail(m, ERR_SHAPE, "layer %d is too large", n + 1);
+    c = L.out_c;
+    h = L.out_h;
+    w = L.out_w;
   }
   const Layer& last = m->layers[n_layers - 1];
   if (m->readout) {
     const std::int64_t wd[2] = {m->n_classes, last.out_size()}, bd[1] = {m->n_classes};
-    if (!f.ro_w.present || !f.ro_b.present) return fail(m, ERR_MISSING, "readout.weight or readout.bias is missing; %s", REEXPORT);
+    if (!f.ro_w.present || !f.ro_b.present)
+      return fail(m, ERR_MISSING, "readout.weight or readout.bias is missing; %s", REEXPORT);
     if (Status s = check_tensor(f.ro_w, wd, 2, "readout.weight", m)) return s;
     if (Status s = check_tensor(f.ro_b, bd, 1, "readout.bias", m)) return s;
   } else if (last.out_size() != m->n_classes) {
-    return fail(m, ERR_SHAPE, "the output layer has %lld units for %d classes; %s", (long long)last.out_size(), m->n_classes, REEXPORT);
+    return fail(m, ERR_SHAPE, "the output layer has %lld units for %d classes; %s", (long long)last.out_size(),
+                m->n_classes, REEXPORT);
   }
   if (f.meta_T.n > 0) {  // optional; when present it must be an integer in [1, 1e6]
     Json t{reinterpret_cast<const char*>(f.meta_T.p), reinterpret_cast<const char*>(f.meta_T.p) + f.meta_T.n};
     if (!integer(t, 1, 1000000, &m->default_steps))
-      return fail(m, ERR_PARSE, "ep_compile.default_T '%.*s' is not an integer in [1, 1000000]; %s", int(f.meta_T.n < 24 ? f.meta_T.n : 24), reinterpret_cast<const char*>(f.meta_T.p), REEXPORT);
+      return fail(m, ERR_PARSE, "ep_compile.default_T '%.*s' is not an integer in [1, 1000000]; %s",
+                  int(f.meta_T.n < 24 ? f.meta_T.n : 24), reinterpret_cast<const char*>(f.meta_T.p), REEXPORT);
   }
   if (f.meta_pre.n > 0) {  // optional: only the CLI's help uses it
-    Json pre = value_span(reinterpret_cast<const char*>(f.meta_pre.p), reinterpret_cast<const char*>(f.meta_pre.p) + f.meta_pre.n);
+    Json pre = value_span(reinterpret_cast<const char*>(f.meta_pre.p),
+                          reinterpret_cast<const char*>(f.meta_pre.p) + f.meta_pre.n);
     double v;
     if (number(get(pre, "std_scale"), &v)) m->std_scale = float(v);
     int read = 0;
@@ -795,7 +932,10 @@ Status check_graph(const Found& f, const Model* m_in, Model* m) {
         if (l.pool == Pool::Max) {
           want[1][OP_SHAPE] += 1;
           want[1][OP_MAXUNPOOL] += 1;
-          if (wb) { ++want[1][OP_CONV]; ++want[1][OP_MAXPOOL]; }
+          if (wb) {
+            ++want[1][OP_CONV];
+            ++want[1][OP_MAXPOOL];
+          }
         }
         if (l.pool == Pool::Avg) {
           ++want[1][OP_CONVT];
@@ -807,12 +947,19 @@ Status check_graph(const Found& f, const Model* m_in, Model* m) {
     const std::uint8_t w_refs = std::uint8_t(1 + (n >= 1 && !wb ? 1 : 0));
     const std::uint8_t wb_refs = std::uint8_t(wb ? 1 + (conv && l.pool == Pool::Max ? 1 : 0) : 0);
     if (c.refs_w[n] != w_refs || c.refs_wb[n] != wb_refs || c.refs_b[n] != 1)
-      return fail(m, ERR_SHAPE, "layer %d: the graph reads layer%d.weight %d, weight_b %d and bias %d times, the metadata's step %d, %d and 1 (has_weight_b: %s): metadata and graph disagree; %s",
-                  n + 1, n + 1, c.refs_w[n], c.refs_wb[n], c.refs_b[n], w_refs, wb_refs, wb ? "true" : "false", REEXPORT);
-    if (c.kp_differ[n]) return fail(m, ERR_SHAPE, "layer %d: its convolutions in the graph differ in kernel or padding; %s", n + 1, REEXPORT);
+      return fail(m, ERR_SHAPE,
+                  "layer %d: the graph reads layer%d.weight %d, weight_b %d and bias %d times, the metadata's step %d, "
+                  "%d and 1 (has_weight_b: %s): metadata and graph disagree; %s",
+                  n + 1, n + 1, c.refs_w[n], c.refs_wb[n], c.refs_b[n], w_refs, wb_refs, wb ? "true" : "false",
+                  REEXPORT);
+    if (c.kp_differ[n])
+      return fail(m, ERR_SHAPE, "layer %d: its convolutions in the graph differ in kernel or padding; %s", n + 1,
+                  REEXPORT);
   }
   for (int n = L; n < MAX_LAYERS; ++n)
-    if (c.refs_w[n] || c.refs_wb[n] || c.refs_b[n]) return fail(m, ERR_SHAPE, "the graph reads weights of a layer %d the metadata does not have; %s", n + 1, REEXPORT);
+    if (c.refs_w[n] || c.refs_wb[n] || c.refs_b[n])
+      return fail(m, ERR_SHAPE, "the graph reads weights of a layer %d the metadata does not have; %s", n + 1,
+                  REEXPORT);
   want[1][OP_HARDSIGMOID] = std::uint16_t(L);
   want[1][OP_SUB] = want[1][OP_ABS] = want[1][OP_REDUCEMAX] = want[1][OP_IDENTITY] = std::uint16_t(L);
   want[1][OP_MAX] = L > 1 ? 1 : 0;
@@ -823,16 +970,21 @@ Status check_graph(const Found& f, const Model* m_in, Model* m) {
   want[0][OP_LOOP] = want[0][OP_IDENTITY] = 1;
   if (m_in->readout) want[0][OP_FLATTEN] = want[0][OP_GEMM] = 1;
   const std::uint8_t ro = m_in->readout ? 1 : 0;
-  if (c.refs_ro_w != ro || c.refs_ro_b != ro) return fail(m, ERR_SHAPE, "the graph reads the read-out weights %d times, the metadata says %d; %s", c.refs_ro_w, ro, REEXPORT);
+  if (c.refs_ro_w != ro || c.refs_ro_b != ro)
+    return fail(m, ERR_SHAPE, "the graph reads the read-out weights %d times, the metadata says %d; %s", c.refs_ro_w,
+                ro, REEXPORT);
   for (int g = 0; g < 2; ++g)
     for (int o = 0; o < N_OPS; ++o)
       if (c.ops[g][o] != want[g][o])
-        return fail(m, ERR_SHAPE, "the %s has %d %s node(s), the step of the metadata's architecture has %d: metadata and graph disagree; %s",
-                    g ? "loop body" : "main graph", c.ops[g][o], OP_NAMES[o], want[g][o], REEXPORT);
+        return fail(
+            m, ERR_SHAPE,
+            "the %s has %d %s node(s), the step of the metadata's architecture has %d: metadata and graph disagree; %s",
+            g ? "loop body" : "main graph", c.ops[g][o], OP_NAMES[o], want[g][o], REEXPORT);
   return OK;
 }
 
-Status build(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t arena_floats, Model* m, std::size_t* needed) {
+Status build(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t arena_floats, Model* m,
+             std::size_t* needed) {
   Found f;  // on this call's stack (~4 KB): reentrant
   if (Status s = scan(buf, len, &f, m)) return s;
   if (Status s = parse_architecture(f, m)) return s;
@@ -843,11 +995,13 @@ Status build(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t
   }
   if (m->readout) total += std::uint64_t(f.ro_w.numel() + f.ro_b.numel());
   if (total > std::uint64_t(SIZE_MAX / sizeof(float)))
-    return fail(m, ERR_TOO_LARGE, "the weights need %llu floats, more than this platform can address", (unsigned long long)total);
+    return fail(m, ERR_TOO_LARGE, "the weights need %llu floats, more than this platform can address",
+                (unsigned long long)total);
   std::size_t used = std::size_t(total);
   *needed = used;
   if (arena == nullptr) return OK;
-  if (arena_floats < used) return fail(m, ERR_ARGUMENT, "weight arena holds %zu floats, the model needs %zu", arena_floats, used);
+  if (arena_floats < used)
+    return fail(m, ERR_ARGUMENT, "weight arena holds %zu floats, the model needs %zu", arena_floats, used);
   used = 0;
   for (int n = 0; n < m->n_layers; ++n) {
     Layer& L = m->layers[n];
@@ -897,7 +1051,8 @@ namespace {
 
 // The reference loop: an mr x nr block of C (leading dimension n), every output over k in order. It
 // is the whole GEMM on a core without vectors, and the edges the register tiles leave elsewhere.
-void gemm_ref(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, std::size_t n, int kk, int mr, int nr) {
+void gemm_ref(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, std::size_t n, int kk, int mr,
+              int nr) {
   for (int i = 0; i < mr; ++i)
     for (int j = 0; j < nr; ++j) {
       float acc = 0.0f;
@@ -919,7 +1074,8 @@ struct Gemm {
   // Columns in vectors: R rows x NV vectors of V; A broadcast, B rows loaded.
   // With more, the tile goes on from the partial sums in c (a later block of k): the same additions.
   template <typename V, int R, int NV>
-  static EP_INLINE void tile_n(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, std::size_t n, int kk, bool more) {
+  static EP_INLINE void tile_n(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, std::size_t n,
+                               int kk, bool more) {
     constexpr int VW = int(sizeof(V) / 4);
     V acc[R][NV] = {};
     if (more)
@@ -956,21 +1112,27 @@ struct Gemm {
   }
 
   template <int MV, int C = COLS>
-  static EP_INLINE void tile_m_cols(int cols, float* c, const float* a, std::size_t ak, const float* b, std::size_t n, int kk) {
+  static EP_INLINE void tile_m_cols(int cols, float* c, const float* a, std::size_t ak, const float* b, std::size_t n,
+                                    int kk) {
     if constexpr (C > 0) {
-      if (cols == C) tile_m<MV, C>(c, a, ak, b, n, kk);
-      else tile_m_cols<MV, C - 1>(cols, c, a, ak, b, n, kk);
+      if (cols == C)
+        tile_m<MV, C>(c, a, ak, b, n, kk);
+      else
+        tile_m_cols<MV, C - 1>(cols, c, a, ak, b, n, kk);
     }
   }
 
-  static EP_INLINE void run(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n, int kk) {
+  static EP_INLINE void run(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n,
+                            int kk) {
     const std::size_t ld = std::size_t(n);
     if (ai == 1 && m >= W) {  // a transposed weight: vectors along the rows of C
       int i0 = 0;
       for (; i0 + 2 * W <= m; i0 += 2 * W)
-        for (int j0 = 0; j0 < n; j0 += COLS) tile_m_cols<2>(std::min(COLS, n - j0), c + i0 * ld + j0, a + i0, ak, b + j0, ld, kk);
+        for (int j0 = 0; j0 < n; j0 += COLS)
+          tile_m_cols<2>(std::min(COLS, n - j0), c + i0 * ld + j0, a + i0, ak, b + j0, ld, kk);
       for (; i0 + W <= m; i0 += W)
-        for (int j0 = 0; j0 < n; j0 += COLS) tile_m_cols<1>(std::min(COLS, n - j0), c + i0 * ld + j0, a + i0, ak, b + j0, ld, kk);
+        for (int j0 = 0; j0 < n; j0 += COLS)
+          tile_m_cols<1>(std::min(COLS, n - j0), c + i0 * ld + j0, a + i0, ak, b + j0, ld, kk);
       if (i0 < m) gemm_ref(c + i0 * ld, a + i0, ai, ak, b, ld, kk, m - i0, n);
       return;
     }
@@ -984,17 +1146,20 @@ struct Gemm {
       const float* bb = b + std::size_t(k0) * ld;
       for (j0 = 0; j0 + 2 * W <= n; j0 += 2 * W) {
         int i0 = 0;
-        for (; i0 + ROWS <= m; i0 += ROWS) tile_n<vec, ROWS, 2>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
+        for (; i0 + ROWS <= m; i0 += ROWS)
+          tile_n<vec, ROWS, 2>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
         for (; i0 < m; ++i0) tile_n<vec, 1, 2>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
       }
       for (; j0 + W <= n; j0 += W) {
         int i0 = 0;
-        for (; i0 + ROWS <= m; i0 += ROWS) tile_n<vec, ROWS, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
+        for (; i0 + ROWS <= m; i0 += ROWS)
+          tile_n<vec, ROWS, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
         for (; i0 < m; ++i0) tile_n<vec, 1, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
       }
       for (; j0 + 4 <= n; j0 += 4) {  // narrow: many rows of 4 columns (the 2x2 maps of the last conv)
         int i0 = 0;
-        for (; i0 + 12 <= m; i0 += 12) tile_n<vec4, 12, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
+        for (; i0 + 12 <= m; i0 += 12)
+          tile_n<vec4, 12, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
         for (; i0 < m; ++i0) tile_n<vec4, 1, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
       }
     }
@@ -1015,10 +1180,12 @@ using Native = Gemm<16, 4, 4>;  // 8 of 16 xmm / 32 q registers
 // ... and on x86-64, wider ones chosen at run time when the CPU has them (the same bits: see above).
 #if defined(__x86_64__) && !defined(EP_SCALAR_GEMM) && !defined(__AVX512F__)
 #define EP_DISPATCH 1
-__attribute__((target("avx512f"))) void gemm_avx512(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n, int kk) {
+__attribute__((target("avx512f"))) void gemm_avx512(float* c, const float* a, std::size_t ai, std::size_t ak,
+                                                    const float* b, int m, int n, int kk) {
   Gemm<64, 8, 8>::run(c, a, ai, ak, b, m, n, kk);
 }
-__attribute__((target("avx2"))) void gemm_avx2(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n, int kk) {
+__attribute__((target("avx2"))) void gemm_avx2(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b,
+                                               int m, int n, int kk) {
   Gemm<32, 6, 6>::run(c, a, ai, ak, b, m, n, kk);
 }
 #endif
@@ -1043,7 +1210,8 @@ void valid_cols(int wc, int wd, int kw, int pad, int* lo, int* hi) {
   *hi = std::max(*lo, std::min(wc, wd + pad - kw));
 }
 
-void conv2d(float* out, const float* in, const float* w, const float* b, int cin, int h, int wd, int cout, int k, int pad, float* col) {
+void conv2d(float* out, const float* in, const float* w, const float* b, int cin, int h, int wd, int cout, int k,
+            int pad, float* col) {
   const int hc = h + 2 * pad - k + 1, wc = wd + 2 * pad - k + 1, npix = hc * wc, rows = cin * k * k;
   for (int ci = 0; ci < cin; ++ci)  // im2col: col (cin*k*k, hc*wc), rows of contiguous copies
     for (int kh = 0; kh < k; ++kh)
@@ -1070,7 +1238,8 @@ void conv2d(float* out, const float* in, const float* w, const float* b, int cin
       for (int j = 0; j < npix; ++j) out[std::size_t(co) * npix + j] += b[co];
 }
 
-void conv2d_transpose(float* out, const float* in, const float* w, int cout, int hc, int wc, int cin, int h, int wd, int k, int pad, float* col) {
+void conv2d_transpose(float* out, const float* in, const float* w, int cout, int hc, int wc, int cin, int h, int wd,
+                      int k, int pad, float* col) {
   const int npix = hc * wc, rows = cin * k * k;
   gemm(col, w, 1, std::size_t(rows), in, rows, npix, cout);  // col (rows, npix) = w^T (rows, cout) . in
   std::fill(out, out + std::size_t(cin) * h * wd, 0.0f);
@@ -1119,7 +1288,8 @@ void maxunpool2x2(float* out, const float* in, const std::int32_t* idx, int c, i
   const int ph = h / 2, pw = w / 2;
   for (std::size_t i = 0; i < std::size_t(c) * h * w; ++i) out[i] = 0.0f;
   for (int ch = 0; ch < c; ++ch)
-    for (int p = 0; p < ph * pw; ++p) out[std::size_t(ch) * h * w + idx[std::size_t(ch) * ph * pw + p]] = in[std::size_t(ch) * ph * pw + p];
+    for (int p = 0; p < ph * pw; ++p)
+      out[std::size_t(ch) * h * w + idx[std::size_t(ch) * ph * pw + p]] = in[std::size_t(ch) * ph * pw + p];
 }
 
 void avgpool2x2(float* out, const float* in, int c, int h, int w) {
@@ -1140,7 +1310,10 @@ void avgunpool2x2(float* out, const float* in, int c, int h, int w) {
       for (int ow = 0; ow < pw; ++ow) {
         const float v = in[(std::size_t(ch) * ph + oh) * pw + ow] / 4.0f;
         float* q = out + (std::size_t(ch) * h + 2 * oh) * w + 2 * ow;
-        q[0] = v; q[1] = v; q[w] = v; q[w + 1] = v;
+        q[0] = v;
+        q[1] = v;
+        q[w] = v;
+        q[w + 1] = v;
       }
 }
 
@@ -1220,7 +1393,8 @@ std::size_t carve(const Model& m, int batch, std::uint8_t* base, Work* w) {
 }
 
 // P(w * pre) for one image; max-pool indices into idx (when pooling is max).
-void forward(const Layer& L, const float* pre, const float* weight, const float* bias, float* out, std::int32_t* idx, const Work& w) {
+void forward(const Layer& L, const float* pre, const float* weight, const float* bias, float* out, std::int32_t* idx,
+             const Work& w) {
   if (L.kind == Kind::Dense) {
     dense(out, pre, weight, bias, int(L.in_size()), L.out_c);
     return;
@@ -1260,7 +1434,8 @@ namespace {
 
 // The workspace's layout after the argument checks every entry point shares; false on bad ones.
 bool layout(const Model& m, int batch, const void* workspace, std::size_t len, Work* w) {
-  if (m.n_layers < 1 || batch < 1 || workspace == nullptr || (reinterpret_cast<std::uintptr_t>(workspace) & 15) != 0) return false;
+  if (m.n_layers < 1 || batch < 1 || workspace == nullptr || (reinterpret_cast<std::uintptr_t>(workspace) & 15) != 0)
+    return false;
   const std::size_t need = workspace_bytes(m, batch);
   if (need == 0 || len < need) return false;
   carve(m, batch, static_cast<std::uint8_t*>(const_cast<void*>(workspace)), w);
@@ -1271,7 +1446,8 @@ bool layout(const Model& m, int batch, const void* workspace, std::size_t len, W
 
 Status reset_state(const Model& m, int batch, void* workspace, std::size_t workspace_len) {
   Work w;
-  if (!layout(m, batch, workspace, workspace_len, &w)) return workspace_bytes(m, batch) == 0 && m.n_layers > 0 && batch > 0 ? ERR_TOO_LARGE : ERR_ARGUMENT;
+  if (!layout(m, batch, workspace, workspace_len, &w))
+    return workspace_bytes(m, batch) == 0 && m.n_layers > 0 && batch > 0 ? ERR_TOO_LARGE : ERR_ARGUMENT;
   for (int n = 0; n < m.n_layers; ++n)
     for (std::size_t i = 0; i < std::size_t(m.layers[n].out_size()) * batch; ++i) w.cur[n][i] = 0.0f;
   return OK;
@@ -1291,7 +1467,8 @@ Status step_impl(const Model& m, const float* x, int batch, void* workspace, std
                  bool input_drive_ready) {
   Work w;
   if (x == nullptr || residual == nullptr) return ERR_ARGUMENT;
-  if (!layout(m, batch, workspace, workspace_len, &w)) return workspace_bytes(m, batch) == 0 && m.n_layers > 0 && batch > 0 ? ERR_TOO_LARGE : ERR_ARGUMENT;
+  if (!layout(m, batch, workspace, workspace_len, &w))
+    return workspace_bytes(m, batch) == 0 && m.n_layers > 0 && batch > 0 ? ERR_TOO_LARGE : ERR_ARGUMENT;
   const int L = m.n_layers;
   const std::size_t in_size = std::size_t(m.in_c) * m.in_h * m.in_w;
   for (int b = 0; b < batch; ++b) {  // bottom-up drives and pooling indices, from s_t
@@ -1324,8 +1501,10 @@ Status step_impl(const Model& m, const float* x, int batch, void* workspace, std
         float s = u * m.slope;
         s = s < 0.0f ? 0.0f : (s > 1.0f ? 1.0f : s);  // +-Inf clamp to 1 / 0; NaN passes through
         const float d = std::fabs(s - w.cur[n][os + i]);
-        if (d != d) nan = true;
-        else if (d > res) res = d;
+        if (d != d)
+          nan = true;
+        else if (d > res)
+          res = d;
         w.next[n][os + i] = s;
       }
     }
@@ -1347,14 +1526,16 @@ Status read_scores(const Model& m, int batch, const void* workspace, std::size_t
   const Layer& last = m.layers[m.n_layers - 1];
   for (int b = 0; b < batch; ++b) {
     const float* s = w.cur[m.n_layers - 1] + std::size_t(last.out_size()) * b;
-    if (m.readout) dense(scores + std::size_t(m.n_classes) * b, s, m.readout_w, m.readout_b, int(last.out_size()), m.n_classes);
-    else std::memcpy(scores + std::size_t(m.n_classes) * b, s, 4 * std::size_t(m.n_classes));
+    if (m.readout)
+      dense(scores + std::size_t(m.n_classes) * b, s, m.readout_w, m.readout_b, int(last.out_size()), m.n_classes);
+    else
+      std::memcpy(scores + std::size_t(m.n_classes) * b, s, 4 * std::size_t(m.n_classes));
   }
   return OK;
 }
 
-Status run(const Model& m, const float* x, int batch, int max_steps, float tol, void* workspace, std::size_t workspace_len,
-           float* scores, int* steps, float* residual) {
+Status run(const Model& m, const float* x, int batch, int max_steps, float tol, void* workspace,
+           std::size_t workspace_len, float* scores, int* steps, float* residual) {
   if (x == nullptr || max_steps < 0 || !(tol >= 0.0f) || scores == nullptr || steps == nullptr || residual == nullptr)
     return ERR_ARGUMENT;
   if (Status s = reset_state(m, batch, workspace, workspace_len)) return s;

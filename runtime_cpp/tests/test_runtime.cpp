@@ -12,14 +12,14 @@
 #include "npy.h"
 
 static int failures = 0;
-#define CHECK(cond, ...)                                      \
-  do {                                                        \
-    if (!(cond)) {                                            \
+#define CHECK(cond, ...)                                        \
+  do {                                                          \
+    if (!(cond)) {                                              \
       std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);                      \
-      std::fprintf(stderr, "\n");                             \
-      ++failures;                                             \
-    }                                                         \
+      std::fprintf(stderr, __VA_ARGS__);                        \
+      std::fprintf(stderr, "\n");                               \
+      ++failures;                                               \
+    }                                                           \
   } while (0)
 
 static std::vector<float> rnd(std::size_t n, unsigned seed) {
@@ -112,10 +112,13 @@ static void run_golden(const std::string& dir) {
   char model[256], input[256], expected[256];
   int max_steps, want_steps, n_cases = 0;
   float tol, atol;
-  while (std::fscanf(f, "%255s %255s %255s %d %f %d %f", model, input, expected, &max_steps, &tol, &want_steps, &atol) == 7) {
+  while (std::fscanf(f, "%255s %255s %255s %d %f %d %f", model, input, expected, &max_steps, &tol, &want_steps,
+                     &atol) == 7) {
     ++n_cases;
     npy::Array x, want;
-    CHECK(npy::read((dir + "/" + input).c_str(), &x).empty() && npy::read((dir + "/" + expected).c_str(), &want).empty(), "%s: npy", input);
+    CHECK(
+        npy::read((dir + "/" + input).c_str(), &x).empty() && npy::read((dir + "/" + expected).c_str(), &want).empty(),
+        "%s: npy", input);
     const int batch = int(x.shape[0]);
     Loaded L;
     const bool loaded = L.load(dir + "/" + model, batch);
@@ -142,7 +145,8 @@ static void run_golden(const std::string& dir) {
     CHECK(worst <= atol, "%s on %s: max |scores - expected| = %g > %g", model, input, worst, atol);
     CHECK(same_pred, "%s on %s: a prediction differs", model, input);
     CHECK(steps == want_steps, "%s on %s: %d steps, expected %d", model, input, steps, want_steps);
-    std::printf("golden %-28s %-24s max_steps=%-4d tol=%-8g steps=%-4d max_abs_diff=%.3g (atol %g)\n", model, input, max_steps, double(tol), steps, double(worst), double(atol));
+    std::printf("golden %-28s %-24s max_steps=%-4d tol=%-8g steps=%-4d max_abs_diff=%.3g (atol %g)\n", model, input,
+                max_steps, double(tol), steps, double(worst), double(atol));
   }
   std::fclose(f);
   CHECK(n_cases > 0, "no golden cases");
@@ -159,7 +163,9 @@ static void run_golden(const std::string& dir) {
     static ep::Model m;
     std::vector<float> arena(nf + 1);
     if (s == ep::OK) s = ep::load(file.data(), file.size(), arena.data(), arena.size(), &m);
-    if (want >= 0) CHECK(int(s) == want, "%s: got '%s', expected '%s' (%s)", name, ep::status_name(s), ep::status_name(ep::Status(want)), m.error);
+    if (want >= 0)
+      CHECK(int(s) == want, "%s: got '%s', expected '%s' (%s)", name, ep::status_name(s),
+            ep::status_name(ep::Status(want)), m.error);
   }
   if (f != nullptr) std::fclose(f);
   std::printf("golden: %d cases, %d corrupted files\n", n_cases, n_bad);
@@ -176,20 +182,24 @@ static void run_steps(const std::string& dir) {
   while (std::fscanf(f, "%255s %255s %d %d %255s %f", model, input, &want_step, &layer, expected, &atol) == 6) {
     ++n_cases;
     npy::Array x, want;
-    CHECK(npy::read((dir + "/" + input).c_str(), &x).empty() && npy::read((dir + "/" + expected).c_str(), &want).empty(), "%s: npy", expected);
+    CHECK(
+        npy::read((dir + "/" + input).c_str(), &x).empty() && npy::read((dir + "/" + expected).c_str(), &want).empty(),
+        "%s: npy", expected);
     const int batch = int(x.shape[0]);
     Loaded L;
     CHECK(L.load(dir + "/" + model, batch), "%s: load", model);
     CHECK(ep::reset_state(L.m, batch, L.w, L.ws) == ep::OK, "reset_state");
     float res = 0;
-    for (int t = 0; t < want_step; ++t) CHECK(ep::step(L.m, x.data.data(), batch, L.w, L.ws, &res) == ep::OK, "%s: step %d", model, t + 1);
+    for (int t = 0; t < want_step; ++t)
+      CHECK(ep::step(L.m, x.data.data(), batch, L.w, L.ws, &res) == ep::OK, "%s: step %d", model, t + 1);
     const float* s = ep::state(L.m, batch, L.w, L.ws, layer);
     CHECK(s != nullptr, "state()");
     if (s == nullptr) continue;
     const std::size_t n = std::size_t(L.m.layers[layer].out_size()) * batch;
     CHECK(n == want.data.size(), "%s: layer %d holds %zu values, expected %zu", model, layer, n, want.data.size());
     float worst = 0;
-    for (std::size_t i = 0; i < n && i < want.data.size(); ++i) worst = std::fmax(worst, std::fabs(s[i] - want.data[i]));
+    for (std::size_t i = 0; i < n && i < want.data.size(); ++i)
+      worst = std::fmax(worst, std::fabs(s[i] - want.data[i]));
     CHECK(worst <= atol, "%s step %d layer %d: max |s - expected| = %g > %g", model, want_step, layer + 1, worst, atol);
     worst_all = std::fmax(worst_all, worst);
   }
@@ -209,7 +219,10 @@ static void run_threads(const std::string& dir) {
     *ok = true;
     for (int rep = 0; rep < 20; ++rep) {
       Loaded L;
-      if (!L.load(model, batch)) { *ok = false; return; }
+      if (!L.load(model, batch)) {
+        *ok = false;
+        return;
+      }
       out->assign(std::size_t(batch) * L.m.n_classes, 0.0f);
       int steps = 0;
       float res = 0;
@@ -235,7 +248,9 @@ int main(int argc, char** argv) {
     run_steps(argv[2]);
   }
   if (argc == 3 && !std::strcmp(argv[1], "--threads")) run_threads(argv[2]);
-  if (failures) std::fprintf(stderr, "%d check(s) failed\n", failures);
-  else std::printf("all checks passed\n");
+  if (failures)
+    std::fprintf(stderr, "%d check(s) failed\n", failures);
+  else
+    std::printf("all checks passed\n");
   return failures ? 1 : 0;
 }

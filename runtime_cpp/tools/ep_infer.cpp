@@ -40,12 +40,17 @@ static int infer(char** argv, bool raw_input, int max_steps, float tol, std::uin
 // Reads and loads the model at `path` into file / arena / m, each allocation first counted by
 // within(bytes, what); says why on stderr and returns false on failure. Shared by --sizes and inference.
 template <typename Within>
-static bool load_model(const char* path, Within within, std::uint64_t room, std::vector<std::uint8_t>* file, std::vector<float>* arena, ep::Model* m) {
+static bool load_model(const char* path, Within within, std::uint64_t room, std::vector<std::uint8_t>* file,
+                       std::vector<float>* arena, ep::Model* m) {
   bool ok = false, too_big = false;
   *file = npy::read_capped(path, room, &ok, &too_big);  // never reads (or allocates) past the cap
-  if (!ok) { std::fprintf(stderr, "ep_infer: cannot read %s\n", path); return false; }
+  if (!ok) {
+    std::fprintf(stderr, "ep_infer: cannot read %s\n", path);
+    return false;
+  }
   if (too_big || !within(file->size(), path)) {
-    std::fprintf(stderr, "ep_infer: %s is larger than the %llu MB that --max-memory-mb leaves for it\n", path, (unsigned long long)(room >> 20));
+    std::fprintf(stderr, "ep_infer: %s is larger than the %llu MB that --max-memory-mb leaves for it\n", path,
+                 (unsigned long long)(room >> 20));
     return false;
   }
   std::size_t n_floats = 0;
@@ -53,7 +58,10 @@ static bool load_model(const char* path, Within within, std::uint64_t room, std:
   if (s == ep::OK && !within(std::uint64_t(n_floats) * 4, "the weights")) return false;
   arena->assign(s == ep::OK && n_floats > 0 ? n_floats : 1, 0.0f);
   if (s == ep::OK) s = ep::load(file->data(), file->size(), arena->data(), arena->size(), m);
-  if (s != ep::OK) { std::fprintf(stderr, "ep_infer: %s: %s: %s\n", path, ep::status_name(s), m->error); return false; }
+  if (s != ep::OK) {
+    std::fprintf(stderr, "ep_infer: %s: %s: %s\n", path, ep::status_name(s), m->error);
+    return false;
+  }
   return true;
 }
 
@@ -67,7 +75,9 @@ static int sizes(const char* path, const char* batch_arg) {
   std::vector<std::uint8_t> file;
   std::vector<float> arena;
   static ep::Model m;
-  if (!load_model(path, [](std::uint64_t, const char*) { return true; }, std::uint64_t(1) << 40, &file, &arena, &m)) return 1;
+  if (!load_model(
+          path, [](std::uint64_t, const char*) { return true; }, std::uint64_t(1) << 40, &file, &arena, &m))
+    return 1;
   std::printf("arena_floats=%zu workspace_bytes=%zu n_classes=%d input=%dx%dx%d batch=%d\n", arena.size(),
               ep::workspace_bytes(m, batch), m.n_classes, m.in_c, m.in_h, m.in_w, batch);
   return 0;
@@ -76,8 +86,10 @@ static int sizes(const char* path, const char* batch_arg) {
 int main(int argc, char** argv) {
   if (argc >= 3 && !std::strcmp(argv[1], "--sizes")) return sizes(argv[2], argc > 3 ? argv[3] : "1");
   if (argc < 3) {
-    std::fprintf(stderr, "usage: ep_infer model.onnx input.npy [--raw] [--max-steps N] [--tol t] [--max-memory-mb M] [--out scores.npy]\n"
-                         "       ep_infer --sizes model.onnx [batch]   (buffer sizes for an embedded caller)\n");
+    std::fprintf(stderr,
+                 "usage: ep_infer model.onnx input.npy [--raw] [--max-steps N] [--tol t] [--max-memory-mb M] [--out "
+                 "scores.npy]\n"
+                 "       ep_infer --sizes model.onnx [batch]   (buffer sizes for an embedded caller)\n");
     return 2;
   }
   int max_steps = -1, max_mb = 2048;
@@ -133,7 +145,10 @@ static int infer(char** argv, bool raw_input, int max_steps, float tol, std::uin
   npy::Array x;  // the file, and its float32 copy (x5 when uint8): read no more than the cap leaves
   std::string err = npy::read(argv[2], &x, (cap > used ? cap - used : 0) / 5);
   if (err == "larger than the memory cap") err += " of --max-memory-mb " + std::to_string(cap >> 20);
-  if (!err.empty()) { std::fprintf(stderr, "ep_infer: %s: %s\n", argv[2], err.c_str()); return 1; }
+  if (!err.empty()) {
+    std::fprintf(stderr, "ep_infer: %s: %s\n", argv[2], err.c_str());
+    return 1;
+  }
   if (!within(std::uint64_t(x.data.size()) * (x.uint8 ? 5 : 8), argv[2])) return 1;
   if (x.shape.size() != 4 || x.shape[1] != m.in_c || x.shape[2] != m.in_h || x.shape[3] != m.in_w || x.shape[0] < 1) {
     std::fprintf(stderr, "ep_infer: %s: expected shape (N, %d, %d, %d)\n", argv[2], m.in_c, m.in_h, m.in_w);
@@ -146,8 +161,10 @@ static int infer(char** argv, bool raw_input, int max_steps, float tol, std::uin
     return 2;
   }
   if (raw_input && !m.has_preprocessing) {
-    std::fprintf(stderr, "ep_infer: --raw: %s has no usable ep_compile.preprocessing metadata (mean/std for %d channels); "
-                 "re-export it with export/to_onnx.py or pass preprocessed float32 images\n", argv[1], m.in_c);
+    std::fprintf(stderr,
+                 "ep_infer: --raw: %s has no usable ep_compile.preprocessing metadata (mean/std for %d channels); "
+                 "re-export it with export/to_onnx.py or pass preprocessed float32 images\n",
+                 argv[1], m.in_c);
     return 2;
   }
   if (raw_input) {  // (raw / 255 - mean[c]) / (std_scale * std[c]), the contract in the metadata
@@ -170,13 +187,17 @@ static int infer(char** argv, bool raw_input, int max_steps, float tol, std::uin
   std::vector<float> scores(std::size_t(batch) * m.n_classes);
   int steps = 0;
   float residual = 0.0f;
-  ep::Status s = ep::run(m, x.data.data(), batch, max_steps, tol, work, raw.size() - 16, scores.data(), &steps, &residual);
+  ep::Status s =
+      ep::run(m, x.data.data(), batch, max_steps, tol, work, raw.size() - 16, scores.data(), &steps, &residual);
   if (s == ep::ERR_NONFINITE) {
     std::fprintf(stderr, "ep_infer: did not converge: %s (NaN or Inf) at step %d\n",
                  steps == 0 ? "non-finite input" : "the state became non-finite", steps);
     return 1;
   }
-  if (s != ep::OK) { std::fprintf(stderr, "ep_infer: run: %s\n", ep::status_name(s)); return 1; }
+  if (s != ep::OK) {
+    std::fprintf(stderr, "ep_infer: run: %s\n", ep::status_name(s));
+    return 1;
+  }
   for (int b = 0; b < batch; ++b) {
     int best = 0;
     for (int c = 1; c < m.n_classes; ++c)

@@ -45,15 +45,20 @@ inline std::string read(const char* path, Array* a, std::uint64_t max_bytes = st
   if (buf.size() < 10 || std::memcmp(buf.data(), "\x93NUMPY", 6) != 0) return "not a .npy file";
   const int major = buf[6];
   std::size_t hlen, hstart;
-  if (major == 1) { hlen = buf[8] | (buf[9] << 8); hstart = 10; }
-  else if (major == 2 || major == 3) {
+  if (major == 1) {
+    hlen = buf[8] | (buf[9] << 8);
+    hstart = 10;
+  } else if (major == 2 || major == 3) {
     if (buf.size() < 12) return "truncated .npy header";
-    hlen = buf[8] | (buf[9] << 8) | (std::size_t(buf[10]) << 16) | (std::size_t(buf[11]) << 24); hstart = 12;
-  } else return "unsupported .npy version";
+    hlen = buf[8] | (buf[9] << 8) | (std::size_t(buf[10]) << 16) | (std::size_t(buf[11]) << 24);
+    hstart = 12;
+  } else
+    return "unsupported .npy version";
   if (hstart + hlen > buf.size()) return "truncated .npy header";
   std::string h(reinterpret_cast<const char*>(buf.data() + hstart), hlen);
   a->uint8 = h.find("'descr': '|u1'") != std::string::npos;
-  if (!a->uint8 && h.find("'descr': '<f4'") == std::string::npos) return "expected float32 ('<f4') or uint8 ('|u1') data";
+  if (!a->uint8 && h.find("'descr': '<f4'") == std::string::npos)
+    return "expected float32 ('<f4') or uint8 ('|u1') data";
   const std::size_t item = a->uint8 ? 1 : 4;
   if (h.find("'fortran_order': False") == std::string::npos) return "expected C-order data";
   std::size_t p = h.find("'shape': (");
@@ -66,7 +71,11 @@ inline std::string read(const char* path, Array* a, std::uint64_t max_bytes = st
     if (p < h.size() && h[p] == ')') break;
     std::int64_t v = 0;
     bool digit = false;
-    while (p < h.size() && h[p] >= '0' && h[p] <= '9') { v = v * 10 + (h[p++] - '0'); digit = true; if (v > (1LL << 40)) return "dimension too large"; }
+    while (p < h.size() && h[p] >= '0' && h[p] <= '9') {
+      v = v * 10 + (h[p++] - '0');
+      digit = true;
+      if (v > (1LL << 40)) return "dimension too large";
+    }
     if (!digit) return "malformed shape";
     a->shape.push_back(v);
     if (v != 0 && total > (std::int64_t(1) << 32) / v) return "array too large";  // checked before the product
@@ -96,7 +105,16 @@ inline bool write(const char* path, const std::vector<std::int64_t>& shape, cons
   h += '\n';
   std::FILE* f = std::fopen(path, "wb");
   if (f == nullptr) return false;
-  const unsigned char head[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, static_cast<unsigned char>(h.size() & 0xff), static_cast<unsigned char>(h.size() >> 8)};
+  const unsigned char head[10] = {0x93,
+                                  'N',
+                                  'U',
+                                  'M',
+                                  'P',
+                                  'Y',
+                                  1,
+                                  0,
+                                  static_cast<unsigned char>(h.size() & 0xff),
+                                  static_cast<unsigned char>(h.size() >> 8)};
   bool ok = std::fwrite(head, 1, 10, f) == 10 && std::fwrite(h.data(), 1, h.size(), f) == h.size() &&
             std::fwrite(data, 4, total, f) == total;
   return std::fclose(f) == 0 && ok;
