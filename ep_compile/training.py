@@ -207,13 +207,17 @@ def atomic_save(obj, path: Path) -> None:
     previous checkpoint intact (and the temp file, which the next start removes)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        kill_point("checkpoint-written")
-        f.flush()
-        os.fsync(f.fileno())
-    kill_point("checkpoint-synced")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            kill_point("checkpoint-written")
+            f.flush()
+            os.fsync(f.fileno())
+        kill_point("checkpoint-synced")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt: no half-written temp file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     kill_point("checkpoint-replaced")
 
 

@@ -111,3 +111,56 @@ def test_resume_refuses_an_edited_config(old_run, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config.json does not describe" in err[0] and "beta" in err[0], err
     assert snapshot(old_run) == before
+
+
+def test_checkpoint_write_failure_leaves_no_temp_file(tmp_path, monkeypatch):
+    """A write that fails mid-file (a full disk) removes its temp file; the old checkpoint stays."""
+    from ep_compile import training
+
+    target = tmp_path / "last.pt"
+    training.atomic_save({"a": 1}, target)
+    before = target.read_bytes()
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(training.torch, "save", full)
+    with pytest.raises(OSError):
+        training.atomic_save({"a": 2}, target)
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_unwritable_cache_is_a_warning_not_a_failure(tmp_path, capsys):
+    """The data is decoded either way: a cache that cannot be written costs the next start a decode."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_bad_inputs import _archive, _png
+
+    root = _archive(
+        tmp_path,
+        "a.tar.gz",
+        {f"c/{s}/{c}/{i}.png": _png(32) for s in ("train", "test") for c in "ab" for i in range(4)},
+    )
+    args = [
+        "--preset",
+        "ce-symmetric",
+        "--no-compile",
+        "--cpu",
+        "--epochs",
+        "1",
+        "--T",
+        "3",
+        "--K",
+        "1",
+        "--batch-size",
+        "4",
+    ]
+    rc = cifar.main(args + ["--data-root", str(root), "--cache-dir", "/proc/ep-cache", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "cannot write the cache /proc/ep-cache" in out, out[-2000:]
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "cifar10-x.tmp99999999").write_bytes(b"a dead process's half-written cache")
+    rc = cifar.main(
+        args + ["--data-root", str(root), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run2")]
+    )
+    assert rc == 0 and not list((tmp_path / "cache").glob("*.tmp*"))
