@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ep_compile.dynamics import make_step, relax, step_autograd  # noqa: E402
-from ep_compile.estimators import ENTRIES, ESTIMATORS, SPECS, Phases  # noqa: E402
+from ep_compile.estimators import ENTRIES, ESTIMATORS, Phases  # noqa: E402
 from ep_compile.machine import describe  # noqa: E402
 from ep_compile.model import EPNet, model_config  # noqa: E402
 
@@ -41,10 +41,10 @@ def sync(device):
 
 
 def build(args, estimator, channels_last=False):
-    asym = SPECS.get(estimator, ("",))[0] in ("vf", "kp-vf") or estimator in ("c-vf", "c-kpvf")
+    e = ENTRIES[estimator]
     torch.manual_seed(0)
-    cfg = model_config(args.arch, loss=args.loss, asymmetric=asym or None)
-    if estimator.startswith("spiking"):  # spiking nets use average pooling (max-pool feedback mismatches)
+    cfg = model_config(args.arch, loss=args.loss, asymmetric=e.needs_asymmetric or None)
+    if e.spiking:  # spiking nets use average pooling (max-pool feedback mismatches)
         cfg = model_config(cfg.to_dict(), pools=["avg" if p == "max" else p for p in cfg.pools])
     model = EPNet(cfg).to(args.device)
     x = torch.randn(args.batch, *model.cfg.in_shape, device=args.device) * 0.3
@@ -107,10 +107,10 @@ def measure(args, model, x, y, name, step_fn, amp=None):
 
 
 def bench_estimator(args, name, compiled, precision="fp32"):
-    if name not in ESTIMATORS or (compiled and name.startswith("spiking")):  # the spiking step runs eagerly
+    if name not in ESTIMATORS or (compiled and ENTRIES[name].spiking):  # the spiking step runs eagerly
         return None
     e = ENTRIES[name]
-    if precision == "bf16" and (e.time_local or e.spiking or name in ("holomorphic", "bptt")):
+    if precision == "bf16" and (e.time_local or e.spiking or e.complex_nudge or e.unrolled):
         return None  # these run their phases in full precision (config.check_honoured refuses --amp)
     model, x, y = build(args, name, channels_last=args.channels_last)
     amp = "bf16" if precision == "bf16" else None

@@ -23,6 +23,7 @@ from ep_compile.data import load_source, preprocess
 from ep_compile.dynamics import make_step
 from ep_compile.estimators import ESTIMATORS, Phases, bptt
 from ep_compile.model import EPNet, model_config
+from ep_compile.registry import ENTRIES
 
 BETAS = [0.01, 0.03, 0.1, 0.3, 0.5, 1.0]
 ROWS = [("one-sided", 2), ("symmetric", 2), ("holomorphic", 2), ("holomorphic", 4), ("holomorphic", 8)]
@@ -43,7 +44,7 @@ def bias_table():
     ref = bptt(model, x, y, Phases(T=T, K=K, bptt_steps=K)).grads
     out = {}
     for name, N in ROWS:
-        key = name if name != "holomorphic" else f"holomorphic N={N}"
+        key = f"{name} N={N}" if ENTRIES[name].complex_nudge else name
         out[key] = [
             rel(ESTIMATORS[name](model, x, y, Phases(T=T, K=K, beta=b, hep_points=N)).grads, ref) for b in BETAS
         ]
@@ -80,7 +81,7 @@ def cost_table(repeats):
                 t0 = time.perf_counter()
                 ESTIMATORS[name](model, x, y, ph, step_fn=step_fn)
                 times.append(time.perf_counter() - t0)
-            row[name if name == "symmetric" else f"holomorphic N={N}"] = statistics.median(times)
+            row[f"{name} N={N}" if ENTRIES[name].complex_nudge else name] = statistics.median(times)
         out[label] = row
         base = row["symmetric"]
         print(f"\n{label}: s per iteration (ratio to symmetric), one thread, even/odd schedule")

@@ -251,12 +251,13 @@ class RunConfig:
         SpikeConfig(**self.spike)  # unknown quantizer / schedule names fail here, naming the valid ones
         if self.neuron not in ("rate", "spiking"):
             raise ConfigError(f"--neuron {self.neuron!r}: expected rate or spiking")
-        if self.neuron == "spiking":
-            names = {"symmetric": "spiking-symmetric", "c-ep": "spiking-c-ep"}
-            if self.estimator not in (*names, *names.values()):
-                raise ConfigError(f"--neuron spiking supports estimators symmetric and c-ep, not {self.estimator!r}")
-            self.estimator = names.get(self.estimator, self.estimator)
-        elif self.estimator.startswith("spiking-"):
+        if self.neuron == "spiking":  # the spiking form of the rate estimator asked for (registry.rate_form)
+            spiking = registry.spiking_form(self.estimator)
+            if spiking is None:
+                forms = [e.rate_form for e in registry.ENTRIES.values() if e.rate_form]
+                raise ConfigError(f"--neuron spiking supports estimators {' and '.join(forms)}, not {self.estimator!r}")
+            self.estimator = spiking
+        elif registry.entry(self.estimator).spiking:
             raise ConfigError(f"estimator {self.estimator!r} needs --neuron spiking")
         registry.entry(self.estimator)  # unknown names, listing the valid ones
         check_values(self)
@@ -353,7 +354,8 @@ def check_values(config) -> None:
         if not all(isinstance(x, (int, float)) and ok(x) for x in values):
             shown = " ".join(str(x) for x in values)
             raise ConfigError(f"--{key.replace('_', '-')} {shown}: expected {expected}")
-    if config.get("K", 0) > config.get("T", 0) and config.get("estimator") != "bptt":
+    e = registry.ENTRIES.get(config.get("estimator"))
+    if config.get("K", 0) > config.get("T", 0) and not (e and e.unrolled):  # BPTT's K is its truncation
         raise ConfigError(
             f"--K {config['K']} exceeds --T {config['T']}: the nudged phase is at most as long as the free one"
         )
@@ -454,7 +456,7 @@ def check_memory(cfg) -> None:
 def check_honoured(cfg: RunConfig, given: set) -> None:
     """Refuse, in one line, every setting the chosen path would silently ignore."""
     est, e = cfg.estimator, registry.entry(cfg.estimator)
-    spiking, bptt = cfg.neuron == "spiking", est == "bptt"
+    spiking, bptt = cfg.neuron == "spiking", e.unrolled
     fusable = e.two_sided and e.rule is not None and not (e.time_local or e.spiking)  # symmetric, vf, kp-vf
     ignored = []
     if spiking:  # the spiking phases run their own eager loop with a decoder schedule
@@ -469,11 +471,12 @@ def check_honoured(cfg: RunConfig, given: set) -> None:
         ignored.append(f"--tol {cfg.tol} (BPTT unrolls all T steps)")
     if cfg.amp and e.time_local and not spiking:
         ignored.append(f"--amp {cfg.amp} (time-local estimators run their nudged steps in full precision)")
-    if cfg.vf_form != "linearized" and est not in ("vf", "vf-one-sided"):
-        ignored.append(f"--vf-form {cfg.vf_form} (only vf and vf-one-sided)")
-    if "hep_points" in given and est != "holomorphic":
+    if cfg.vf_form != "linearized" and not e.takes_vf_form:
+        vf = " and ".join(n for n, x in registry.ENTRIES.items() if x.takes_vf_form)
+        ignored.append(f"--vf-form {cfg.vf_form} (only {vf})")
+    if "hep_points" in given and not e.complex_nudge:
         ignored.append("--hep-points (only --estimator holomorphic)")
-    if cfg.amp and est == "holomorphic":
+    if cfg.amp and e.complex_nudge:
         ignored.append(f"--amp {cfg.amp} (holomorphic runs its complex phases in full precision)")
     if cfg.wd_compensation and not e.time_local:
         ignored.append("--wd-compensation (only time-local estimators)")

@@ -330,7 +330,7 @@ for _name, (_rule, _two, _rand) in SPECS.items():
     register(
         _name, _make(_name), rule=_rule, two_sided=_two, random_sign=_rand, needs_asymmetric=_rule in ("vf", "kp-vf")
     )
-register("bptt", bptt)
+register("bptt", bptt, unrolled=True)
 one_sided, random_sign, symmetric = (ESTIMATORS[n] for n in ("one-sided", "random-sign", "symmetric"))
 vf, vf_one_sided, kp_vf, kp_vf_one_sided = (ESTIMATORS[n] for n in ("vf", "vf-one-sided", "kp-vf", "kp-vf-one-sided"))
 

@@ -25,9 +25,12 @@ from .dynamics import count_changes, relax, step
 from .estimators import ESTIMATORS, SPECS, Phases, check_compatible, get_estimator, nudged_states, rule_gradient
 from .holomorphic import holomorphic
 from .model import ConfigError, EPNet, layer_groups, model_config
+from .registry import ENTRIES, entry
 
 # every EP-family estimator; bptt is the reference
-GRADCHECK_ESTIMATORS = tuple(SPECS) + tuple(CONTINUAL) + ("holomorphic",)
+GRADCHECK_ESTIMATORS = tuple(  # the estimators gradcheck compares with BPTT: every one but BPTT and the spiking ones
+    n for n, e in ENTRIES.items() if not (e.unrolled or e.spiking)
+)
 
 
 def bptt_per_step(model: EPNet, x, y, T: int, K: int, masks=None, step_fn=step):
@@ -176,17 +179,17 @@ def run(args) -> dict:
                         compare(model, e, r)[-1]["rel_error"] for e, r in zip(per, ref_steps)
                     ]
                 continue
-            if name == "holomorphic":  # final estimate only, one row per number of points
+            if entry(name).complex_nudge:  # holomorphic EP: final estimate only, one row per number of points
                 for N in args.hep_points:
                     est = holomorphic(model, x, y, Phases(T=args.T, K=args.K, beta=beta, hep_points=N))
                     for row in compare(model, est.grads, ref_steps[-1]):
                         results.append({"estimator": f"holomorphic-N{N}", "beta": beta, **row})
                 continue
             kind, b = name, beta
-            if name == "random-sign":
+            if entry(name).random_sign:  # one phase, its sign drawn here
                 kind, b = "one-sided", beta * (1 if torch.randint(0, 2, (1,), generator=gen).item() else -1)
             ests, nudged = ep_per_step(model, x, y, s_free, args.K, b, kind, vf_form=args.vf_form)
-            label = f"random-sign ({'+' if b > 0 else '-'}beta)" if name == "random-sign" else name
+            label = f"{name} ({'+' if b > 0 else '-'}beta)" if entry(name).random_sign else name
             curves.setdefault(beta, {})[label] = ests
             for row in compare(model, ests[-1], ref_steps[-1]):
                 results.append({"estimator": name, "beta": beta, **row})

@@ -227,4 +227,4 @@ def holomorphic(
     return _estimate(model, x, y, grads, s_free, masks, beta=phases.beta, free_steps=steps, hep_points=N)
 
 
-register("holomorphic", holomorphic, two_sided=True)
+register("holomorphic", holomorphic, two_sided=True, complex_nudge=True)

@@ -25,6 +25,14 @@ class Entry:
     needs_asymmetric: bool = False  # distinct forward and backward weights
     time_local: bool = False  # weights move at every nudged step (C-EP, C-VF)
     spiking: bool = False  # binary spikes through sigma-delta encoders
+    unrolled: bool = False  # backpropagation through the unrolled free phase (BPTT): no beta, no --tol
+    complex_nudge: bool = False  # nudges on a circle of complex beta (holomorphic EP): --hep-points, no --amp
+    rate_form: str | None = None  # a spiking estimator: the rate estimator it is the spiking form of
+
+    @property
+    def takes_vf_form(self) -> bool:
+        """--vf-form (the linearized or the paper code's VF): the one-shot VF rules."""
+        return self.rule == "vf" and not (self.time_local or self.spiking)
 
 
 ESTIMATORS: dict[str, Callable] = {}  # name -> estimator, in registration order
@@ -45,6 +53,13 @@ def entry(name: str) -> Entry:
         hint = f"did you mean {hit!r}? " if hit else ""
         raise ConfigError(f"unknown estimator {name!r}; {hint}valid: {', '.join(ENTRIES)}")
     return ENTRIES[name]
+
+
+def spiking_form(name: str) -> str | None:
+    """The spiking estimator whose rate form is `name` (or `name` itself if it is spiking), else None."""
+    if name in ENTRIES and ENTRIES[name].spiking:
+        return name
+    return next((n for n, e in ENTRIES.items() if e.rate_form == name), None)
 
 
 def get_estimator(name: str) -> Callable:

@@ -160,7 +160,7 @@ def spike_report(model: EPNet, st: SpikeState, batch: int, steps: int) -> dict:
     }
 
 
-def spiking_estimator(name: str):
+def spiking_estimator(name: str, time_local: bool):
     """spiking-symmetric: Eq. 12 from the decoded states; spiking-c-ep: C-EP increments between
     consecutive decoded states of both nudged phases (time-local)."""
     from .continual import time_local_phase, updates
@@ -179,7 +179,7 @@ def spiking_estimator(name: str):
             )
         b, K = phases.beta, phases.K
         params = list(model.parameters())
-        if name == "spiking-symmetric":
+        if not time_local:  # spiking-symmetric: two nudged phases, the EP difference of their rates
             with torch.no_grad():
                 pos = spiking_phase(model, x, free.copy(), K, cfg, cfg.nudge_t0, masks, y, b, generator)
                 neg = spiking_phase(model, x, free.copy(), K, cfg, cfg.nudge_t0, masks, y, -b, generator)
@@ -213,7 +213,7 @@ def spiking_estimator(name: str):
         it_spikes = SpikeState(free.rates, free.phi, [f + n for f, n in zip(free.spikes, nudged)])
         est.info["spikes_free"] = spike_report(model, free, x.shape[0], phases.T)
         est.info["spikes_iteration"] = spike_report(model, it_spikes, x.shape[0], phases.T + 2 * K)
-        est.info["applied"] = name == "spiking-c-ep" and apply_update is not None
+        est.info["applied"] = time_local and apply_update is not None
         return est
 
     estimator.__name__ = name.replace("-", "_")
@@ -221,5 +221,20 @@ def spiking_estimator(name: str):
 
 
 SPIKING = ("spiking-symmetric", "spiking-c-ep")
-register("spiking-symmetric", spiking_estimator("spiking-symmetric"), rule="ep", two_sided=True, spiking=True)
-register("spiking-c-ep", spiking_estimator("spiking-c-ep"), rule="ep", two_sided=True, spiking=True, time_local=True)
+register(
+    "spiking-symmetric",
+    spiking_estimator("spiking-symmetric", time_local=False),
+    rule="ep",
+    two_sided=True,
+    spiking=True,
+    rate_form="symmetric",
+)
+register(
+    "spiking-c-ep",
+    spiking_estimator("spiking-c-ep", time_local=True),
+    rule="ep",
+    two_sided=True,
+    spiking=True,
+    time_local=True,
+    rate_form="c-ep",
+)

@@ -72,7 +72,7 @@ def make_phases(cfg) -> Phases:
             for k in ("T", "K", "beta", "bptt_steps", "tol", "check_every", "fused", "amp", "vf_form", "hep_points")
         },
     )
-    if cfg["estimator"] != "bptt":
+    if not entry(cfg["estimator"]).unrolled:  # BPTT has no beta
         phases.require_beta(cfg["estimator"])
     return phases
 

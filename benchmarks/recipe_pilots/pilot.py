@@ -16,6 +16,7 @@ from ep_compile.data import augment, make_splits, normalize
 from ep_compile.dynamics import make_step, relax
 from ep_compile.estimators import Phases, get_estimator, set_grads
 from ep_compile.model import EPNet, model_config
+from ep_compile.registry import entry
 from ep_compile.training import step_generator
 
 p = argparse.ArgumentParser()
@@ -63,7 +64,7 @@ else:
 for g in opt.param_groups:
     g["lr0"] = g["lr"]
 est = get_estimator(a.est)
-ph = Phases(T=a.T, K=a.K, beta=a.beta, bptt_steps=a.K if a.est == "bptt" else None)
+ph = Phases(T=a.T, K=a.K, beta=a.beta, bptt_steps=a.K if entry(a.est).unrolled else None)
 f = make_step(True, a.sched)
 prep = lambda xb: normalize(xb, s.mean, s.std, a.xs, torch.float32).contiguous(memory_format=torch.channels_last)
 
