@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from .data import augment, preprocess
 from .dynamics import make_step, relax, relax_until
 from .estimators import Phases, set_grads
+from .faults import crash_after, kill_point
 from .machine import describe
 from .model import ConfigError
 from .registry import entry
@@ -35,7 +35,6 @@ from .training import (
     checkpoint_payload,
     epoch_order,
     flatten,
-    kill_point,
     load_checkpoint,
     make_optimizer,
     model_from_config,
@@ -440,8 +439,7 @@ class Trainer:
                 every = cfg["checkpoint_every"]
                 if now or (every and (step + 1) % every == 0 and step + 1 < per_epoch):
                     self.save(epoch, step + 1, self.device_stats().tolist())
-                if crash_at_step and done == crash_at_step:
-                    os.kill(os.getpid(), signal.SIGKILL)  # testing: a real kill, mid-epoch
+                crash_after(done, crash_at_step)  # fault injection (faults.py): off unless asked for
             bar.close()
             row = self.end_epoch(epoch, lr, t0)
             if tracking:

@@ -12,11 +12,11 @@ import dataclasses
 import json
 import math
 import os
-import signal
 from pathlib import Path
 
 import torch
 
+from .faults import kill_point
 from .model import ConfigError, EPNet, ModelConfig
 
 CHECKPOINT_VERSION = 1
@@ -186,20 +186,6 @@ def alignment_angles(model) -> dict:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-
-_reached: dict[str, int] = {}
-
-
-def kill_point(name: str) -> None:
-    """Testing: with EP_KILL_AT=name:n in the environment, SIGKILL this process the n-th time it
-    reaches `name` (a point inside the checkpoint write), so tests can check that a kill at any
-    instant loses nothing but the work since the last checkpoint."""
-    spec = os.environ.get("EP_KILL_AT", "")
-    if spec.partition(":")[0] == name:
-        _reached[name] = _reached.get(name, 0) + 1
-        if str(_reached[name]) == spec.partition(":")[2]:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_save(obj, path: Path) -> None:
