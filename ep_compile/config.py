@@ -99,7 +99,7 @@ class RunConfig:
     epochs: int = _f(15, "number of epochs", "optimizer")
     batch_size: int = _f(64, "global batch size (split across processes)", "optimizer")
     # --- data
-    dataset: str = _f("digits", "data set: digits, fashion-mnist, cifar10", "data")
+    dataset: str = _f("digits", "data set: digits, fashion-mnist, cifar10, cifar100", "data")
     data_root: str | None = _f(None, "local data: torchvision folder, ImageFolder tree or .tar.gz of one", "data")
     cache_dir: str | None = _f(None, "where decoded data sets are cached (default ~/.cache/ep_compile)", "data")
     val_size: int | None = _f(None, "validation examples held out of the training set", "data")

@@ -5,6 +5,9 @@ Sources, all ending as the same `Dataset` (uint8 images (N, C, H, W), int64 labe
   cifar10        torchvision's CIFAR10 (its normal download), or --data-root pointing at
                  a torchvision CIFAR-10 folder, an ImageFolder tree (train/<class>/*.jpg, test/...),
                  or a .tar.gz of such a tree (decoded once, cached as uint8 tensors)
+  cifar100       torchvision's CIFAR100 (its normal download), or --data-root pointing at CIFAR-100's
+                 own python format (a folder holding cifar-100-python/, or cifar-100-python.tar.gz,
+                 read without unpickling code), an ImageFolder tree or a .tar.gz of one
   fashion-mnist  torchvision's FashionMNIST, or --data-root holding the IDX files
                  (Debian's dataset-fashion-mnist installs them in /usr/share/datasets/fashion-mnist)
 Decoding JPEGs is slow, so archives and trees are decoded once and cached ("it's faster to load
@@ -29,7 +32,7 @@ import torch
 
 from .model import ConfigError
 
-DATASETS = ("digits", "cifar10", "fashion-mnist")
+DATASETS = ("digits", "cifar10", "cifar100", "fashion-mnist")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -188,7 +191,8 @@ def load_fashion_idx(root: Path) -> tuple[Dataset, Dataset]:
 def _torchvision_set(name: str, root: Path, download: bool) -> tuple[Dataset, Dataset]:
     import torchvision
 
-    cls = {"cifar10": torchvision.datasets.CIFAR10, "fashion-mnist": torchvision.datasets.FashionMNIST}[name]
+    sets = torchvision.datasets
+    cls = {"cifar10": sets.CIFAR10, "cifar100": sets.CIFAR100, "fashion-mnist": sets.FashionMNIST}[name]
     out = []
     for train in (True, False):
         try:
@@ -201,6 +205,75 @@ def _torchvision_set(name: str, root: Path, download: bool) -> tuple[Dataset, Da
         x = torch.as_tensor(ds.data)
         x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x.unsqueeze(1)  # (N, C, H, W)
         out.append(Dataset(x.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes)))
+    return out[0], out[1]
+
+
+class _ArraysOnly(__import__("pickle").Unpickler):
+    """Unpickles CIFAR's python batches (dicts, lists, numpy arrays) and refuses every other global,
+    so a crafted file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise ConfigError(f"a CIFAR batch refers to {module}.{name}: not plain data, refused")
+
+
+def _cifar_batch(raw: bytes, what: str) -> dict:
+    try:
+        d = _ArraysOnly(io.BytesIO(raw), encoding="latin1").load()
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"{what} is not a CIFAR python batch ({type(e).__name__})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what} is not a CIFAR python batch (no dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def load_cifar100_python(root: Path) -> tuple[Dataset, Dataset]:
+    """CIFAR-100 in its own python format: train / test batches (data (N, 3072) uint8, R then G then
+    B planes of 32x32; fine_labels) and meta (fine_label_names), from the folder or the .tar.gz."""
+    import numpy as np
+
+    files = {}
+    if root.is_dir():
+        for n in ("train", "test", "meta"):
+            f = root / "cifar-100-python" / n
+            if not f.is_file():
+                raise ConfigError(f"{root}: cifar-100-python/{n} is missing")
+            files[n] = f.read_bytes()
+    else:
+        try:
+            with tarfile.open(root, "r:*") as tar:
+                for m in tar.getmembers():
+                    parts = Path(m.name).parts
+                    if len(parts) == 2 and parts[0] == "cifar-100-python" and parts[1] in ("train", "test", "meta"):
+                        files[parts[1]] = tar.extractfile(m).read()
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            raise ConfigError(f"{root}: not a readable .tar.gz ({type(e).__name__})") from None
+        missing = sorted({"train", "test", "meta"} - set(files))
+        if missing:
+            raise ConfigError(f"{root}: cifar-100-python/{missing[0]} is missing from the archive")
+    meta = _cifar_batch(files["meta"], f"{root}: meta")
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get("fine_label_names", [])]
+    out = []
+    for split in ("train", "test"):
+        d = _cifar_batch(files[split], f"{root}: {split}")
+        data, labels = d.get("data"), d.get("fine_labels")
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise ConfigError(f"{root}: {split} data is not (N, 3072) uint8")
+        if labels is None or len(labels) != len(data):
+            raise ConfigError(f"{root}: {split} has {len(data)} images and {len(labels or [])} fine_labels")
+        x = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+        out.append(Dataset(x, torch.as_tensor(list(labels), dtype=torch.int64), classes))
     return out[0], out[1]
 
 
@@ -240,6 +313,10 @@ def load_source(name: str, data_root: str | None = None, cache_dir: Path | None 
         return _torchvision_set(name, root, download=False)
     if root.is_dir() and (root / "cifar-10-batches-py").exists():
         return _torchvision_set(name, root, download=False)
+    if name == "cifar100" and (
+        (root.is_dir() and (root / "cifar-100-python").is_dir()) or root.name.startswith("cifar-100-python.tar")
+    ):
+        return load_cifar100_python(root)
     # ImageFolder tree or archive: decode once, cache as uint8 tensors
     cache = cache_dir / f"{name}-{_content_key(root)}.pt"
     if cache.exists():

@@ -1,6 +1,7 @@
 """Data sources (ImageFolder tree, .tar.gz archive with caching, IDX files, digits), splits, augmentation."""
 
 import gzip
+import os
 import struct
 import tarfile
 from pathlib import Path
@@ -103,3 +104,68 @@ def test_real_cifar_archive_layout_if_present():
             if key:
                 counts[key[0]] = counts.get(key[0], 0) + 1
     assert counts == {"train": 50000, "test": 10000}
+
+
+def write_cifar100(tmp_path, per_class=(2, 1), seed=0):
+    """A small archive in CIFAR-100's own python format (no CIFAR-100 ships offline here): 100
+    classes, `per_class` train / test images each, random pixels, the real keys and layout."""
+    import io as _io
+    import pickle
+    import tarfile as _tarfile
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    names = [f"class_{i:02d}" for i in range(100)]
+    members = {"meta": {"fine_label_names": names, "coarse_label_names": [f"super_{i}" for i in range(20)]}}
+    for split, n in zip(("train", "test"), per_class):
+        labels = [c for c in range(100) for _ in range(n)]
+        members[split] = {
+            "filenames": [f"{i}.png" for i in range(len(labels))],
+            "fine_labels": labels,
+            "coarse_labels": [c // 5 for c in labels],
+            "data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8),
+        }
+    path = tmp_path / "cifar-100-python.tar.gz"
+    with _tarfile.open(path, "w:gz") as tar:
+        for name, obj in members.items():
+            raw = pickle.dumps(obj, protocol=2)
+            info = _tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(raw)
+            tar.addfile(info, _io.BytesIO(raw))
+    return path, members
+
+
+def test_cifar100_python_format(tmp_path):
+    from ep_compile.data import load_source
+
+    path, members = write_cifar100(tmp_path)
+    train, test = load_source("cifar100", str(path), tmp_path / "cache", log=lambda *a: None)
+    assert train.x.shape == (200, 3, 32, 32) and test.x.shape == (100, 3, 32, 32) and len(train.classes) == 100
+    first = members["train"]["data"][0].reshape(3, 32, 32)  # R, G, B planes of 32 x 32, row-major
+    assert torch.equal(train.x[0], torch.from_numpy(first)) and train.y.tolist() == members["train"]["fine_labels"]
+    assert train.classes[7] == "class_07"
+
+
+def test_cifar100_batch_that_runs_code_is_refused(tmp_path):
+    import io as _io
+    import pickle
+    import tarfile as _tarfile
+
+    from ep_compile.data import load_source
+    from ep_compile.model import ConfigError
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "cifar-100-python.tar.gz"
+    with _tarfile.open(path, "w:gz") as tar:
+        for name in ("train", "test", "meta"):
+            raw = pickle.dumps({"data": Evil()})
+            info = _tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(raw)
+            tar.addfile(info, _io.BytesIO(raw))
+    with pytest.raises(ConfigError, match="not plain data"):
+        load_source("cifar100", str(path), tmp_path / "cache", log=lambda *a: None)
+    assert not (tmp_path / "pwned").exists()

@@ -482,3 +482,64 @@ def test_loader_refuses_every_graph_edit(build, golden, tmp_path, model, how, ne
     np.save(tmp_path / "x.npy", x)
     p = subprocess.run([str(build / "ep_infer"), str(path), str(tmp_path / "x.npy")], capture_output=True, text=True)
     assert p.returncode != 0 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_cifar100_through_training_onnx_and_cpp(build, tmp_path):
+    """100 classes through every path: a run on a synthetic archive in CIFAR-100's own format, its
+    metrics and checkpoint, the ONNX file's metadata and scores, and the C++ runtime's scores (1e-4)."""
+    import json as _json
+
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "experiments"))
+    sys.path.insert(0, str(ROOT / "export"))
+    import cifar
+    import to_onnx
+    from test_data import write_cifar100
+
+    archive, _ = write_cifar100(tmp_path)
+    run = tmp_path / "run"
+    tiny = "--channels 8 16 --kernels 3 3 --paddings 1 1 --pools max max --lrs 0.1 0.1 0.05 --T 4 --K 2"
+    args = [
+        "--preset",
+        "cifar100-ce-symmetric",
+        *tiny.split(),
+        "--no-compile",
+        "--cpu",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+    ]
+    args += ["--val-size", "0", "--data-root", str(archive), "--cache-dir", str(tmp_path / "cache"), "--out", str(run)]
+    assert cifar.main(args) == 0
+    ck = torch.load(run / "last.pt", weights_only=True)
+    assert ck["config"]["n_classes"] == 100 and len(ck["config"]["classes"]) == 100
+    assert ck["model"]["readout.weight"].shape[0] == 100 and 0 <= ck["metrics"][-1]["test_error"] <= 1
+    assert to_onnx.main([str(run), "--out", str(tmp_path / "m.onnx"), "--T", "10"]) == 0
+    m = onnx.load(tmp_path / "m.onnx")
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert len(_json.loads(meta["ep_compile.classes"])) == 100
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    want = sess.run(["scores"], {"x": x, "max_steps": np.array(10, np.int64), "tol": np.array(0.0, np.float32)})[0]
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "scores.npy"
+    sh(
+        [
+            str(build / "ep_infer"),
+            str(tmp_path / "m.onnx"),
+            str(tmp_path / "x.npy"),
+            "--max-steps",
+            "10",
+            "--tol",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    got = np.load(out)
+    assert want.shape == got.shape == (3, 100) and np.abs(got - want).max() <= 1e-4, np.abs(got - want).max()
