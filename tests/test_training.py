@@ -154,7 +154,7 @@ def test_without_a_validation_split_the_log_names_the_train_error(tmp_path):
     [
         (["--preset", "nope"], "unknown preset 'nope'; see --list-presets"),
         (["--preset", "cifar10cpu"], "unknown preset 'cifar10cpu'; did you mean 'cifar10-cpu'?"),
-        (["--dataset", "mnist3d"], "unknown dataset 'mnist3d'; valid: digits, cifar10, fashion-mnist"),
+        (["--dataset", "mnist3d"], "unknown dataset 'mnist3d'; valid: digits, cifar10, cifar100, fashion-mnist"),
         (["--preset", "ce-symmetric", "--data-root", "/does/not/exist"], "data root /does/not/exist does not exist"),
         (["--batch-size", "5000"], "--batch-size 5000 is larger than the training set"),
         (["--estimator", "magic"], "unknown estimator 'magic'"),
