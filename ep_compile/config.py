@@ -393,7 +393,7 @@ def check_folder_config(out: Path, stored: dict) -> None:
         )
 
 
-def check_out(out: str, resume: bool = False) -> None:
+def check_out(out: str) -> None:
     """The run folder can be made and written: one line naming it, before anything is loaded."""
     if not out or not str(out).strip():
         raise ConfigError(
@@ -422,19 +422,19 @@ def memory_estimate(cfg) -> int:
     """Bytes a run needs about, from the architecture alone (nothing allocated): the weights with
     their gradients, optimizer moments and checkpoint copy (x6, x2 again for backward weights), and
     the states of a training batch (x12: free, nudged and scratch copies) and of an eval batch (x3)."""
-    mc = cfg.model_config() if hasattr(cfg, "model_config") else cfg
+    mc = cfg.model_config()
+    specs = mc.layer_specs()
     weights = 0
-    for sp in mc.layer_specs():
+    for sp in specs:
         n = (
             sp.in_shape[0] * sp.out_shape[0] * sp.kernel**2
             if sp.kind == "conv"
             else math.prod(sp.in_shape) * sp.out_shape[0]
         )
         weights += n * (2 if mc.asymmetric else 1)
-    last = mc.layer_specs()[-1].out_shape if mc.layer_specs() else mc.in_shape
-    weights += math.prod(last) * mc.n_classes
-    states = sum(math.prod(sp.conv_shape or sp.out_shape) for sp in mc.layer_specs())
-    batch = getattr(cfg, "batch_size", 1) * 12 + getattr(cfg, "eval_batch_size", 0) * 3
+    weights += math.prod(specs[-1].out_shape if specs else mc.in_shape) * mc.n_classes  # the read-out
+    states = sum(math.prod(sp.conv_shape or sp.out_shape) for sp in specs)
+    batch = cfg.batch_size * 12 + cfg.eval_batch_size * 3
     return 4 * (6 * weights + states * batch)
 
 

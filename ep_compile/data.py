@@ -22,6 +22,7 @@ import hashlib
 import io
 import math
 import os
+import pickle
 import struct
 import tarfile
 import zlib
@@ -208,7 +209,7 @@ def _torchvision_set(name: str, root: Path, download: bool) -> tuple[Dataset, Da
     return out[0], out[1]
 
 
-class _ArraysOnly(__import__("pickle").Unpickler):
+class _ArraysOnly(pickle.Unpickler):
     """Unpickles CIFAR's python batches (dicts, lists, numpy arrays) and refuses every other global,
     so a crafted file cannot run code."""
 

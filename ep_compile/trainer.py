@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -80,10 +81,14 @@ CHECKPOINTS = ("last.pt", "best.pt")  # a folder holding either holds a run; wit
 ASIDE = ".replaced"  # an --overwrite moves the old run here until the new one has written its first checkpoint
 
 
+def holds_checkpoint(out: Path) -> bool:
+    return any((out / f).exists() for f in CHECKPOINTS)
+
+
 def check_fresh_folder(out: Path) -> None:
     """A fresh run may not start in a folder that holds a checkpointed run (partial files of a run
     that died before its first checkpoint are no run: they are replaced)."""
-    if any((out / f).exists() for f in CHECKPOINTS) or (out / ASIDE).is_dir():
+    if holds_checkpoint(out) or (out / ASIDE).is_dir():
         raise ConfigError(
             f"run folder {out} already holds a run: continue it with --resume {out}, "
             "start over with --overwrite, or pick another --out"
@@ -96,8 +101,6 @@ def _run_files(out: Path) -> list[Path]:
 
 
 def _remove(p: Path) -> None:
-    import shutil
-
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)
     else:
@@ -333,8 +336,7 @@ class Trainer:
             if fresh:
                 if not overwrite:
                     check_fresh_folder(out)
-                held = any((out / f).exists() for f in CHECKPOINTS)
-                if held:  # --overwrite: the old run waits aside until this one has checkpointed
+                if holds_checkpoint(out):  # --overwrite: the old run waits aside until this one has checkpointed
                     (out / ASIDE).mkdir()
                     for p in _run_files(out):
                         os.replace(p, out / ASIDE / p.name)

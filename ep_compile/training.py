@@ -234,9 +234,8 @@ def check_contents(ck: dict, model, optimizer=None, path="checkpoint") -> None:
     """The checkpoint holds what this config builds: every key, every weight with its shape, and
     (when an optimizer is given) an optimizer state of the same groups and parameter shapes. One
     ConfigError naming the first difference, before anything is loaded into the model."""
-    missing = (
-        [k for k in CHECKPOINT_KEYS if k not in ck] if optimizer is not None else [k for k in ("model",) if k not in ck]
-    )
+    required = CHECKPOINT_KEYS if optimizer is not None else ("model",)  # export reads the weights only
+    missing = [k for k in required if k not in ck]
     if missing:
         raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by a training run")
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -198,8 +198,6 @@ def main(argv=None):
         if args.resume:
             folder = Path(args.resume)
             settle_folder(folder if folder.is_dir() else folder.parent)  # an --overwrite a kill interrupted
-            if args.overwrite:
-                raise ConfigError(f"--resume {args.resume} continues the run, --overwrite would replace it: give one")
             config = RunConfig.resume(args)
         else:
             config = RunConfig.from_args(args)

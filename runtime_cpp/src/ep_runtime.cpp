@@ -532,6 +532,16 @@ bool parse_attr(Span s, Attr* a) {
 
 bool scan_graph(Span graph, Found* f, int depth);
 
+// kernel_shape [k, k] -> k, else -1; pads [p, p, p, p] (or none) -> p, else -1.
+int square_kernel(const Attr& a) {
+  return a.n_ints == 2 && a.ints[0] == a.ints[1] && a.ints[0] < 64 ? int(a.ints[0]) : -1;
+}
+int same_pad(const Attr& a) {
+  if (a.n_ints == 0) return 0;
+  const bool same = a.n_ints == 4 && a.ints[0] == a.ints[1] && a.ints[0] == a.ints[2] && a.ints[0] == a.ints[3];
+  return same && a.ints[0] < 64 ? int(a.ints[0]) : -1;
+}
+
 // NodeProto: records what a Conv / Gemm / pool / HardSigmoid node says about the layers, and walks
 // into subgraphs (the Loop's body holds the step).
 bool scan_node(Span s, Found* f, int depth) {
@@ -601,39 +611,19 @@ bool scan_node(Span s, Found* f, int depth) {
     note_bad(&c, "a 2x2 window of stride 2 is not what says", op);
   if (o == OP_HARDSIGMOID && (!has_beta || beta.f != 0.0f)) note_bad(&c, "beta 0 is not what says", op);
   if ((o == OP_GEMM || o == OP_FLATTEN) && n_attr != 1) note_bad(&c, "transB=1 / axis=1 is not what says", op);
-  if (o == OP_CONV && n_in >= 2) {  // every Conv on a layer's weights has that layer's kernel and padding
+  if ((o == OP_CONV || o == OP_CONVT) && n_in >= 2) {  // every (transposed) conv on a layer's weights
     int l = layer_of(inputs[1], ".weight");
     if (l < 0) l = layer_of(inputs[1], ".weight_b");
-    if (l >= 0) {
-      const int kk =
-          kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
-      const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] &&
-                        pads.ints[0] == pads.ints[3];
-      const int pp = pads.n_ints == 0 ? 0 : same && pads.ints[0] < 64 ? int(pads.ints[0]) : -1;
-      if (c.kernel_of[l] == 0) {
-        c.kernel_of[l] = kk;
-        c.pad_of[l] = pp;
-      } else if (c.kernel_of[l] != kk || c.pad_of[l] != pp)
-        c.kp_differ[l] = true;
-    }
-  }
-  if (o == OP_CONVT && n_in >= 2) {
-    int l = layer_of(inputs[1], ".weight");
-    if (l < 0) l = layer_of(inputs[1], ".weight_b");
-    if (l >= 0) {  // the transposed conv of a layer: its kernel and padding, no stride or group
-      const int kk =
-          kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
-      const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] &&
-                        pads.ints[0] == pads.ints[3];
-      const int pp = pads.n_ints == 0 ? 0 : same && pads.ints[0] < 64 ? int(pads.ints[0]) : -1;
-      if (strides.n_ints != 0 || group.name.n != 0)
+    if (l >= 0) {  // has that layer's kernel and padding; a transposed one no stride or group
+      if (o == OP_CONVT && (strides.n_ints != 0 || group.name.n != 0))
         note_bad(&c, "a stride or group on the transposed conv of a layer:", op);
+      const int kk = square_kernel(kernel), pp = same_pad(pads);
       if (c.kernel_of[l] == 0) {
         c.kernel_of[l] = kk;
         c.pad_of[l] = pp;
       } else if (c.kernel_of[l] != kk || c.pad_of[l] != pp)
         c.kp_differ[l] = true;
-    } else if (!(pool2 && group.i >= 1 && pads.n_ints == 0)) {
+    } else if (o == OP_CONVT && !(pool2 && group.i >= 1 && pads.n_ints == 0)) {
       note_bad(&c, "the average-pool adjoint is not a 2x2 stride-2 grouped", op);
     }
   }
@@ -641,11 +631,8 @@ bool scan_node(Span s, Found* f, int depth) {
   const int n = n_in >= 2 ? layer_of(inputs[1], ".weight") : -1;
   if (op.eq("Conv") && n >= 0) {
     k.conv[n] = true;
-    k.kernel[n] =
-        kernel.n_ints == 2 && kernel.ints[0] == kernel.ints[1] && kernel.ints[0] < 64 ? int(kernel.ints[0]) : -1;
-    const bool same = pads.n_ints == 4 && pads.ints[0] == pads.ints[1] && pads.ints[0] == pads.ints[2] &&
-                      pads.ints[0] == pads.ints[3];
-    k.pad[n] = pads.n_ints == 0 ? 0 : same && pads.ints[0] < 64 ? int(pads.ints[0]) : -1;
+    k.kernel[n] = square_kernel(kernel);
+    k.pad[n] = same_pad(pads);
     k.conv_out[n] = output;
   } else if (op.eq("Gemm") && n >= 0) {
     k.dense[n] = true;
