@@ -188,7 +188,7 @@ def test_aarch64_build_under_qemu_matches_host(build, golden, tmp_path):
             "-I",
             str(RT / "tools"),
             str(RT / "tools" / "ep_infer.cpp"),
-            str(RT / "src" / "ep_runtime.cpp"),
+            *map(str, sorted((RT / "src").glob("*.cpp"))),
             "-o",
             str(exe),
         ]

@@ -105,7 +105,7 @@ def main(argv=None):
     root = HERE.parent
     elf = out / "firmware.elf"
     objs = []
-    for src in (HERE / "main.cpp", HERE / "startup.cpp", root / "src" / "ep_runtime.cpp"):
+    for src in (HERE / "main.cpp", HERE / "startup.cpp", *sorted((root / "src").glob("*.cpp"))):
         obj = out / (src.stem + ".o")
         subprocess.run(
             [

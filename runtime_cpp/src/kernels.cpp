@@ -1,0 +1,309 @@
+// The kernels: GEMM with register tiles, convolution (im2col + GEMM) and its transpose (GEMM +
+// col2im), 2x2 pooling and unpooling, dense layers. Free functions with explicit buffers.
+#include <algorithm>
+#include <cstring>
+
+#include "ep_runtime.h"
+
+#if !defined(__GNUC__) || !(defined(__SSE2__) || defined(__ARM_NEON) || defined(__AVX__))
+#define EP_SCALAR_GEMM 1  // no vector unit (a Cortex-M) or no GNU vector extensions: the plain GEMM loop
+#endif
+
+namespace ep {
+
+namespace {
+
+// C (m x n) = A (m x kk) . B (kk x n), B and C row-major with leading dimension n; A[i][k] is
+// a[i * ai + k * ak] (a plain or a transposed weight matrix). Every output is summed over k in
+// ascending order from 0 in its own vector lane, as a plain triple loop would: tile shapes and vector
+// widths change the speed, never the bits, so with -ffp-contract=off every build and every CPU
+// (SSE2, AVX2, AVX-512, NEON, Cortex-M) gives the same result. Register tiles use GCC/Clang vector
+// extensions, which each target lowers to its own registers (scalar code where it has none).
+
+// The reference loop: an mr x nr block of C (leading dimension n), every output over k in order. It
+// is the whole GEMM on a core without vectors, and the edges the register tiles leave elsewhere.
+void gemm_ref(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, std::size_t n, int kk, int mr,
+              int nr) {
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j) {
+      float acc = 0.0f;
+      for (int k = 0; k < kk; ++k) acc += a[i * ai + std::size_t(k) * ak] * b[std::size_t(k) * n + j];
+      c[i * n + j] = acc;
+    }
+}
+
+#ifndef EP_SCALAR_GEMM
+#define EP_INLINE inline __attribute__((always_inline))
+
+template <int VB, int ROWS, int COLS>  // vector bytes; tile rows (columns in vectors) / columns (rows in vectors)
+struct Gemm {
+  static constexpr int W = VB / 4;  // floats per vector
+  static constexpr int KC = 256;    // rows of B per block
+  typedef float vec __attribute__((vector_size(VB)));
+  typedef float vec4 __attribute__((vector_size(16)));
+
+  // Columns in vectors: R rows x NV vectors of V; A broadcast, B rows loaded.
+  // With more, the tile goes on from the partial sums in c (a later block of k): the same additions.
+  template <typename V, int R, int NV>
+  static EP_INLINE void tile_n(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, std::size_t n,
+                               int kk, bool more) {
+    constexpr int VW = int(sizeof(V) / 4);
+    V acc[R][NV] = {};
+    if (more)
+      for (int i = 0; i < R; ++i) std::memcpy(acc[i], c + i * n, sizeof acc[i]);
+    for (int k = 0; k < kk; ++k) {
+      const float* bk = b + std::size_t(k) * n;
+      V bv[NV];
+      for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], bk + v * VW, sizeof(V));
+      for (int i = 0; i < R; ++i) {
+        const float av = a[i * ai + std::size_t(k) * ak];
+        for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
+      }
+    }
+    for (int i = 0; i < R; ++i) std::memcpy(c + i * n, acc[i], sizeof acc[i]);
+  }
+
+  // Rows in vectors (A contiguous along rows, ai == 1): MV vectors of rows x C columns; B broadcast.
+  template <int MV, int C>
+  static EP_INLINE void tile_m(float* c, const float* a, std::size_t ak, const float* b, std::size_t n, int kk) {
+    vec acc[C][MV] = {};
+    for (int k = 0; k < kk; ++k) {
+      const float* ar = a + std::size_t(k) * ak;
+      vec av[MV];
+      for (int v = 0; v < MV; ++v) std::memcpy(&av[v], ar + v * W, VB);
+      const float* bk = b + std::size_t(k) * n;
+      for (int j = 0; j < C; ++j) {
+        const float bv = bk[j];
+        for (int v = 0; v < MV; ++v) acc[j][v] += bv * av[v];
+      }
+    }
+    for (int j = 0; j < C; ++j)
+      for (int v = 0; v < MV; ++v)
+        for (int l = 0; l < W; ++l) c[std::size_t(v * W + l) * n + j] = acc[j][v][l];
+  }
+
+  template <int MV, int C = COLS>
+  static EP_INLINE void tile_m_cols(int cols, float* c, const float* a, std::size_t ak, const float* b, std::size_t n,
+                                    int kk) {
+    if constexpr (C > 0) {
+      if (cols == C)
+        tile_m<MV, C>(c, a, ak, b, n, kk);
+      else
+        tile_m_cols<MV, C - 1>(cols, c, a, ak, b, n, kk);
+    }
+  }
+
+  static EP_INLINE void run(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n,
+                            int kk) {
+    const std::size_t ld = std::size_t(n);
+    if (ai == 1 && m >= W) {  // a transposed weight: vectors along the rows of C
+      int i0 = 0;
+      for (; i0 + 2 * W <= m; i0 += 2 * W)
+        for (int j0 = 0; j0 < n; j0 += COLS)
+          tile_m_cols<2>(std::min(COLS, n - j0), c + i0 * ld + j0, a + i0, ak, b + j0, ld, kk);
+      for (; i0 + W <= m; i0 += W)
+        for (int j0 = 0; j0 < n; j0 += COLS)
+          tile_m_cols<1>(std::min(COLS, n - j0), c + i0 * ld + j0, a + i0, ak, b + j0, ld, kk);
+      if (i0 < m) gemm_ref(c + i0 * ld, a + i0, ai, ak, b, ld, kk, m - i0, n);
+      return;
+    }
+    // Vectors along the columns of C, in blocks of KC rows of B: a block of A stays in L2 while every
+    // panel of B passes, and B's panel of 2 vectors stays in L1 across the rows of A.
+    int j0 = 0;
+    for (int k0 = 0; k0 < kk; k0 += KC) {
+      const int kc = std::min(KC, kk - k0);
+      const bool more = k0 > 0;
+      const float* ab = a + std::size_t(k0) * ak;
+      const float* bb = b + std::size_t(k0) * ld;
+      for (j0 = 0; j0 + 2 * W <= n; j0 += 2 * W) {
+        int i0 = 0;
+        for (; i0 + ROWS <= m; i0 += ROWS)
+          tile_n<vec, ROWS, 2>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
+        for (; i0 < m; ++i0) tile_n<vec, 1, 2>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
+      }
+      for (; j0 + W <= n; j0 += W) {
+        int i0 = 0;
+        for (; i0 + ROWS <= m; i0 += ROWS)
+          tile_n<vec, ROWS, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
+        for (; i0 < m; ++i0) tile_n<vec, 1, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
+      }
+      for (; j0 + 4 <= n; j0 += 4) {  // narrow: many rows of 4 columns (the 2x2 maps of the last conv)
+        int i0 = 0;
+        for (; i0 + 12 <= m; i0 += 12)
+          tile_n<vec4, 12, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
+        for (; i0 < m; ++i0) tile_n<vec4, 1, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
+      }
+    }
+    if (j0 < n) gemm_ref(c + j0, a, ai, ak, b + j0, ld, kk, m, n - j0);
+  }
+};
+
+// The build's own vectors (-march=native in EP_FAST builds, the target's baseline otherwise) ...
+#if defined(__AVX512F__)
+using Native = Gemm<64, 8, 8>;  // 16 of 32 zmm registers accumulate
+#elif defined(__AVX__)
+using Native = Gemm<32, 6, 6>;  // 12 of 16 ymm
+#else
+using Native = Gemm<16, 4, 4>;  // 8 of 16 xmm / 32 q registers
+#endif
+#endif  // EP_SCALAR_GEMM
+
+// ... and on x86-64, wider ones chosen at run time when the CPU has them (the same bits: see above).
+#if defined(__x86_64__) && !defined(EP_SCALAR_GEMM) && !defined(__AVX512F__)
+#define EP_DISPATCH 1
+__attribute__((target("avx512f"))) void gemm_avx512(float* c, const float* a, std::size_t ai, std::size_t ak,
+                                                    const float* b, int m, int n, int kk) {
+  Gemm<64, 8, 8>::run(c, a, ai, ak, b, m, n, kk);
+}
+__attribute__((target("avx2"))) void gemm_avx2(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b,
+                                               int m, int n, int kk) {
+  Gemm<32, 6, 6>::run(c, a, ai, ak, b, m, n, kk);
+}
+#endif
+
+void gemm(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n, int kk) {
+#ifdef EP_DISPATCH
+  if (__builtin_cpu_supports("avx512f")) return gemm_avx512(c, a, ai, ak, b, m, n, kk);
+  if (__builtin_cpu_supports("avx2")) return gemm_avx2(c, a, ai, ak, b, m, n, kk);
+#endif
+#ifdef EP_SCALAR_GEMM
+  gemm_ref(c, a, ai, ak, b, std::size_t(n), kk, m, n);
+#else
+  Native::run(c, a, ai, ak, b, m, n, kk);
+#endif
+}
+
+}  // namespace
+
+// The output columns ow whose input column ow + kw - pad lies inside [0, wd): [*lo, *hi).
+void valid_cols(int wc, int wd, int kw, int pad, int* lo, int* hi) {
+  *lo = std::min(wc, std::max(0, pad - kw));
+  *hi = std::max(*lo, std::min(wc, wd + pad - kw));
+}
+
+void conv2d(float* out, const float* in, const float* w, const float* b, int cin, int h, int wd, int cout, int k,
+            int pad, float* col) {
+  const int hc = h + 2 * pad - k + 1, wc = wd + 2 * pad - k + 1, npix = hc * wc, rows = cin * k * k;
+  for (int ci = 0; ci < cin; ++ci)  // im2col: col (cin*k*k, hc*wc), rows of contiguous copies
+    for (int kh = 0; kh < k; ++kh)
+      for (int kw = 0; kw < k; ++kw) {
+        float* c = col + std::size_t((ci * k + kh) * k + kw) * npix;
+        int lo, hi;
+        valid_cols(wc, wd, kw, pad, &lo, &hi);
+        for (int oh = 0; oh < hc; ++oh) {
+          float* cr = c + oh * wc;
+          const int ih = oh + kh - pad;
+          if (ih < 0 || ih >= h) {
+            std::fill(cr, cr + wc, 0.0f);
+            continue;
+          }
+          const float* src = in + (std::size_t(ci) * h + ih) * wd + (lo + kw - pad);  // input column of ow = lo
+          std::fill(cr, cr + lo, 0.0f);
+          std::copy(src, src + (hi - lo), cr + lo);
+          std::fill(cr + hi, cr + wc, 0.0f);
+        }
+      }
+  gemm(out, w, std::size_t(rows), 1, col, cout, npix, rows);  // out (cout, npix) = w (cout, rows) . col
+  if (b != nullptr)
+    for (int co = 0; co < cout; ++co)
+      for (int j = 0; j < npix; ++j) out[std::size_t(co) * npix + j] += b[co];
+}
+
+void conv2d_transpose(float* out, const float* in, const float* w, int cout, int hc, int wc, int cin, int h, int wd,
+                      int k, int pad, float* col) {
+  const int npix = hc * wc, rows = cin * k * k;
+  gemm(col, w, 1, std::size_t(rows), in, rows, npix, cout);  // col (rows, npix) = w^T (rows, cout) . in
+  std::fill(out, out + std::size_t(cin) * h * wd, 0.0f);
+  for (int ci = 0; ci < cin; ++ci)  // col2im: scatter-add into (cin, h, wd), each element in (kh, kw) order
+    for (int kh = 0; kh < k; ++kh)
+      for (int kw = 0; kw < k; ++kw) {
+        const float* c = col + std::size_t((ci * k + kh) * k + kw) * npix;
+        int lo, hi;
+        valid_cols(wc, wd, kw, pad, &lo, &hi);
+        for (int oh = 0; oh < hc; ++oh) {
+          const int ih = oh + kh - pad;
+          if (ih < 0 || ih >= h) continue;
+          float* dst = out + (std::size_t(ci) * h + ih) * wd + (lo + kw - pad);  // input column of ow = lo
+          const float* cr = c + oh * wc + lo;
+          for (int j = 0; j < hi - lo; ++j) dst[j] += cr[j];
+        }
+      }
+}
+
+void maxpool2x2(float* out, std::int32_t* idx, const float* in, int c, int h, int w) {
+  const int ph = h / 2, pw = w / 2;
+  for (int ch = 0; ch < c; ++ch)
+    for (int oh = 0; oh < ph; ++oh) {
+      const float* r0 = in + (std::size_t(ch) * h + 2 * oh) * w;
+      const float* r1 = r0 + w;
+      float* o = out + (std::size_t(ch) * ph + oh) * pw;
+      std::int32_t* ix = idx + (std::size_t(ch) * ph + oh) * pw;
+      const std::int32_t p0 = 2 * oh * w;
+      for (int ow = 0; ow < pw; ++ow) {  // the first maximum in row-major order wins ties, as in torch
+        float best = r0[2 * ow];
+        std::int32_t at = p0 + 2 * ow;
+        const float v1 = r0[2 * ow + 1], v2 = r1[2 * ow], v3 = r1[2 * ow + 1];
+        at = v1 > best ? p0 + 2 * ow + 1 : at;
+        best = v1 > best ? v1 : best;
+        at = v2 > best ? p0 + w + 2 * ow : at;
+        best = v2 > best ? v2 : best;
+        at = v3 > best ? p0 + w + 2 * ow + 1 : at;
+        best = v3 > best ? v3 : best;
+        o[ow] = best;
+        ix[ow] = at;
+      }
+    }
+}
+
+void maxunpool2x2(float* out, const float* in, const std::int32_t* idx, int c, int h, int w) {
+  const int ph = h / 2, pw = w / 2;
+  for (std::size_t i = 0; i < std::size_t(c) * h * w; ++i) out[i] = 0.0f;
+  for (int ch = 0; ch < c; ++ch)
+    for (int p = 0; p < ph * pw; ++p)
+      out[std::size_t(ch) * h * w + idx[std::size_t(ch) * ph * pw + p]] = in[std::size_t(ch) * ph * pw + p];
+}
+
+void avgpool2x2(float* out, const float* in, int c, int h, int w) {
+  const int ph = h / 2, pw = w / 2;
+  for (int ch = 0; ch < c; ++ch)
+    for (int oh = 0; oh < ph; ++oh)
+      for (int ow = 0; ow < pw; ++ow) {
+        const float* q = in + (std::size_t(ch) * h + 2 * oh) * w + 2 * ow;
+        out[(std::size_t(ch) * ph + oh) * pw + ow] = (q[0] + q[1] + q[w] + q[w + 1]) / 4.0f;
+      }
+}
+
+void avgunpool2x2(float* out, const float* in, int c, int h, int w) {
+  const int ph = h / 2, pw = w / 2;
+  for (std::size_t i = 0; i < std::size_t(c) * h * w; ++i) out[i] = 0.0f;
+  for (int ch = 0; ch < c; ++ch)
+    for (int oh = 0; oh < ph; ++oh)
+      for (int ow = 0; ow < pw; ++ow) {
+        const float v = in[(std::size_t(ch) * ph + oh) * pw + ow] / 4.0f;
+        float* q = out + (std::size_t(ch) * h + 2 * oh) * w + 2 * ow;
+        q[0] = v;
+        q[1] = v;
+        q[w] = v;
+        q[w + 1] = v;
+      }
+}
+
+void dense(float* out, const float* in, const float* w, const float* b, int n_in, int n_out) {
+  for (int o = 0; o < n_out; ++o) {
+    float acc = 0.0f;
+    const float* wr = w + std::size_t(o) * n_in;
+    for (int i = 0; i < n_in; ++i) acc += wr[i] * in[i];
+    out[o] = acc + (b != nullptr ? b[o] : 0.0f);
+  }
+}
+
+void dense_transpose(float* out, const float* in, const float* w, int n_in, int n_out) {
+  for (int i = 0; i < n_in; ++i) out[i] = 0.0f;
+  for (int o = 0; o < n_out; ++o) {
+    const float a = in[o];
+    const float* wr = w + std::size_t(o) * n_in;
+    for (int i = 0; i < n_in; ++i) out[i] += a * wr[i];
+  }
+}
+
+}  // namespace ep
