@@ -12,10 +12,15 @@ Graph outputs: scores (N x n_classes: read-out logits for 'ce', the output layer
 The loop stops after the first step whose largest state change is below tol (tol = 0: max_steps).
 
 Initializers: layer{n}.weight, layer{n}.bias (n = 1..L), layer{n}.weight_b (backward weights of an
-asymmetric layer), readout.weight, readout.bias ('ce'). Metadata (metadata_props):
-  ep_compile.format_version  FORMAT_VERSION
+asymmetric layer), readout.weight, readout.bias ('ce'). With int8 weights (weights="int8", see
+quantize.py) each weight W is instead the initializers W_int8 (int8, W's shape) and W_scale (float32,
+one per output channel) and a DequantizeLinear node (axis 0) of the main graph whose output is named
+W, so the step reads W exactly as before. Metadata (metadata_props):
+  ep_compile.format_version  1 for float32 weights, 2 for int8 (the lowest version that describes
+                             the file: every reader of version 1 still reads float32 files)
   ep_compile.architecture    JSON: layers (kind, in/out/conv shapes, kernel, padding, pool, has
-                             weight_b), activation slope, loss, n_classes, state shapes
+                             weight_b), activation slope, loss, n_classes, state shapes, weights
+                             ("float32" or "int8")
   ep_compile.preprocessing   JSON: mean, std, std_scale, input_shape: x = (img/255 - mean) / (std_scale*std)
   ep_compile.classes         JSON list of class names
   ep_compile.training_config JSON of the run's config
@@ -34,8 +39,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .model import ConfigError, EPNet
+from .quantize import is_quantized_weight, quantize_int8
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest contract (2: int8 weights); float32 files are written as version 1
+WEIGHT_FORMATS = {"float32": 1, "int8": 2}  # weight format -> the format version of its files
 OPSET = 17
 
 
@@ -74,7 +81,7 @@ def layer_info(model: EPNet) -> list[dict]:
     return info
 
 
-def architecture(model: EPNet) -> dict:
+def architecture(model: EPNet, weights: str = "float32") -> dict:
     return {
         "layers": layer_info(model),
         "slope": model.slope,
@@ -85,6 +92,7 @@ def architecture(model: EPNet) -> dict:
         "state_shapes": [list(s) for s in model.state_shapes],
         "asymmetric": model.cfg.asymmetric,
         "readout": model.readout is not None,
+        "weights": weights,
     }
 
 
@@ -154,8 +162,11 @@ def _feedback(g: _Graph, model, d: dict, n: int, pre: str, post: str, fwd_idx, f
     return g.op("ConvTranspose", [post, w], f"convT{n + 1}", kernel_shape=[k, k], pads=[p] * 4)
 
 
-def build_onnx(model: EPNet, metadata: dict | None = None) -> onnx.ModelProto:
-    """The ONNX model of the free phase of `model` (weights as float32 initializers)."""
+def build_onnx(model: EPNet, metadata: dict | None = None, weights: str = "float32") -> onnx.ModelProto:
+    """The ONNX model of the free phase of `model`: weights as float32 initializers, or with
+    weights="int8" as int8 initializers with per-output-channel scales (quantize.py)."""
+    if weights not in WEIGHT_FORMATS:
+        raise ConfigError(f"--weights {weights!r}: expected one of {', '.join(WEIGHT_FORMATS)}")
     if model.cfg.activation not in ("hard-sigmoid", "hard-sigmoid-1"):
         raise ConfigError(
             f"activation {model.cfg.activation!r} has no ONNX / C++ runtime form (HardSigmoid only); "
@@ -163,10 +174,19 @@ def build_onnx(model: EPNet, metadata: dict | None = None) -> onnx.ModelProto:
         )
     model = copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype and mode
     L = len(model.state_shapes)
-    inits = [
-        numpy_helper.from_array(v.detach().cpu().contiguous().numpy().astype(np.float32), _init_name(k))
-        for k, v in model.state_dict().items()
-    ]
+    inits, dequantize = [], []
+    for k, v in model.state_dict().items():
+        name, value = _init_name(k), v.detach().cpu().contiguous().numpy().astype(np.float32)
+        if weights == "int8" and is_quantized_weight(name):
+            q, scale = quantize_int8(value)
+            inits += [numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale")]
+            dequantize.append(
+                helper.make_node(
+                    "DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [name], name=f"dq_{name}", axis=0
+                )
+            )
+        else:
+            inits.append(numpy_helper.from_array(value, name))
 
     # --- the loop body: (iter, cond, s_1..s_L, residual, count) -> (cond, s'_1..s'_L, residual', count')
     body = _Graph("body/")
@@ -198,6 +218,7 @@ def build_onnx(model: EPNet, metadata: dict | None = None) -> onnx.ModelProto:
 
     # --- the main graph: zero states, the Loop, the read-out
     g = _Graph("")
+    g.nodes += dequantize  # int8: the float weights the step reads, computed once per run
     batch = g.op("Shape", ["x"], "batch", start=0, end=1)  # (1,) int64
     zeros = [
         g.op(
@@ -244,8 +265,8 @@ def build_onnx(model: EPNet, metadata: dict | None = None) -> onnx.ModelProto:
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ep_compile")
     m.ir_version = 8
     meta = {
-        "ep_compile.format_version": str(FORMAT_VERSION),
-        "ep_compile.architecture": json.dumps(architecture(model)),
+        "ep_compile.format_version": str(WEIGHT_FORMATS[weights]),
+        "ep_compile.architecture": json.dumps(architecture(model, weights)),
     }
     for k, v in (metadata or {}).items():
         meta[f"ep_compile.{k}"] = v if isinstance(v, str) else json.dumps(v)
@@ -264,14 +285,18 @@ def _init_name(state_key: str) -> str:
     return f"layer{n}.{parts[-1]}"
 
 
-def export_checkpoint(ck: dict, path: str, T: int | None = None, rate: bool = False) -> onnx.ModelProto:
-    """Build and save the ONNX file of a training checkpoint (see training.load_checkpoint). A spiking
-    network has no spiking ONNX form: with rate=True its weights export as the rate network (whose
-    fixed point its decoded states approach), otherwise it is refused."""
+def export_checkpoint(
+    ck: dict, path: str, T: int | None = None, rate: bool = False, weights: str = "float32"
+) -> onnx.ModelProto:
+    """Build and save the ONNX file of a training checkpoint (see training.load_checkpoint), with
+    float32 or int8 weights. A spiking network has no spiking ONNX form: with rate=True its weights
+    export as the rate network (whose fixed point its decoded states approach), otherwise it is refused."""
     from .config import RunConfig
     from .data import preprocessing_meta
     from .training import check_contents, model_from_config
 
+    if weights not in WEIGHT_FORMATS:
+        raise ConfigError(f"--weights {weights!r}: expected one of {', '.join(WEIGHT_FORMATS)}")
     if T is not None and (not isinstance(T, int) or isinstance(T, bool) or T < 1):
         raise ConfigError(f"--T {T}: expected an integer >= 1 (or leave it out: the training T)")
     target = Path(path)
@@ -296,7 +321,7 @@ def export_checkpoint(ck: dict, path: str, T: int | None = None, rate: bool = Fa
         "training_config": config.to_dict(),
         "default_T": str(T or config.T),
     }
-    m = build_onnx(model, meta)
+    m = build_onnx(model, meta, weights)
     tmp = f"{path}.tmp{os.getpid()}"  # atomic: a failed write never replaces a good file
     try:
         onnx.save(m, tmp)

@@ -15,7 +15,7 @@ from conftest import small_cfg
 
 from ep_compile.dynamics import relax_until
 from ep_compile.model import EPNet
-from ep_compile.onnx_export import FORMAT_VERSION, build_onnx
+from ep_compile.onnx_export import WEIGHT_FORMATS, build_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {
@@ -65,7 +65,7 @@ def test_contract_names_and_metadata(tmp_path):
     assert {"layer1.weight", "layer1.bias", "layer2.weight_b", "layer3.weight_b", "readout.weight"} <= names
     assert "layer1.weight_b" not in names
     meta = {p.key: p.value for p in m.metadata_props}
-    assert meta["ep_compile.format_version"] == str(FORMAT_VERSION)
+    assert meta["ep_compile.format_version"] == str(WEIGHT_FORMATS["float32"]) == "1"  # every reader reads it
     arch = json.loads(meta["ep_compile.architecture"])
     assert [layer["kind"] for layer in arch["layers"]] == ["conv", "conv", "dense"] and arch["slope"] == 0.5
     assert json.loads(meta["ep_compile.classes"]) == ["a", "b", "c", "d"]

@@ -66,6 +66,11 @@ def test_ctest_kernels_errors_and_golden_cases(build, golden):
     for crafted in ("bad_meta_pool", "bad_meta_slope", "bad_meta_padding", "bad_meta_readout"):
         assert bad[f"{crafted}.onnx"] == "5"  # metadata edited, graph not: shape mismatch, checked by ctest
     assert bad["bad_meta_huge.onnx"] == bad["bad_default_T.onnx"] == bad["bad_duplicate.onnx"] == "3"
+    int8 = [c for c in cases if c[0].endswith("_int8.onnx")]  # int8 files: ORT and C++ against PyTorch
+    assert len(int8) >= 8 and {c[1] for c in int8} >= {"digits.npy"} and all(float(c[5]) <= 1e-4 for c in int8)
+    crafted = {k: v for k, v in bad.items() if k.startswith("bad_int8_")}
+    assert len(crafted) >= 16 and {"3", "4", "5", "6", "7"} <= set(crafted.values())
+    assert all(crafted[f"bad_int8_scale_{k}.onnx"] == "3" for k in ("zero", "nan", "negative", "inf"))
 
 
 @pytest.mark.slow
@@ -115,6 +120,60 @@ def test_ep_infer_limits_nan_and_sizes(build, golden, tmp_path):
     assert got["n_classes"] == "10" and got["input"] == "1x8x8" and int(got["workspace_bytes"]) > 0
 
 
+def dequantized_file(src: Path, dst: Path) -> Path:
+    """The float32 file of an int8 one: each DequantizeLinear replaced by its float32 result (numpy),
+    format version 1, so the runtime's float path runs the same weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(src))
+    inits = {t.name: t for t in m.graph.initializer}
+    for node in [n for n in m.graph.node if n.op_type == "DequantizeLinear"]:
+        q, scale = (numpy_helper.to_array(inits.pop(name)) for name in node.input)
+        w = q.astype(np.float32) * scale.reshape(-1, *([1] * (q.ndim - 1)))
+        inits[node.output[0]] = numpy_helper.from_array(w.astype(np.float32), node.output[0])
+        m.graph.node.remove(node)
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits.values())
+    for p in m.metadata_props:
+        if p.key == "ep_compile.format_version":
+            p.value = "1"
+        if p.key == "ep_compile.architecture":
+            p.value = p.value.replace('"weights": "int8"', '"weights": "float32"')
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_int8_file_gives_the_bits_of_its_dequantized_float_file(build, golden, tmp_path):
+    """ep_infer on an int8 file = ep_infer on the float32 file of its dequantized weights, bit for bit
+    (the kernels dequantize as DequantizeLinear does and sum in the same order), for conv + max pool +
+    backward weights + read-out and for avg pool + dense + no read-out."""
+    for name, data in (
+        ("digits_asym_ce_trained", "digits"),
+        ("digits_sym_mse_avg_fc", "digits"),
+        ("cifar_asym_ce", "cifar"),
+    ):
+        if not (golden / f"{data}.npy").exists():
+            continue
+        f32 = dequantized_file(golden / f"{name}_int8.onnx", tmp_path / f"{name}_deq.onnx")
+        outs = []
+        for model in (golden / f"{name}_int8.onnx", f32):
+            out = tmp_path / f"{model.stem}.npy"
+            sh(
+                [
+                    str(build / "ep_infer"),
+                    str(model),
+                    str(golden / f"{data}.npy"),
+                    "--max-steps",
+                    "40",
+                    "--out",
+                    str(out),
+                ]
+            )
+            outs.append(np.load(out))
+        assert outs[0].tobytes() == outs[1].tobytes(), name
+
+
 def test_ep_infer_cli(build, golden, tmp_path):
     model, x = golden / "digits_sym_ce_trained.onnx", golden / "digits.npy"
     p = sh(
@@ -138,7 +197,7 @@ def test_ep_infer_cli(build, golden, tmp_path):
     steps = next(line.split()[5] for line in cases if line.startswith("digits_sym_ce_trained.onnx") and " 400 " in line)
     assert f"steps used: {steps} " in p.stdout
     bad = subprocess.run(
-        [str(build / "ep_infer"), str(golden / "bad_version.onnx"), str(x)], capture_output=True, text=True
+        [str(build / "ep_infer"), str(golden / "bad_version_3.onnx"), str(x)], capture_output=True, text=True
     )
     assert bad.returncode == 1 and "format version" in bad.stderr and "export/to_onnx.py" in bad.stderr
 
@@ -201,6 +260,42 @@ def test_aarch64_build_under_qemu_matches_host(build, golden, tmp_path):
         arm = sh(["qemu-aarch64", str(exe), *args, "--out", str(tmp_path / "arm.npy")])
         assert arm.stdout == host.stdout
         assert np.array_equal(np.load(tmp_path / "arm.npy"), np.load(tmp_path / "host.npy"))  # bitwise
+
+
+@pytest.mark.slow
+def test_a_version_1_runtime_refuses_int8_files_with_the_reexport_hint(golden, tmp_path):
+    """The runtime as it was before int8 (format version 1 only, from git history) refuses an int8
+    file in one line with the re-export hint, and still reads today's float32 files."""
+    need("g++", "git")
+    old = "af93047"  # the last commit whose runtime read format version 1 only
+    src = tmp_path / "v1"
+    for path in ("src/ep_runtime.cpp", "include/ep_runtime.h", "tools/ep_infer.cpp", "tools/npy.h"):
+        p = subprocess.run(["git", "show", f"{old}:runtime_cpp/{path}"], cwd=ROOT, capture_output=True)
+        if p.returncode != 0:
+            pytest.skip(f"git history without {old} (a shallow checkout): {p.stderr.decode()[:100]}")
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_bytes(p.stdout)
+    exe = tmp_path / "ep_infer_v1"
+    sh(
+        [
+            "g++",
+            "-std=c++17",
+            "-O1",
+            "-I",
+            str(src / "include"),
+            "-I",
+            str(src / "tools"),
+            str(src / "tools/ep_infer.cpp"),
+            str(src / "src/ep_runtime.cpp"),
+            "-o",
+            str(exe),
+        ]
+    )
+    x = str(golden / "digits.npy")
+    p = subprocess.run([str(exe), str(golden / "digits_sym_ce_trained_int8.onnx"), x], capture_output=True, text=True)
+    assert p.returncode == 1 and "format version '2'" in p.stderr and "export/to_onnx.py" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    sh([str(exe), str(golden / "digits_sym_ce_trained.onnx"), x, "--max-steps", "5"])  # float32 files: version 1
 
 
 @pytest.mark.slow

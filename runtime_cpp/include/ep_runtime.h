@@ -8,6 +8,13 @@
 //   ep::run(m, x, batch, max_steps, tol, work, ws, scores, &steps, &residual);
 // run() allocates nothing: the fixed-point loop works inside the caller's workspace.
 // Every function returns a Status; on failure Model::error holds a one-line explanation.
+//
+// Weights are float32, or int8 with one float32 scale per output channel (format version 2, the
+// CMSIS-NN / TFLite Micro layout: w = q * scale[c]). int8 weights are read in place from `buf`
+// (no copy: a model linked into flash keeps them there), so `buf` must outlive the Model; the arena
+// then holds only the biases and scales. The kernels dequantize a panel of rows at a time into the
+// workspace and multiply in float32, so an int8 file gives the same bits as a float32 file holding
+// its dequantized weights (what onnxruntime's DequantizeLinear computes).
 #pragma once
 
 #include <cstddef>
@@ -15,7 +22,8 @@
 
 namespace ep {
 
-constexpr int FORMAT_VERSION = 1;  // the ep_compile.format_version this runtime reads
+constexpr int FORMAT_VERSION = 2;      // the newest ep_compile.format_version this runtime reads
+constexpr int MIN_FORMAT_VERSION = 1;  // 1: float32 weights; 2: float32 or int8 weights
 constexpr int MAX_LAYERS = 16;
 constexpr int MAX_CLASSES = 1000;
 constexpr std::int64_t MAX_ELEMENTS = std::int64_t(1) << 28;  // per tensor; larger files are rejected
@@ -38,6 +46,16 @@ const char* status_name(Status s);
 enum class Kind : std::uint8_t { Conv, Dense };
 enum class Pool : std::uint8_t { None, Max, Avg };
 
+// A weight tensor of shape (out, ...): float32 (f), or int8 (q) with a scale per output channel.
+struct Weights {
+  const float* f = nullptr;
+  const std::int8_t* q = nullptr;
+  const float* scale = nullptr;                  // (out), with q
+  Weights(const float* f_ = nullptr) : f(f_) {}  // NOLINT: a float pointer is a float32 tensor
+  Weights(const std::int8_t* q_, const float* scale_) : q(q_), scale(scale_) {}
+  bool present() const { return f != nullptr || q != nullptr; }
+};
+
 struct Layer {
   Kind kind = Kind::Conv;
   Pool pool = Pool::None;
@@ -45,9 +63,9 @@ struct Layer {
   int in_c = 0, in_h = 0, in_w = 0;        // pre-synaptic state (or input), dense: in_c = features
   int conv_c = 0, conv_h = 0, conv_w = 0;  // conv output before pooling
   int out_c = 0, out_h = 0, out_w = 0;     // post-synaptic state; dense: out_c = features
-  const float* weight = nullptr;           // conv: (out, in, k, k); dense: (out, in)
+  Weights weight;                          // conv: (out, in, k, k); dense: (out, in)
   const float* bias = nullptr;             // (out)
-  const float* weight_b = nullptr;         // backward weights, same shape as weight, or nullptr
+  Weights weight_b;                        // backward weights, same shape as weight, or none
   std::int64_t in_size() const { return std::int64_t(in_c) * in_h * in_w; }
   std::int64_t out_size() const { return std::int64_t(out_c) * out_h * out_w; }
   std::int64_t conv_size() const { return std::int64_t(conv_c) * conv_h * conv_w; }
@@ -58,9 +76,10 @@ struct Model {
   Layer layers[MAX_LAYERS];
   int n_classes = 0;
   int in_c = 0, in_h = 0, in_w = 0;
-  float slope = 0.5f;                // hard sigmoid clamp(slope * u, 0, 1)
-  bool readout = false;              // 'ce': scores = readout_w . s^L + readout_b
-  const float* readout_w = nullptr;  // (n_classes, size of the last state)
+  float slope = 0.5f;    // hard sigmoid clamp(slope * u, 0, 1)
+  bool readout = false;  // 'ce': scores = readout_w . s^L + readout_b
+  bool int8 = false;     // the weights are int8 (format version 2)
+  Weights readout_w;     // (n_classes, size of the last state)
   const float* readout_b = nullptr;
   int default_steps = 0;         // ep_compile.default_T
   float mean[4] = {0, 0, 0, 0};  // preprocessing: (img/255 - mean) / (std_scale * std)
@@ -70,7 +89,8 @@ struct Model {
   char error[256] = {0};           // why the last call failed
 };
 
-// Floats of weight storage that load() will need for this file. On failure, diagnostics->error
+// Floats of arena that load() will need for this file (weights, biases and scales; int8 weights
+// stay in buf). On failure, diagnostics->error
 // (when given) says why.
 Status required_arena(const std::uint8_t* buf, std::size_t len, std::size_t* n_floats, Model* diagnostics = nullptr);
 // Parse an ep_compile .onnx file held in memory; weights are copied into `arena` (aligned, so a
@@ -97,16 +117,19 @@ const float* state(const Model& m, int batch, const void* workspace, std::size_t
 // scores (batch, n_classes) from the current state: the read-out, or the output layer itself.
 Status read_scores(const Model& m, int batch, const void* workspace, std::size_t workspace_len, float* scores);
 
-// --- kernels: free functions with explicit buffers and dimensions (one image: no batch index)
-void conv2d(float* out, const float* in, const float* w, const float* b, int cin, int h, int wd, int cout, int k,
-            int pad, float* col);
-void conv2d_transpose(float* out, const float* in, const float* w, int cout, int hc, int wc, int cin, int h, int wd,
-                      int k, int pad, float* col);
+// --- kernels: free functions with explicit buffers and dimensions (one image: no batch index).
+// col: im2col buffer (cin * k * k x conv pixels floats); deq: int8 weights only, DEQ_ROWS rows of
+// dequantized weights (DEQ_ROWS * max(cin * k * k, cout) floats), unused with float32 weights.
+constexpr int DEQ_ROWS = 32;
+void conv2d(float* out, const float* in, Weights w, const float* b, int cin, int h, int wd, int cout, int k, int pad,
+            float* col, float* deq = nullptr);
+void conv2d_transpose(float* out, const float* in, Weights w, int cout, int hc, int wc, int cin, int h, int wd, int k,
+                      int pad, float* col, float* deq = nullptr);
 void maxpool2x2(float* out, std::int32_t* idx, const float* in, int c, int h, int w);
 void maxunpool2x2(float* out, const float* in, const std::int32_t* idx, int c, int h, int w);
 void avgpool2x2(float* out, const float* in, int c, int h, int w);
 void avgunpool2x2(float* out, const float* in, int c, int h, int w);
-void dense(float* out, const float* in, const float* w, const float* b, int n_in, int n_out);
-void dense_transpose(float* out, const float* in, const float* w, int n_in, int n_out);
+void dense(float* out, const float* in, Weights w, const float* b, int n_in, int n_out);
+void dense_transpose(float* out, const float* in, Weights w, int n_in, int n_out);
 
 }  // namespace ep

@@ -15,7 +15,8 @@ const char* const OP_NAMES[N_OPS] = {
     "Conv",        "MaxPool",  "AveragePool", "Flatten",         "Gemm",      "Add",
     "HardSigmoid", "MatMul",   "Reshape",     "Shape",           "MaxUnpool", "ConvTranspose",
     "Pad",         "Sub",      "Abs",         "ReduceMax",       "Max",       "Less",
-    "Not",         "Identity", "Concat",      "ConstantOfShape", "Loop",      "another op"};
+    "Not",         "Identity", "Concat",      "ConstantOfShape", "Loop",      "DequantizeLinear",
+    "another op"};
 // The attributes each op may carry (space separated): anything else is an edit.
 const char* const OP_ATTRS[N_OPS] = {"kernel_shape pads",
                                      "kernel_shape strides",
@@ -40,6 +41,7 @@ const char* const OP_ATTRS[N_OPS] = {"kernel_shape pads",
                                      "axis",
                                      "value",
                                      "body",
+                                     "axis",
                                      ""};
 
 bool in_list(const char* list, Span name) {
@@ -70,10 +72,34 @@ int layer_of(Span s, const char* suffix) {
   return n >= 1 && n <= MAX_LAYERS && s.n - sl > 5 ? n - 1 : -1;
 }
 
+// The int8 slots of the contract weight named s (readout.weight, layer<N>.weight, layer<N>.weight_b)
+// followed by `suffix` ("" or "_int8" / "_scale"); nullptr for any other name.
+Quantized* quantized_of(Span s, const char* suffix, Found* f) {
+  const std::size_t sl = std::strlen(suffix);
+  if (s.n <= sl || std::memcmp(s.p + s.n - sl, suffix, sl) != 0) return nullptr;
+  const Span base{s.p, s.n - sl};
+  int n;
+  if (base.eq("readout.weight")) return &f->ro_w_q;
+  if ((n = layer_of(base, ".weight")) >= 0) return &f->weight_q[n];
+  if ((n = layer_of(base, ".weight_b")) >= 0) return &f->weight_b_q[n];
+  return nullptr;
+}
+
+// "W<suffix>" == s, for the name W of a DequantizeLinear output.
+bool named(Span s, Span w, const char* suffix) {
+  const std::size_t sl = std::strlen(suffix);
+  return s.n == w.n + sl && std::memcmp(s.p, w.p, w.n) == 0 && std::memcmp(s.p + w.n, suffix, sl) == 0;
+}
+
 void note_tensor(const Tensor& t, Found* f) {
   Slot* slot = nullptr;
   int n;
-  if (t.name.eq("readout.weight"))
+  Quantized* q;
+  if ((q = quantized_of(t.name, "_int8", f)) != nullptr)
+    slot = &q->q;
+  else if ((q = quantized_of(t.name, "_scale", f)) != nullptr)
+    slot = &q->scale;
+  else if (t.name.eq("readout.weight"))
     slot = &f->ro_w;
   else if (t.name.eq("readout.bias"))
     slot = &f->ro_b;
@@ -158,7 +184,7 @@ int same_pad(const Attr& a) {
 bool scan_node(Span s, Found* f, int depth) {
   Span inputs[3], output, op, attr_names[8];
   int n_in = 0, n_out = 0, n_attr = 0;
-  Attr kernel, pads, alpha, beta, strides, group;
+  Attr kernel, pads, alpha, beta, strides, group, axis;
   bool has_alpha = false, has_beta = false;
   Census& c = f->census;
   Reader r{s.p, s.p + s.n};
@@ -181,6 +207,8 @@ bool scan_node(Span s, Found* f, int depth) {
         ++c.refs_ro_w;
       else if (v.eq("readout.bias"))
         ++c.refs_ro_b;
+      Quantized* q;  // an int8 weight or its scales
+      if ((q = quantized_of(v, "_int8", f)) != nullptr || (q = quantized_of(v, "_scale", f)) != nullptr) ++q->refs;
     } else if (fld == 2 && w == 2) {
       if (!r.bytes(&v)) return false;
       if (n_out++ == 0) output = v;
@@ -202,6 +230,7 @@ bool scan_node(Span s, Found* f, int depth) {
       }
       if (a.name.eq("strides")) strides = a;
       if (a.name.eq("group")) group = a;
+      if (a.name.eq("axis")) axis = a;
       if (n_attr < 8) attr_names[n_attr] = a.name;
       ++n_attr;
     } else if (!r.skip(w)) {
@@ -222,6 +251,15 @@ bool scan_node(Span s, Found* f, int depth) {
     note_bad(&c, "a 2x2 window of stride 2 is not what says", op);
   if (o == OP_HARDSIGMOID && (!has_beta || beta.f != 0.0f)) note_bad(&c, "beta 0 is not what says", op);
   if ((o == OP_GEMM || o == OP_FLATTEN) && n_attr != 1) note_bad(&c, "transB=1 / axis=1 is not what says", op);
+  if (o == OP_DEQUANT) {  // W = DequantizeLinear(W_int8, W_scale, axis=0), W a contract weight
+    Quantized* q = n_out == 1 ? quantized_of(output, "", f) : nullptr;
+    if (q == nullptr || n_in != 2 || !named(inputs[0], output, "_int8") || !named(inputs[1], output, "_scale"))
+      note_bad(&c, "a dequantization that is not W = DequantizeLinear(W_int8, W_scale):", op);
+    else if (n_attr != 1 || axis.i != 0)
+      note_bad(&c, "axis=0 (one scale per output channel) is not what says", op);
+    else
+      ++q->dequantized;
+  }
   if ((o == OP_CONV || o == OP_CONVT) && n_in >= 2) {  // every (transposed) conv on a layer's weights
     int l = layer_of(inputs[1], ".weight");
     if (l < 0) l = layer_of(inputs[1], ".weight_b");
@@ -382,6 +420,26 @@ Status check_graph(const Found& f, const Model* m_in, Model* m) {
     if (c.refs_w[n] || c.refs_wb[n] || c.refs_b[n])
       return fail(m, ERR_SHAPE, "the graph reads weights of a layer %d the metadata does not have; %s", n + 1,
                   REEXPORT);
+  // int8: every weight of the architecture written once by its DequantizeLinear, whose two inputs
+  // nothing else reads; float32: no int8 weight and no dequantization anywhere.
+  int n_q = 0;
+  auto quantized = [&](const Quantized& q, bool exists, const char* what, int layer) {
+    const int want_dq = exists && m_in->int8 ? 1 : 0;
+    n_q += want_dq;
+    if (q.dequantized == want_dq && q.refs == 2 * want_dq) return true;
+    fail(m, ERR_SHAPE,
+         "%s%.0d%s: the graph dequantizes it %d time(s) and reads its int8 data or scales %d time(s), the metadata's "
+         "%s weights %d and %d: metadata and graph disagree; %s",
+         layer ? "layer" : "readout", layer, what, q.dequantized, q.refs, m_in->int8 ? "int8" : "float32", want_dq,
+         2 * want_dq, REEXPORT);
+    return false;
+  };
+  for (int n = 0; n < MAX_LAYERS; ++n)
+    if (!quantized(f.weight_q[n], n < L, ".weight", n + 1) ||
+        !quantized(f.weight_b_q[n], n < L && f.want_b[n], ".weight_b", n + 1))
+      return ERR_SHAPE;
+  if (!quantized(f.ro_w_q, m_in->readout, ".weight", 0)) return ERR_SHAPE;
+  want[0][OP_DEQUANT] = std::uint16_t(n_q);
   want[1][OP_HARDSIGMOID] = std::uint16_t(L);
   want[1][OP_SUB] = want[1][OP_ABS] = want[1][OP_REDUCEMAX] = want[1][OP_IDENTITY] = std::uint16_t(L);
   want[1][OP_MAX] = L > 1 ? 1 : 0;

@@ -167,6 +167,7 @@ enum Op : std::uint8_t {
   OP_CONCAT,
   OP_CONSTOFSHAPE,
   OP_LOOP,
+  OP_DEQUANT,
   OP_OTHER,
   N_OPS
 };
@@ -180,11 +181,19 @@ struct Census {
   char bad[96] = {0};  // the first node that no export writes, said in words
 };
 
-// Everything scan() finds, kept on the caller's stack (about 4 KB): no static state, so two
+// An int8 weight W (format version 2): its initializers W_int8 and W_scale, the DequantizeLinear
+// nodes that write W from them, and every node input that reads either.
+struct Quantized {
+  Slot q, scale;
+  std::uint8_t dequantized = 0, refs = 0;
+};
+
+// Everything scan() finds, kept on the caller's stack (about 9 KB): no static state, so two
 // threads may load at once.
 struct Found {
   Span meta_version, meta_arch, meta_pre, meta_T;
   Slot weight[MAX_LAYERS], bias[MAX_LAYERS], weight_b[MAX_LAYERS], ro_w, ro_b;
+  Quantized weight_q[MAX_LAYERS], weight_b_q[MAX_LAYERS], ro_w_q;
   bool want_b[MAX_LAYERS] = {false};  // the architecture says the layer has backward weights
   bool duplicate = false;
   Facts facts;

@@ -15,7 +15,7 @@ struct Work {  // views into the caller's workspace, laid out by carve()
   float* drive[MAX_LAYERS];
   std::int32_t* idx[MAX_LAYERS];
   std::int32_t* idx_b[MAX_LAYERS];
-  float *conv, *col, *unpool, *fb;
+  float *conv, *col, *unpool, *fb, *deq;  // deq: int8 models only (DEQ_ROWS dequantized weight rows)
 };
 
 std::size_t col_rows(const Layer& L) { return L.kind == Kind::Conv ? std::size_t(L.in_c) * L.kernel * L.kernel : 0; }
@@ -29,7 +29,7 @@ bool mul(std::size_t a, std::size_t b, std::size_t* out) {
 
 // Lays out the workspace (base == nullptr: only measures); returns its size, 0 on overflow.
 std::size_t carve(const Model& m, int batch, std::uint8_t* base, Work* w) {
-  std::size_t off = 0, conv = 1, col = 1, fb = 1;
+  std::size_t off = 0, conv = 1, col = 1, fb = 1, deq = 0;
   bool ok = true;
   auto take = [&](std::size_t floats) -> std::uint8_t* {  // 4-byte elements, 16-byte aligned blocks
     std::size_t bytes;
@@ -47,37 +47,41 @@ std::size_t carve(const Model& m, int batch, std::uint8_t* base, Work* w) {
     w->next[n] = reinterpret_cast<float*>(take(s));
     w->drive[n] = reinterpret_cast<float*>(take(s));
     w->idx[n] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max ? s : 0));
-    w->idx_b[n] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max && L.weight_b ? s : 0));
+    w->idx_b[n] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max && L.weight_b.present() ? s : 0));
     if (L.kind == Kind::Conv) {
       conv = std::max(conv, std::size_t(L.conv_size()));
       ok = ok && mul(col_rows(L), std::size_t(L.conv_size() / L.conv_c), &rows_pix);
       col = std::max(col, rows_pix);
+      std::size_t rows_deq = 0;  // int8: DEQ_ROWS rows of the widest weight matrix, either way round
+      ok = ok && mul(std::size_t(DEQ_ROWS), std::max(col_rows(L), std::size_t(L.conv_c)), &rows_deq);
+      if (m.int8) deq = std::max(deq, rows_deq);
     }
     fb = std::max(fb, std::size_t(L.in_size()));
   }
   w->conv = reinterpret_cast<float*>(take(conv));
   w->col = reinterpret_cast<float*>(take(col));
+  w->deq = reinterpret_cast<float*>(take(deq));
   w->unpool = reinterpret_cast<float*>(take(conv));
   w->fb = reinterpret_cast<float*>(take(fb));
   return ok ? off : 0;
 }
 
 // P(w * pre) for one image; max-pool indices into idx (when pooling is max).
-void forward(const Layer& L, const float* pre, const float* weight, const float* bias, float* out, std::int32_t* idx,
+void forward(const Layer& L, const float* pre, const Weights& weight, const float* bias, float* out, std::int32_t* idx,
              const Work& w) {
   if (L.kind == Kind::Dense) {
     dense(out, pre, weight, bias, int(L.in_size()), L.out_c);
     return;
   }
   float* u = L.pool == Pool::None ? out : w.conv;
-  conv2d(u, pre, weight, bias, L.in_c, L.in_h, L.in_w, L.conv_c, L.kernel, L.padding, w.col);
+  conv2d(u, pre, weight, bias, L.in_c, L.in_h, L.in_w, L.conv_c, L.kernel, L.padding, w.col, w.deq);
   if (L.pool == Pool::Max) maxpool2x2(out, idx, u, L.conv_c, L.conv_h, L.conv_w);
   if (L.pool == Pool::Avg) avgpool2x2(out, u, L.conv_c, L.conv_h, L.conv_w);
 }
 
 // The adjoint of layer L applied to its post-synaptic state, into w.fb (the pre-synaptic shape).
 void feedback(const Layer& L, const float* post, const std::int32_t* idx, const Work& w) {
-  const float* wt = L.weight_b ? L.weight_b : L.weight;
+  const Weights& wt = L.weight_b.present() ? L.weight_b : L.weight;
   if (L.kind == Kind::Dense) {
     dense_transpose(w.fb, post, wt, int(L.in_size()), L.out_c);
     return;
@@ -90,7 +94,8 @@ void feedback(const Layer& L, const float* post, const std::int32_t* idx, const 
     avgunpool2x2(w.unpool, post, L.conv_c, L.conv_h, L.conv_w);
     g = w.unpool;
   }
-  conv2d_transpose(w.fb, g, wt, L.conv_c, L.conv_h, L.conv_w, L.in_c, L.in_h, L.in_w, L.kernel, L.padding, w.col);
+  conv2d_transpose(w.fb, g, wt, L.conv_c, L.conv_h, L.conv_w, L.in_c, L.in_h, L.in_w, L.kernel, L.padding, w.col,
+                   w.deq);
 }
 
 }  // namespace
@@ -147,7 +152,7 @@ Status step_impl(const Model& m, const float* x, int batch, void* workspace, std
       const std::size_t os = std::size_t(Ly.out_size()) * b, is = std::size_t(Ly.in_size()) * b;
       const float* pre = n == 0 ? x + in_size * b : w.cur[n - 1] + is;
       forward(Ly, pre, Ly.weight, Ly.bias, w.drive[n] + os, Ly.pool == Pool::Max ? w.idx[n] + os : nullptr, w);
-      if (Ly.weight_b != nullptr && Ly.pool == Pool::Max)  // the backward conv's own indices
+      if (Ly.weight_b.present() && Ly.pool == Pool::Max)  // the backward conv's own indices
         forward(Ly, pre, Ly.weight_b, nullptr, w.unpool, w.idx_b[n] + os, w);
     }
   }
@@ -161,7 +166,8 @@ Status step_impl(const Model& m, const float* x, int batch, void* workspace, std
       if (n + 1 < L) {  // top-down drive through the next layer's adjoint
         const Layer& up = m.layers[n + 1];
         const std::size_t us = std::size_t(up.out_size()) * b;
-        const std::int32_t* idx = up.pool == Pool::Max ? (up.weight_b ? w.idx_b[n + 1] : w.idx[n + 1]) + us : nullptr;
+        const std::int32_t* idx =
+            up.pool == Pool::Max ? (up.weight_b.present() ? w.idx_b[n + 1] : w.idx[n + 1]) + us : nullptr;
         feedback(up, w.cur[n + 1] + us, idx, w);
         fb = w.fb;
       }

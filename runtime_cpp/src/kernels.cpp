@@ -173,6 +173,48 @@ void gemm(float* c, const float* a, std::size_t ai, std::size_t ak, const float*
 #endif
 }
 
+// int8 weights: A is dequantized DEQ_ROWS rows at a time into deq (float(q) * scale, one rounding,
+// as DequantizeLinear) and multiplied by the float GEMM, which sums every output in the same order
+// whatever the tile: the same bits as the float path on the dequantized weights. Not transposed:
+// A[i][k] = q[i * kk + k] * s[i] (a conv's weight, one scale per row); transposed: A[i][k] =
+// q[k * m + i] * s[k] (its transpose: the scale follows k, the conv's output channel).
+void gemm_int8(float* c, const std::int8_t* q, const float* s, bool transposed, const float* b, int m, int n, int kk,
+               float* deq) {
+  for (int i0 = 0; i0 < m; i0 += DEQ_ROWS) {
+    const int r = std::min(DEQ_ROWS, m - i0);
+    if (!transposed) {
+      for (int i = 0; i < r; ++i) {
+        const std::int8_t* qi = q + std::size_t(i0 + i) * kk;
+        const float si = s[i0 + i];
+        float* d = deq + std::size_t(i) * kk;
+        for (int k = 0; k < kk; ++k) d[k] = float(qi[k]) * si;
+      }
+      gemm(c + std::size_t(i0) * n, deq, std::size_t(kk), 1, b, r, n, kk);
+    } else {
+      for (int k = 0; k < kk; ++k) {
+        const std::int8_t* qk = q + std::size_t(k) * m + i0;
+        const float sk = s[k];
+        float* d = deq + std::size_t(k) * r;
+        for (int i = 0; i < r; ++i) d[i] = float(qk[i]) * sk;
+      }
+      gemm(c + std::size_t(i0) * n, deq, 1, std::size_t(r), b, r, n, kk);
+    }
+  }
+}
+
+// C (m x n) = W (m x kk) . B, or W^T . B with W (kk x m) when transposed: float32 or int8 W.
+void gemm_w(float* c, const Weights& w, bool transposed, const float* b, int m, int n, int kk, float* deq) {
+  if (w.q != nullptr) return gemm_int8(c, w.q, w.scale, transposed, b, m, n, kk, deq);
+  if (transposed) return gemm(c, w.f, 1, std::size_t(m), b, m, n, kk);
+  gemm(c, w.f, std::size_t(kk), 1, b, m, n, kk);
+}
+
+// Element i of row o of a dense weight (out x in), float32 or dequantized int8.
+inline float weight_at(const Weights& w, int o, std::size_t i, int n_in) {
+  const std::size_t at = std::size_t(o) * n_in + i;
+  return w.q != nullptr ? float(w.q[at]) * w.scale[o] : w.f[at];
+}
+
 }  // namespace
 
 // The output columns ow whose input column ow + kw - pad lies inside [0, wd): [*lo, *hi).
@@ -181,8 +223,8 @@ void valid_cols(int wc, int wd, int kw, int pad, int* lo, int* hi) {
   *hi = std::max(*lo, std::min(wc, wd + pad - kw));
 }
 
-void conv2d(float* out, const float* in, const float* w, const float* b, int cin, int h, int wd, int cout, int k,
-            int pad, float* col) {
+void conv2d(float* out, const float* in, Weights w, const float* b, int cin, int h, int wd, int cout, int k, int pad,
+            float* col, float* deq) {
   const int hc = h + 2 * pad - k + 1, wc = wd + 2 * pad - k + 1, npix = hc * wc, rows = cin * k * k;
   for (int ci = 0; ci < cin; ++ci)  // im2col: col (cin*k*k, hc*wc), rows of contiguous copies
     for (int kh = 0; kh < k; ++kh)
@@ -203,16 +245,16 @@ void conv2d(float* out, const float* in, const float* w, const float* b, int cin
           std::fill(cr + hi, cr + wc, 0.0f);
         }
       }
-  gemm(out, w, std::size_t(rows), 1, col, cout, npix, rows);  // out (cout, npix) = w (cout, rows) . col
+  gemm_w(out, w, false, col, cout, npix, rows, deq);  // out (cout, npix) = w (cout, rows) . col
   if (b != nullptr)
     for (int co = 0; co < cout; ++co)
       for (int j = 0; j < npix; ++j) out[std::size_t(co) * npix + j] += b[co];
 }
 
-void conv2d_transpose(float* out, const float* in, const float* w, int cout, int hc, int wc, int cin, int h, int wd,
-                      int k, int pad, float* col) {
+void conv2d_transpose(float* out, const float* in, Weights w, int cout, int hc, int wc, int cin, int h, int wd, int k,
+                      int pad, float* col, float* deq) {
   const int npix = hc * wc, rows = cin * k * k;
-  gemm(col, w, 1, std::size_t(rows), in, rows, npix, cout);  // col (rows, npix) = w^T (rows, cout) . in
+  gemm_w(col, w, true, in, rows, npix, cout, deq);  // col (rows, npix) = w^T (rows, cout) . in
   std::fill(out, out + std::size_t(cin) * h * wd, 0.0f);
   for (int ci = 0; ci < cin; ++ci)  // col2im: scatter-add into (cin, h, wd), each element in (kh, kw) order
     for (int kh = 0; kh < k; ++kh)
@@ -288,21 +330,29 @@ void avgunpool2x2(float* out, const float* in, int c, int h, int w) {
       }
 }
 
-void dense(float* out, const float* in, const float* w, const float* b, int n_in, int n_out) {
+void dense(float* out, const float* in, Weights w, const float* b, int n_in, int n_out) {
   for (int o = 0; o < n_out; ++o) {
     float acc = 0.0f;
-    const float* wr = w + std::size_t(o) * n_in;
-    for (int i = 0; i < n_in; ++i) acc += wr[i] * in[i];
+    if (w.q == nullptr) {
+      const float* wr = w.f + std::size_t(o) * n_in;
+      for (int i = 0; i < n_in; ++i) acc += wr[i] * in[i];
+    } else {
+      for (int i = 0; i < n_in; ++i) acc += weight_at(w, o, std::size_t(i), n_in) * in[i];
+    }
     out[o] = acc + (b != nullptr ? b[o] : 0.0f);
   }
 }
 
-void dense_transpose(float* out, const float* in, const float* w, int n_in, int n_out) {
+void dense_transpose(float* out, const float* in, Weights w, int n_in, int n_out) {
   for (int i = 0; i < n_in; ++i) out[i] = 0.0f;
   for (int o = 0; o < n_out; ++o) {
     const float a = in[o];
-    const float* wr = w + std::size_t(o) * n_in;
-    for (int i = 0; i < n_in; ++i) out[i] += a * wr[i];
+    if (w.q == nullptr) {
+      const float* wr = w.f + std::size_t(o) * n_in;
+      for (int i = 0; i < n_in; ++i) out[i] += a * wr[i];
+    } else {
+      for (int i = 0; i < n_in; ++i) out[i] += a * weight_at(w, o, std::size_t(i), n_in);
+    }
   }
 }
 

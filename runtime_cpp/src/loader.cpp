@@ -1,5 +1,6 @@
 // The loader: the metadata contract (format version, architecture, initializer shapes) checked
 // against the graph scan, then the weights placed in the caller's arena. See docs/onnx.md.
+#include <cmath>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -45,10 +46,12 @@ namespace {
 
 using namespace detail;
 
-Status check_tensor(const Slot& t, const std::int64_t* want, int ndim, const char* what, Model* m) {
+// dtype 1 (float32) or 3 (int8), shape `want`, and the data of that many elements.
+Status check_tensor(const Slot& t, const std::int64_t* want, int ndim, const char* what, Model* m, bool int8 = false) {
   if (t.external) return fail(m, ERR_UNSUPPORTED, "%s: external data is not supported; %s", what, REEXPORT);
-  if (t.data_type != 1)
-    return fail(m, ERR_UNSUPPORTED, "%s: data type %d, expected float32; %s", what, int(t.data_type), REEXPORT);
+  if (t.data_type != (int8 ? 3u : 1u))
+    return fail(m, ERR_UNSUPPORTED, "%s: data type %d, expected %s; %s", what, int(t.data_type),
+                int8 ? "int8" : "float32", REEXPORT);
   bool same = t.ndim == ndim;
   for (int i = 0; same && i < ndim; ++i) same = t.dims[i] == want[i];
   if (!same) {
@@ -61,9 +64,39 @@ Status check_tensor(const Slot& t, const std::int64_t* want, int ndim, const cha
     return fail(m, ERR_SHAPE, "%s has shape %s, the architecture needs %s; %s", what, got, exp, REEXPORT);
   }
   // numel <= MAX_ELEMENTS (2^28): 4 * numel fits a 32-bit size_t
-  if (std::uint64_t(t.data.n) != std::uint64_t(t.numel()) * 4)
-    return fail(m, ERR_SHAPE, "%s holds %zu bytes of data for %lld floats; %s", what, t.data.n, (long long)t.numel(),
-                REEXPORT);
+  if (std::uint64_t(t.data.n) != std::uint64_t(t.numel()) * (int8 ? 1 : 4) || (int8 && !t.raw))
+    return fail(m, ERR_SHAPE, "%s holds %zu bytes of %s data for %lld elements; %s", what, t.data.n,
+                t.raw ? "raw" : "float", (long long)t.numel(), REEXPORT);
+  return OK;
+}
+
+// A weight of shape wd: the float32 initializer `what`, or in an int8 model what_int8 (int8) and
+// what_scale (one positive finite float32 per output channel), and then no float32 `what`.
+Status check_weight(const Slot& w, const Quantized& q, const std::int64_t* wd, int ndim, const char* what, Model* m) {
+  if (!m->int8) {
+    if (q.q.present || q.scale.present)
+      return fail(m, ERR_SHAPE, "the file holds %s_int8 or %s_scale, the metadata says float32 weights; %s", what, what,
+                  REEXPORT);
+    if (!w.present) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
+    return check_tensor(w, wd, ndim, what, m);
+  }
+  if (w.present)
+    return fail(m, ERR_SHAPE, "the file holds a float32 %s, the metadata says int8 weights; %s", what, REEXPORT);
+  if (!q.q.present || !q.scale.present)
+    return fail(m, ERR_MISSING, "initializer %s_int8 or %s_scale is missing; %s", what, what, REEXPORT);
+  char name[48];
+  std::snprintf(name, sizeof(name), "%s_int8", what);
+  if (Status s = check_tensor(q.q, wd, ndim, name, m, true)) return s;
+  std::snprintf(name, sizeof(name), "%s_scale", what);
+  const std::int64_t sd[1] = {wd[0]};
+  if (Status s = check_tensor(q.scale, sd, 1, name, m)) return s;
+  for (std::int64_t c = 0; c < wd[0]; ++c) {
+    float v;
+    std::memcpy(&v, q.scale.data.p + 4 * c, 4);  // float_data or raw_data: little-endian float32
+    if (!(v > 0.0f) || !std::isfinite(v))
+      return fail(m, ERR_PARSE, "%s[%lld] is %g: every scale must be a positive finite float32; %s", name, (long long)c,
+                  double(v), REEXPORT);
+  }
   return OK;
 }
 
@@ -74,20 +107,29 @@ const float* place(const Slot& t, float* arena, std::size_t* used) {
   return dst;
 }
 
+// A checked weight: float32 copied into the arena, or int8 read in place with its scales copied.
+Weights place_weight(const Slot& w, const Quantized& q, bool int8, float* arena, std::size_t* used) {
+  if (!int8) return Weights(place(w, arena, used));
+  return Weights(reinterpret_cast<const std::int8_t*>(q.q.data.p), place(q.scale, arena, used));
+}
+
+// Floats a checked weight takes in the arena: the weight itself, or its scales.
+std::uint64_t arena_of(const Slot& w, const Quantized& q, bool int8) {
+  return std::uint64_t(int8 ? q.scale.numel() : w.numel());
+}
+
 // Layer n's weight (and backward weight when the architecture says so) of shape wd, and its bias.
 Status check_layer_tensors(const Found& f, int n, const std::int64_t* wd, int ndim, bool wb, Model* m) {
-  if (!f.weight[n].present || !f.bias[n].present)
-    return fail(m, ERR_MISSING, "initializer layer%d.weight or .bias is missing; %s", n + 1, REEXPORT);
   char what[40];
   std::snprintf(what, sizeof(what), "layer%d.weight", n + 1);
-  if (Status s = check_tensor(f.weight[n], wd, ndim, what, m)) return s;
-  const std::int64_t bd[1] = {wd[0]};
+  if (Status s = check_weight(f.weight[n], f.weight_q[n], wd, ndim, what, m)) return s;
   std::snprintf(what, sizeof(what), "layer%d.bias", n + 1);
+  if (!f.bias[n].present) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
+  const std::int64_t bd[1] = {wd[0]};
   if (Status s = check_tensor(f.bias[n], bd, 1, what, m)) return s;
   if (!wb) return OK;
   std::snprintf(what, sizeof(what), "layer%d.weight_b", n + 1);
-  if (!f.weight_b[n].present) return fail(m, ERR_MISSING, "initializer %s is missing; %s", what, REEXPORT);
-  return check_tensor(f.weight_b[n], wd, ndim, what, m);
+  return check_weight(f.weight_b[n], f.weight_b_q[n], wd, ndim, what, m);
 }
 
 const char* pool_name(Pool p) { return p == Pool::Max ? "max" : p == Pool::Avg ? "avg" : "none"; }
@@ -97,11 +139,12 @@ Status parse_architecture(Found& f, Model* m) {
     return fail(m, ERR_MISSING, "no ep_compile.format_version metadata: not an ep_compile export; %s", REEXPORT);
   char v[16] = {0};
   std::memcpy(v, f.meta_version.p, f.meta_version.n < 15 ? f.meta_version.n : 15);
-  if (std::atoi(v) != FORMAT_VERSION || f.meta_version.n > 15)
-    return fail(
-        m, ERR_VERSION,
-        "file has format version '%s', this runtime reads %d; %s (or rebuild the runtime from the same ep_compile)", v,
-        FORMAT_VERSION, REEXPORT);
+  const int version = std::atoi(v);
+  if (version < MIN_FORMAT_VERSION || version > FORMAT_VERSION || f.meta_version.n > 15)
+    return fail(m, ERR_VERSION,
+                "file has format version '%s', this runtime reads %d to %d; %s (or rebuild the runtime from the same "
+                "ep_compile)",
+                v, MIN_FORMAT_VERSION, FORMAT_VERSION, REEXPORT);
   if (f.meta_arch.n == 0) return fail(m, ERR_MISSING, "no ep_compile.architecture metadata; %s", REEXPORT);
   Json arch = value_span(reinterpret_cast<const char*>(f.meta_arch.p),
                          reinterpret_cast<const char*>(f.meta_arch.p) + f.meta_arch.n);
@@ -115,6 +158,13 @@ Status parse_architecture(Found& f, Model* m) {
                 MAX_LAYERS);
   m->slope = float(slope);
   m->readout = is_true(get(arch, "readout"));
+  const Json weights = get(arch, "weights");  // absent in version 1: float32
+  m->int8 = is_str(weights, "int8");
+  if (weights.ok() && !m->int8 && !is_str(weights, "float32"))
+    return fail(m, ERR_UNSUPPORTED, "architecture weights '%.*s': this runtime reads float32 and int8; %s",
+                int(weights.end - weights.p < 24 ? weights.end - weights.p : 24), weights.p, REEXPORT);
+  if (m->int8 && version < 2)
+    return fail(m, ERR_VERSION, "int8 weights in a file of format version %d (int8 needs 2); %s", version, REEXPORT);
   if (std::int64_t(m->in_c) * m->in_h * m->in_w > MAX_ELEMENTS)
     return fail(m, ERR_SHAPE, "the input %dx%dx%d is too large", m->in_c, m->in_h, m->in_w);
   const Facts& k = f.facts;
@@ -190,9 +240,8 @@ Status parse_architecture(Found& f, Model* m) {
   const Layer& last = m->layers[n_layers - 1];
   if (m->readout) {
     const std::int64_t wd[2] = {m->n_classes, last.out_size()}, bd[1] = {m->n_classes};
-    if (!f.ro_w.present || !f.ro_b.present)
-      return fail(m, ERR_MISSING, "readout.weight or readout.bias is missing; %s", REEXPORT);
-    if (Status s = check_tensor(f.ro_w, wd, 2, "readout.weight", m)) return s;
+    if (!f.ro_b.present) return fail(m, ERR_MISSING, "readout.bias is missing; %s", REEXPORT);
+    if (Status s = check_weight(f.ro_w, f.ro_w_q, wd, 2, "readout.weight", m)) return s;
     if (Status s = check_tensor(f.ro_b, bd, 1, "readout.bias", m)) return s;
   } else if (last.out_size() != m->n_classes) {
     return fail(m, ERR_SHAPE, "the output layer has %lld units for %d classes; %s", (long long)last.out_size(),
@@ -225,15 +274,17 @@ Status parse_architecture(Found& f, Model* m) {
 
 Status build(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t arena_floats, Model* m,
              std::size_t* needed) {
-  Found f;  // on this call's stack (~4 KB): reentrant
+  Found f;  // on this call's stack (~9 KB): reentrant
   if (Status s = scan(buf, len, &f, m)) return s;
   if (Status s = parse_architecture(f, m)) return s;
   if (Status s = check_graph(f, m, m)) return s;
   std::uint64_t total = 0;  // each tensor <= 2^28 floats: 64 bits cannot overflow
+  const bool q = m->int8;
   for (int n = 0; n < m->n_layers; ++n) {
-    total += std::uint64_t(f.weight[n].numel()) * (f.want_b[n] ? 2 : 1) + std::uint64_t(f.bias[n].numel());
+    total += arena_of(f.weight[n], f.weight_q[n], q) + std::uint64_t(f.bias[n].numel());
+    if (f.want_b[n]) total += arena_of(f.weight_b[n], f.weight_b_q[n], q);
   }
-  if (m->readout) total += std::uint64_t(f.ro_w.numel() + f.ro_b.numel());
+  if (m->readout) total += arena_of(f.ro_w, f.ro_w_q, q) + std::uint64_t(f.ro_b.numel());
   if (total > std::uint64_t(SIZE_MAX / sizeof(float)))
     return fail(m, ERR_TOO_LARGE, "the weights need %llu floats, more than this platform can address",
                 (unsigned long long)total);
@@ -245,12 +296,12 @@ Status build(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t
   used = 0;
   for (int n = 0; n < m->n_layers; ++n) {
     Layer& L = m->layers[n];
-    L.weight = place(f.weight[n], arena, &used);
+    L.weight = place_weight(f.weight[n], f.weight_q[n], q, arena, &used);
     L.bias = place(f.bias[n], arena, &used);
-    L.weight_b = f.want_b[n] ? place(f.weight_b[n], arena, &used) : nullptr;
+    L.weight_b = f.want_b[n] ? place_weight(f.weight_b[n], f.weight_b_q[n], q, arena, &used) : Weights();
   }
   if (m->readout) {
-    m->readout_w = place(f.ro_w, arena, &used);
+    m->readout_w = place_weight(f.ro_w, f.ro_w_q, q, arena, &used);
     m->readout_b = place(f.ro_b, arena, &used);
   }
   return OK;

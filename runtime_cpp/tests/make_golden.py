@@ -4,7 +4,8 @@ against onnxruntime here), and corrupted files with the status the loader must r
 
     python runtime_cpp/tests/make_golden.py OUT_DIR [--cifar ../shared/data/cifar10-jpeg.tar.gz]
 
-OUT_DIR/cases.txt: model input expected max_steps tol expected_steps atol   (one case per line)
+OUT_DIR/cases.txt: model input expected max_steps tol expected_steps atol   (one case per line; *_int8.onnx:
+                   the same net with int8 weights, expected from PyTorch on its dequantized weights)
 OUT_DIR/steps.txt: model input step layer expected atol   (the state of one layer after `step` steps
                    of dynamics.step from s = 0, for ep::step())
 OUT_DIR/bad.txt:   file expected_status
@@ -29,10 +30,18 @@ from ep_compile.dynamics import relax_until, step  # noqa: E402
 from ep_compile.estimators import Phases, get_estimator, set_grads  # noqa: E402
 from ep_compile.model import EPNet, ModelConfig  # noqa: E402
 from ep_compile.onnx_export import build_onnx  # noqa: E402
+from ep_compile.quantize import dequantized_model  # noqa: E402
 
 ATOL = 1e-4  # scores: C++ sums in another order than oneDNN / MLAS
 STEP_ATOL = 1e-5  # states in [0, 1] after a few steps: rounding of one conv sum, a little amplified
 STEPS = (1, 2, 3, 10)  # per-step golden states
+INT8_MODELS = (
+    "digits_sym_ce_trained",
+    "digits_asym_ce_trained",
+    "digits_sym_mse_avg_fc",
+    "cifar_sym_ce",
+    "cifar_asym_ce",
+)
 
 
 def digits_images(n=16):
@@ -83,6 +92,93 @@ def expected(model, x, steps, tol):
         return model.logits(s).numpy().astype(np.float32), n
 
 
+def int8_crafted(out: Path, put):
+    """Crafted int8 files (from the trained asymmetric digits net: conv, max pool, backward weights,
+    read-out): bad scales, counts, types, versions and dequantization nodes."""
+    from onnx import numpy_helper
+
+    good = (out / "digits_asym_ce_trained_int8.onnx").read_bytes()
+
+    def edit(fname, how, status):
+        m = onnx.load_from_string(good)
+        how(m)
+        put(fname, m.SerializeToString(), status)
+
+    def init(m, name):
+        return next(t for t in m.graph.initializer if t.name == name)
+
+    def set_scale(name, i, v):
+        def how(m):
+            t = init(m, name)
+            a = numpy_helper.to_array(t).copy()
+            a[i] = v
+            t.CopyFrom(numpy_helper.from_array(a, name))
+
+        return how
+
+    def meta(key, value):
+        def how(m):
+            for p in m.metadata_props:
+                if p.key == key:
+                    p.value = value(p.value)
+
+        return how
+
+    def arch(change):
+        def value(v):
+            a = json.loads(v)
+            change(a)
+            return json.dumps(a)
+
+        return meta("ep_compile.architecture", value)
+
+    def dq_node(m, weight):
+        return next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == weight)
+
+    def set_axis(m):
+        dq_node(m, "layer2.weight").attribute[0].i = 1
+
+    def drop_axis(m):
+        del dq_node(m, "layer2.weight").attribute[:]
+
+    def swap_scales(m):  # layer2.weight dequantized with layer2.weight_b's scales
+        dq_node(m, "layer2.weight").input[1] = "layer2.weight_b_scale"
+
+    def short_scales(m):
+        t = init(m, "layer1.weight_scale")
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t)[:-1].copy(), "layer1.weight_scale"))
+
+    def float_q(m):  # the int8 data stored as float32
+        t = init(m, "layer1.weight_int8")
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), "layer1.weight_int8"))
+
+    def extra_float(m):  # a float32 layer1.weight beside its int8 form
+        m.graph.initializer.append(numpy_helper.from_array(np.zeros((8, 1, 3, 3), np.float32), "layer1.weight"))
+
+    def drop_scale(m):
+        m.graph.initializer.remove(init(m, "readout.weight_scale"))
+
+    def second_reader(m):  # the read-out reads the int8 data of layer 1's weight beside its DequantizeLinear
+        dq_node(m, "readout.weight").input[0] = "layer1.weight_int8"
+
+    edit("bad_int8_scale_zero.onnx", set_scale("layer1.weight_scale", 2, 0.0), "parse error")
+    edit("bad_int8_scale_nan.onnx", set_scale("layer2.weight_b_scale", 0, np.nan), "parse error")
+    edit("bad_int8_scale_negative.onnx", set_scale("readout.weight_scale", 1, -0.01), "parse error")
+    edit("bad_int8_scale_inf.onnx", set_scale("layer2.weight_scale", 3, np.inf), "parse error")
+    edit("bad_int8_scale_count.onnx", short_scales, "shape mismatch")
+    edit("bad_int8_float_data.onnx", float_q, "unsupported")
+    edit("bad_int8_and_float.onnx", extra_float, "shape mismatch")
+    edit("bad_int8_missing_scale.onnx", drop_scale, "missing entry")
+    edit("bad_int8_axis.onnx", set_axis, "shape mismatch")
+    edit("bad_int8_no_axis.onnx", drop_axis, "shape mismatch")
+    edit("bad_int8_swapped_scales.onnx", swap_scales, "shape mismatch")
+    edit("bad_int8_second_reader.onnx", second_reader, "shape mismatch")
+    edit("bad_int8_version1.onnx", meta("ep_compile.format_version", lambda v: "1"), "format version mismatch")
+    edit("bad_int8_version3.onnx", meta("ep_compile.format_version", lambda v: "3"), "format version mismatch")
+    edit("bad_int8_weights_int4.onnx", arch(lambda a: a.update(weights="int4")), "unsupported")
+    edit("bad_int8_meta_float.onnx", arch(lambda a: a.update(weights="float32")), "shape mismatch")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", help="folder to write the golden cases into")
@@ -113,6 +209,9 @@ def main(argv=None):
             ),
         ),
     }
+    for name in INT8_MODELS:  # int8 weights: the reference is PyTorch on the dequantized weights
+        data, model = models[name]
+        models[f"{name}_int8"] = (data, dequantized_model(model))
     lines = []
     for name, (data, model) in models.items():
         if data not in inputs:
@@ -121,7 +220,8 @@ def main(argv=None):
         meta = {"default_T": "40"}
         if data == "digits":  # the preprocessing contract, for ep_infer --raw
             meta["preprocessing"] = preprocessing_meta({"mean": [0.3], "std": [0.37], "std_scale": 3.0}, (1, 8, 8))
-        m = build_onnx(model, meta)
+        int8 = name.endswith("_int8")
+        m = build_onnx(models[name[: -len("_int8")]][1] if int8 else model, meta, "int8" if int8 else "float32")
         if name.endswith("_trained"):
             acc = (expected(model, x, 40, 0.0)[0].argmax(1) == yd.numpy()).mean()
             print(f"{name}: accuracy {acc:.2f} on the {len(yd)} golden digits")
@@ -146,7 +246,14 @@ def main(argv=None):
     # regions), where the C++ and oneDNN summation orders pick different winners for a few steps
     # (measured: up to 5e-4 on a few elements at steps 2-10, the same fixed point after 40 steps)
     step_lines = []
-    for name in ("digits_sym_ce_trained", "digits_asym_ce_trained", "digits_asym_mse", "digits_sym_mse_avg_fc"):
+    for name in (
+        "digits_sym_ce_trained",
+        "digits_asym_ce_trained",
+        "digits_asym_mse",
+        "digits_sym_mse_avg_fc",
+        "digits_asym_ce_trained_int8",
+        "digits_sym_mse_avg_fc_int8",
+    ):
         data, model = models[name]
         if data not in inputs:
             continue
@@ -174,6 +281,7 @@ def main(argv=None):
         "shape mismatch": 5,
         "missing entry": 7,
         "too large for this platform": 8,
+        "unsupported": 6,
     }
 
     def put(fname, data, status):
@@ -183,11 +291,12 @@ def main(argv=None):
     put("bad_empty.onnx", b"", "bad argument")
     for frac in (0.1, 0.5, 0.9, 0.999):
         put(f"bad_truncated_{int(frac * 1000)}.onnx", good[: int(len(good) * frac)], "parse error")
-    m = onnx.load_from_string(good)
-    for prop in m.metadata_props:
-        if prop.key == "ep_compile.format_version":
-            prop.value = "2"
-    put("bad_version.onnx", m.SerializeToString(), "format version mismatch")
+    for version in ("0", "3"):  # this runtime reads 1 (float32) and 2 (float32 or int8)
+        m = onnx.load_from_string(good)
+        for prop in m.metadata_props:
+            if prop.key == "ep_compile.format_version":
+                prop.value = version
+        put(f"bad_version_{version}.onnx", m.SerializeToString(), "format version mismatch")
     m = onnx.load_from_string(good)
     w = next(t for t in m.graph.initializer if t.name == "layer2.weight")
     w.dims[0] = 1 << 40
@@ -225,6 +334,7 @@ def main(argv=None):
     m = onnx.load_from_string(good)  # the same initializer twice
     m.graph.initializer.append(onnx.TensorProto.FromString(m.graph.initializer[0].SerializeToString()))
     put("bad_duplicate.onnx", m.SerializeToString(), "parse error")
+    int8_crafted(out, put)
     rng = np.random.default_rng(0)
     for i in range(40):  # bit flips anywhere: any status, but the loader must return
         flipped = bytearray(good)
@@ -244,6 +354,7 @@ def main(argv=None):
     }
     for name, model in seeds.items():
         onnx.save(build_onnx(model, {"default_T": "5"}), out / f"{name}.onnx")
+    onnx.save(build_onnx(seeds["fuzz_seed_mse_asym_fc"], {"default_T": "5"}, "int8"), out / "fuzz_seed_int8.onnx")
     print(f"wrote {len(lines)} golden cases and {len(bad)} corrupted files to {out}")
 
 

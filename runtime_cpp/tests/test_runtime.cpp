@@ -1,5 +1,5 @@
-// ctest: kernel adjoint identities, loader error paths, and (with --golden DIR) the golden cases that
-// tests/make_golden.py writes from PyTorch / onnxruntime, each with its explicit tolerance.
+// ctest: kernel adjoint identities, int8 kernels against float ones, loader error paths, and (with --golden DIR) the
+// golden cases that tests/make_golden.py writes from PyTorch / onnxruntime, each with its explicit tolerance.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -65,6 +65,43 @@ static void test_adjoints() {
   ep::dense(da.data(), a.data(), wd.data(), nullptr, 5, 3);
   ep::dense_transpose(tb.data(), bvec.data(), wd.data(), 5, 3);
   CHECK(std::fabs(dot(da, bvec) - dot(a, tb)) < 1e-5, "dense adjoint");
+}
+
+// int8 kernels against the float kernels on the dequantized weights, bit for bit: output channels and
+// rows across the DEQ_ROWS panel boundaries (40 = 32 + 8, 45 rows), both GEMM orientations and dense.
+static void test_int8_kernels() {
+  const int cin = 5, h = 6, w = 7, cout = 40, k = 3, pad = 1, hc = h, wc = w, rows = cin * k * k;
+  std::vector<std::int8_t> q(std::size_t(cout) * rows);
+  std::vector<float> scale(cout), deq(q.size());
+  unsigned seed = 11;
+  for (int c = 0; c < cout; ++c) {
+    scale[c] = 0.001f * float(c + 1) / 3.0f;  // not powers of two: the product rounds
+    for (int r = 0; r < rows; ++r) {
+      seed = seed * 1664525u + 1013904223u;
+      const std::size_t i = std::size_t(c) * rows + r;
+      q[i] = std::int8_t(int(seed >> 24) - 128 < -127 ? -127 : int(seed >> 24) - 128);
+      deq[i] = float(q[i]) * scale[c];
+    }
+  }
+  const ep::Weights wq(q.data(), scale.data());
+  auto x = rnd(std::size_t(cin) * h * w, 12), y = rnd(std::size_t(cout) * hc * wc, 13), b = rnd(cout, 14);
+  std::vector<float> a(std::size_t(cout) * hc * wc), bq(a.size()), col(std::size_t(rows) * hc * wc);
+  std::vector<float> work(std::size_t(ep::DEQ_ROWS) * (rows > cout ? rows : cout));
+  ep::conv2d(a.data(), x.data(), deq.data(), b.data(), cin, h, w, cout, k, pad, col.data());
+  ep::conv2d(bq.data(), x.data(), wq, b.data(), cin, h, w, cout, k, pad, col.data(), work.data());
+  CHECK(std::memcmp(a.data(), bq.data(), 4 * a.size()) == 0, "int8 conv2d differs from float on dequantized weights");
+  std::vector<float> t(std::size_t(cin) * h * w), tq(t.size());
+  ep::conv2d_transpose(t.data(), y.data(), deq.data(), cout, hc, wc, cin, h, w, k, pad, col.data());
+  ep::conv2d_transpose(tq.data(), y.data(), wq, cout, hc, wc, cin, h, w, k, pad, col.data(), work.data());
+  CHECK(std::memcmp(t.data(), tq.data(), 4 * t.size()) == 0, "int8 conv2d_transpose differs");
+  std::vector<float> d(cout), dq(cout), e(rows), eq(rows);
+  auto v = rnd(rows, 15), u = rnd(cout, 16);
+  ep::dense(d.data(), v.data(), deq.data(), b.data(), rows, cout);
+  ep::dense(dq.data(), v.data(), wq, b.data(), rows, cout);
+  ep::dense_transpose(e.data(), u.data(), deq.data(), rows, cout);
+  ep::dense_transpose(eq.data(), u.data(), wq, rows, cout);
+  CHECK(std::memcmp(d.data(), dq.data(), 4 * d.size()) == 0 && std::memcmp(e.data(), eq.data(), 4 * e.size()) == 0,
+        "int8 dense differs");
 }
 
 static void test_garbage() {
@@ -242,6 +279,7 @@ static void run_threads(const std::string& dir) {
 
 int main(int argc, char** argv) {
   test_adjoints();
+  test_int8_kernels();
   test_garbage();
   if (argc == 3 && !std::strcmp(argv[1], "--golden")) {
     run_golden(argv[2]);
