@@ -10,17 +10,18 @@ Graph outputs: scores (N x n_classes: read-out logits for 'ce', the output layer
                steps (int64 scalar: steps run), residual (float32 scalar: max |s_t - s_{t-1}| of the
                last step; +inf if no step ran)
 The loop stops after the first step whose largest state change is below tol (tol = 0: max_steps).
+A step is the training run's schedule: synchronous, or even/odd (dynamics.step_evenodd).
 
 Initializers: layer{n}.weight, layer{n}.bias (n = 1..L), layer{n}.weight_b (backward weights of an
 asymmetric layer), readout.weight, readout.bias ('ce'). With int8 weights (weights="int8", see
 quantize.py) each weight W is instead the initializers W_int8 (int8, W's shape) and W_scale (float32,
 one per output channel) and a DequantizeLinear node (axis 0) of the main graph whose output is named
 W, so the step reads W exactly as before. Metadata (metadata_props):
-  ep_compile.format_version  1 for float32 weights, 2 for int8 (the lowest version that describes
-                             the file: every reader of version 1 still reads float32 files)
+  ep_compile.format_version  1, or 2 for int8 weights or the even/odd schedule (the lowest version
+                             that describes the file: every reader of version 1 still reads the rest)
   ep_compile.architecture    JSON: layers (kind, in/out/conv shapes, kernel, padding, pool, has
                              weight_b), activation slope, loss, n_classes, state shapes, weights
-                             ("float32" or "int8")
+                             ("float32" or "int8"), schedule ("sync" or "evenodd": the training's)
   ep_compile.preprocessing   JSON: mean, std, std_scale, input_shape: x = (img/255 - mean) / (std_scale*std)
   ep_compile.classes         JSON list of class names
   ep_compile.training_config JSON of the run's config
@@ -38,11 +39,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .dynamics import SCHEDULES
 from .model import ConfigError, EPNet
 from .quantize import is_quantized_weight, quantize_int8
 
-FORMAT_VERSION = 2  # the newest contract (2: int8 weights); float32 files are written as version 1
-WEIGHT_FORMATS = {"float32": 1, "int8": 2}  # weight format -> the format version of its files
+FORMAT_VERSION = 2  # the newest contract (2: int8 weights, the even/odd schedule); see format_version
+WEIGHT_FORMATS = ("float32", "int8")
 OPSET = 17
 
 
@@ -81,7 +83,13 @@ def layer_info(model: EPNet) -> list[dict]:
     return info
 
 
-def architecture(model: EPNet, weights: str = "float32") -> dict:
+def format_version(weights: str, schedule: str) -> int:
+    """The lowest format version that describes the file: 1 unless it needs what 2 added (int8
+    weights, the even/odd schedule), so every version-1 reader still reads plain float32 files."""
+    return 2 if weights == "int8" or schedule != "sync" else 1
+
+
+def architecture(model: EPNet, weights: str = "float32", schedule: str = "sync") -> dict:
     return {
         "layers": layer_info(model),
         "slope": model.slope,
@@ -93,16 +101,19 @@ def architecture(model: EPNet, weights: str = "float32") -> dict:
         "asymmetric": model.cfg.asymmetric,
         "readout": model.readout is not None,
         "weights": weights,
+        "schedule": schedule,
     }
 
 
-def _step_nodes(g: _Graph, model: EPNet, x: str, states: list[str]) -> list[str]:
-    """Nodes of one synchronous step (the explicit dynamics of dynamics.step, inference: no nudge,
-    no dropout); returns the names of the new states."""
-    info = layer_info(model)
-    pre = [x] + states
+def _forward_nodes(g: _Graph, model: EPNet, pre: list[str], only=None, reuse=None):
+    """Per layer n, P(w_n * pre[n]): its value, its max-pool indices (None without) and its conv
+    output; layers outside `only` take their entry of `reuse` (their input did not change)."""
     fwd, ctx, conv_out = [], [], []
-    for n, d in enumerate(info):
+    for n, d in enumerate(layer_info(model)):
+        if only is not None and n not in only:
+            for out, old in zip((fwd, ctx, conv_out), reuse):
+                out.append(old[n])
+            continue
         w, b = f"layer{n + 1}.weight", f"layer{n + 1}.bias"
         if d["kind"] == "conv":
             k, p = d["kernel"], d["padding"]
@@ -123,16 +134,37 @@ def _step_nodes(g: _Graph, model: EPNet, x: str, states: list[str]) -> list[str]
             fwd.append(g.op("Gemm", [flat, w, b], f"fc{n + 1}", transB=1))
             ctx.append(None)
             conv_out.append(None)
-    new = []
-    for n in range(len(states)):
+    return fwd, ctx, conv_out
+
+
+def _update_nodes(g: _Graph, model: EPNet, pre: list[str], states: list[str], forward, layers) -> list[str]:
+    """New states of `layers` (the others unchanged): sigma(drive + feedback of the layer above)."""
+    info, (fwd, ctx, conv_out) = layer_info(model), forward
+    new = list(states)
+    for n in layers:
         u = fwd[n]
         if n + 1 < len(states):
-            u = g.op(
-                "Add",
-                [u, _feedback(g, model, info[n + 1], n + 1, pre[n + 1], states[n + 1], ctx[n + 1], conv_out[n + 1])],
-            )
-        new.append(g.op("HardSigmoid", [u], f"s{n + 1}", alpha=model.slope, beta=0.0))
+            fb = _feedback(g, model, info[n + 1], n + 1, pre[n + 1], states[n + 1], ctx[n + 1], conv_out[n + 1])
+            u = g.op("Add", [u, fb])
+        new[n] = g.op("HardSigmoid", [u], f"s{n + 1}", alpha=model.slope, beta=0.0)
     return new
+
+
+def _step_nodes(g: _Graph, model: EPNet, x: str, states: list[str], schedule: str = "sync") -> list[str]:
+    """Nodes of one step of the explicit dynamics (inference: no nudge, no dropout), as
+    dynamics.SCHEDULES[schedule]; returns the names of the new states. 'evenodd' updates the layers
+    of even index from s_t, then the odd ones from the fresh even layers; the second half recomputes
+    only the forward terms of the layers whose input changed (the odd ones), the max-pool indices of
+    the others are those of the first half."""
+    L = len(states)
+    pre = [x] + states
+    forward = _forward_nodes(g, model, pre)
+    if schedule == "sync":
+        return _update_nodes(g, model, pre, states, forward, range(L))
+    half = _update_nodes(g, model, pre, states, forward, range(0, L, 2))
+    pre = [x] + half
+    odd = set(range(1, L, 2))
+    return _update_nodes(g, model, pre, half, _forward_nodes(g, model, pre, odd, forward), sorted(odd))
 
 
 def _feedback(g: _Graph, model, d: dict, n: int, pre: str, post: str, fwd_idx, fwd_conv) -> str:
@@ -162,11 +194,16 @@ def _feedback(g: _Graph, model, d: dict, n: int, pre: str, post: str, fwd_idx, f
     return g.op("ConvTranspose", [post, w], f"convT{n + 1}", kernel_shape=[k, k], pads=[p] * 4)
 
 
-def build_onnx(model: EPNet, metadata: dict | None = None, weights: str = "float32") -> onnx.ModelProto:
+def build_onnx(
+    model: EPNet, metadata: dict | None = None, weights: str = "float32", schedule: str = "sync"
+) -> onnx.ModelProto:
     """The ONNX model of the free phase of `model`: weights as float32 initializers, or with
-    weights="int8" as int8 initializers with per-output-channel scales (quantize.py)."""
+    weights="int8" as int8 initializers with per-output-channel scales (quantize.py); steps of the
+    training schedule ('sync' or 'evenodd', dynamics.SCHEDULES)."""
     if weights not in WEIGHT_FORMATS:
         raise ConfigError(f"--weights {weights!r}: expected one of {', '.join(WEIGHT_FORMATS)}")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if model.cfg.activation not in ("hard-sigmoid", "hard-sigmoid-1"):
         raise ConfigError(
             f"activation {model.cfg.activation!r} has no ONNX / C++ runtime form (HardSigmoid only); "
@@ -191,7 +228,7 @@ def build_onnx(model: EPNet, metadata: dict | None = None, weights: str = "float
     # --- the loop body: (iter, cond, s_1..s_L, residual, count) -> (cond, s'_1..s'_L, residual', count')
     body = _Graph("body/")
     s_in = [f"s{n + 1}_in" for n in range(L)]
-    new = _step_nodes(body, model, "x", s_in)
+    new = _step_nodes(body, model, "x", s_in, schedule)
     changes = [body.op("ReduceMax", [body.op("Abs", [body.op("Sub", [a, b])])], keepdims=0) for a, b in zip(new, s_in)]
     res = body.op("Max", changes, "residual") if len(changes) > 1 else changes[0]
     cond = body.op("Not", [body.op("Less", [res, "tol"])], "cond")
@@ -265,8 +302,8 @@ def build_onnx(model: EPNet, metadata: dict | None = None, weights: str = "float
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ep_compile")
     m.ir_version = 8
     meta = {
-        "ep_compile.format_version": str(WEIGHT_FORMATS[weights]),
-        "ep_compile.architecture": json.dumps(architecture(model, weights)),
+        "ep_compile.format_version": str(format_version(weights, schedule)),
+        "ep_compile.architecture": json.dumps(architecture(model, weights, schedule)),
     }
     for k, v in (metadata or {}).items():
         meta[f"ep_compile.{k}"] = v if isinstance(v, str) else json.dumps(v)
@@ -321,7 +358,7 @@ def export_checkpoint(
         "training_config": config.to_dict(),
         "default_T": str(T or config.T),
     }
-    m = build_onnx(model, meta, weights)
+    m = build_onnx(model, meta, weights, config.schedule)
     tmp = f"{path}.tmp{os.getpid()}"  # atomic: a failed write never replaces a good file
     try:
         onnx.save(m, tmp)

@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import small_cfg
 
-from ep_compile.dynamics import relax_until
+from ep_compile.dynamics import SCHEDULES, relax_until
 from ep_compile.model import EPNet
-from ep_compile.onnx_export import WEIGHT_FORMATS, build_onnx
+from ep_compile.onnx_export import build_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {
@@ -28,24 +28,29 @@ KINDS = {
 }
 
 
-def session(model):
-    return ort.InferenceSession(build_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"])
+def session(model, schedule="sync"):
+    m = build_onnx(model, schedule=schedule)
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def run_ort(sess, x, steps, tol):
     return sess.run(None, {"x": x.numpy(), "max_steps": np.array(steps, np.int64), "tol": np.array(tol, np.float32)})
 
 
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_onnxruntime_equals_pytorch(kind):
+def test_onnxruntime_equals_pytorch(kind, schedule):
     torch.manual_seed(0)
-    model = EPNet(small_cfg(**KINDS[kind]))
-    sess = session(model)
+    cfg = KINDS[kind]
+    if schedule == "evenodd":  # three state layers: the even/odd halves differ from a synchronous step
+        cfg = {**cfg, "channels": [4, 6, 6], "paddings": [1, 1, 1], "pools": [*cfg.get("pools", ["max"] * 2), "none"]}
+    model = EPNet(small_cfg(**cfg))
+    sess = session(model, schedule)
     for B in (1, 7):
         x = torch.rand(B, *model.cfg.in_shape, generator=torch.Generator().manual_seed(B))
         for steps, tol in ((40, 0.0), (300, 1e-4)):
             with torch.no_grad():
-                s, n, res = relax_until(model, x, model.init_states(B, x), steps, tol, 1)
+                s, n, res = relax_until(model, x, model.init_states(B, x), steps, tol, 1, step_fn=SCHEDULES[schedule])
                 ref = model.logits(s).numpy()
             scores, n_ort, res_ort = run_ort(sess, x, steps, tol)
             assert scores.shape == (B, model.cfg.n_classes)
@@ -65,7 +70,7 @@ def test_contract_names_and_metadata(tmp_path):
     assert {"layer1.weight", "layer1.bias", "layer2.weight_b", "layer3.weight_b", "readout.weight"} <= names
     assert "layer1.weight_b" not in names
     meta = {p.key: p.value for p in m.metadata_props}
-    assert meta["ep_compile.format_version"] == str(WEIGHT_FORMATS["float32"]) == "1"  # every reader reads it
+    assert meta["ep_compile.format_version"] == "1"  # float32, synchronous: every reader reads it
     arch = json.loads(meta["ep_compile.architecture"])
     assert [layer["kind"] for layer in arch["layers"]] == ["conv", "conv", "dense"] and arch["slope"] == 0.5
     assert json.loads(meta["ep_compile.classes"]) == ["a", "b", "c", "d"]

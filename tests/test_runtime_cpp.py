@@ -6,6 +6,7 @@ under qemu-system-arm (also the 32-bit overflow check), and the libFuzzer target
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,10 @@ def test_ctest_kernels_errors_and_golden_cases(build, golden):
     assert bad["bad_meta_huge.onnx"] == bad["bad_default_T.onnx"] == bad["bad_duplicate.onnx"] == "3"
     int8 = [c for c in cases if c[0].endswith("_int8.onnx")]  # int8 files: ORT and C++ against PyTorch
     assert len(int8) >= 8 and {c[1] for c in int8} >= {"digits.npy"} and all(float(c[5]) <= 1e-4 for c in int8)
+    evenodd = [c for c in cases if c[0].endswith("_evenodd.onnx")]  # the even/odd schedule, float32 and int8
+    assert len(evenodd) >= 8 and any("_int8_" in c[0] for c in evenodd) and all(float(c[5]) <= 1e-4 for c in evenodd)
+    assert bad["bad_evenodd_version1.onnx"] == "4" and bad["bad_evenodd_schedule_async.onnx"] == "6"
+    assert bad["bad_evenodd_meta_sync.onnx"] == "5"  # an even/odd graph under sync metadata: the census differs
     crafted = {k: v for k, v in bad.items() if k.startswith("bad_int8_")}
     assert len(crafted) >= 16 and {"3", "4", "5", "6", "7"} <= set(crafted.values())
     assert all(crafted[f"bad_int8_scale_{k}.onnx"] == "3" for k in ("zero", "nan", "negative", "inf"))
@@ -325,6 +330,60 @@ def test_cortex_m_firmware_under_qemu_matches_host(build, golden, tmp_path, caps
     assert len(fw) == 8 and all(s == "40" for _, _, s in fw)
     with capsys.disabled():
         print(f"\n  Cortex-M4 firmware: {p.stdout.strip()}")
+
+
+CIFAR_INT8 = ROOT / "results" / "cifar10-cpu" / "int8" / "model_int8.onnx"  # the trained cifar10-cpu net, int8
+
+
+@pytest.mark.slow
+def test_cortex_m7_firmware_runs_the_trained_cifar10_net_in_int8(build, tmp_path, capsys):
+    """The cifar10-cpu net (32-64-128-256, even/odd, T=20) with int8 weights linked into the flash of
+    a 2 MB / 1 MB Cortex-M7 part (qemu's mps2-an500), 8 real CIFAR-10 test images: the predictions of
+    the host build of the same file, and the flash, RAM and instructions per inference (-icount)."""
+    need("arm-none-eabi-g++", "qemu-system-arm")
+    archive = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    if not archive.exists():
+        pytest.skip(f"needs the CIFAR-10 archive {archive}")
+    import json
+
+    import onnx
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(RT / "tests"))
+    from make_golden import cifar_raw
+
+    from ep_compile.data import preprocess
+
+    meta = {p.key: p.value for p in onnx.load(str(CIFAR_INT8)).metadata_props}
+    x = preprocess(cifar_raw(archive, 8), json.loads(meta["ep_compile.preprocessing"])).numpy()
+    imgs = tmp_path / "imgs.npy"
+    np.save(imgs, x)
+    T = meta["ep_compile.default_T"]
+    fw = tmp_path / "fw"
+    p = sh(
+        [sys.executable, str(RT / "firmware" / "build_firmware.py"), str(CIFAR_INT8), str(imgs), str(fw)]
+        + ["--cpu", "m7", "--max-steps", T, "--ep-infer", str(build / "ep_infer")]
+    )
+    size = re.search(r"flash (\d+) B .* static RAM (\d+) B", p.stdout)
+    assert size and int(size.group(1)) < 2048 * 1024 and int(size.group(2)) < 1024 * 1024
+    run = subprocess.run(
+        ["qemu-system-arm", "-M", "mps2-an500", "-nographic", "-semihosting-config", "enable=on,target=native"]
+        + ["-icount", "shift=0", "-kernel", str(fw / "firmware.elf")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = re.findall(r"image (\d+): class (\d+), steps (\d+), ticks (\d+)", run.stdout)
+    host = sh([str(build / "ep_infer"), str(CIFAR_INT8), str(imgs), "--max-steps", T]).stdout
+    assert [(i, c) for i, c, _, _ in got] == re.findall(r"image (\d+): class (\d+)", host) and len(got) == 8
+    ticks = [int(t) for *_, t in got]  # 100 Hz of virtual time; shift=0: 1 instruction = 1 ns
+    assert all(s == T for _, _, s, _ in got) and min(ticks) > 0
+    with capsys.disabled():
+        print(
+            f"\n  Cortex-M7 firmware (cifar10-cpu, int8): {p.stdout.strip()}; "
+            f"{statistics.median(ticks) * 1e7:.3g} instructions per inference of {T} steps (qemu -icount)"
+        )
 
 
 def qemu_m4(elf):

@@ -1,11 +1,15 @@
 """Build the bare-metal Cortex-M demo around an exported model and some images, and report its size.
 
-    python runtime_cpp/firmware/build_firmware.py MODEL.onnx IMAGES.npy OUT_DIR [--cpu m4|m3] [--max-steps N] [--tol t]
-        [--ep-infer build/runtime_cpp/ep_infer] [--check-batch B]
+    python runtime_cpp/firmware/build_firmware.py MODEL.onnx IMAGES.npy OUT_DIR [--cpu m4|m3|m7] [--max-steps N]
+        [--tol t] [--ep-infer build/runtime_cpp/ep_infer] [--check-batch B]
 
 Writes OUT_DIR/model_data.h (the .onnx bytes as a const array in flash, the images, the buffer sizes
-that the host build's `ep_infer --sizes` reports for this model) and OUT_DIR/firmware.elf, then prints the flash / RAM use from arm-none-eabi-size. Run it with
-    qemu-system-arm -M mps2-an386 -nographic -semihosting-config enable=on,target=native -kernel OUT_DIR/firmware.elf
+that the host build's `ep_infer --sizes` reports for this model), OUT_DIR/memory.ld (the part's flash
+and RAM) and OUT_DIR/firmware.elf, then prints the flash / RAM use from arm-none-eabi-size. Run it with
+    qemu-system-arm -M BOARD -nographic -semihosting-config enable=on,target=native -kernel OUT_DIR/firmware.elf
+where BOARD is the CPU's board (CPUS below: mps2-an386 for the M4, mps2-an500 for the M7); with
+`-icount shift=0` one instruction is one ns of virtual time and the firmware prints the instructions
+of each inference (the FPGA's 100 Hz counter: one tick is 10^7 instructions).
 """
 
 import argparse
@@ -14,7 +18,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 HERE = Path(__file__).resolve().parent
 FLAGS = [
@@ -32,16 +35,14 @@ FLAGS = [
     "-nostartfiles",
     "-Wl,--gc-sections",
 ]
+# Per CPU: compiler flags, the qemu board that emulates it, and the flash / RAM of a real part of
+# that class (the linker refuses a firmware that does not fit).
 CPUS = {
-    "m4": ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"],
-    "m3": ["-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"],
+    "m4": (["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"], "mps2-an386", "256K", "64K"),
+    "m3": (["-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"], "mps2-an385", "256K", "64K"),
+    # STM32H743-class Cortex-M7: 2 MB flash, 1 MB SRAM, single-precision FPU used (FPv5)
+    "m7": (["-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"], "mps2-an500", "2048K", "1024K"),
 }
-
-
-def arena_floats(model_path) -> int:
-    m = onnx.load(str(model_path))
-    wanted = [t for t in m.graph.initializer if t.name.startswith(("layer", "readout."))]
-    return int(sum(np.prod(t.dims) for t in wanted))
 
 
 def buffer_sizes(model_path, ep_infer: str) -> dict:
@@ -70,7 +71,7 @@ def write_header(model_path, images, out: Path, max_steps: int, tol: float, size
         f"static const std::size_t kModelSize = {len(data)};\n"
         f"static const int kNumImages = {len(x)};\n"
         f"static const float kImages[{len(x)}][{x[0].size}] = {{\n{rows}}};\n"
-        f"static const std::size_t kArenaFloats = {arena_floats(model_path)};\n"
+        f"static const std::size_t kArenaFloats = {max(1, int(sizes['arena_floats']))};\n"
         f"static const std::size_t kWorkBytes = {16 if check_batch else max(16, int(sizes['workspace_bytes']))};\n"
         f"static const int kNumClasses = {int(sizes['n_classes'])};\n"
         f"static const int kCheckBatch = {check_batch};\n"
@@ -83,7 +84,9 @@ def main(argv=None):
     p.add_argument("model", help="an .onnx file written by export/to_onnx.py")
     p.add_argument("images", help="float32 .npy (N, C, H, W) of preprocessed images, or none (with --check-batch)")
     p.add_argument("out", help="build folder")
-    p.add_argument("--cpu", choices=list(CPUS), default="m4", help="Cortex-M4 (hard float) or M3 (soft float)")
+    p.add_argument(
+        "--cpu", choices=list(CPUS), default="m4", help="Cortex-M4 (hard float), M3 (soft float) or M7 (hard float)"
+    )
     p.add_argument("--max-steps", type=int, default=40, help="free-phase steps")
     p.add_argument("--tol", type=float, default=0.0, help="stop tolerance (0: max-steps)")
     p.add_argument(
@@ -102,6 +105,11 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     sizes = buffer_sizes(args.model, args.ep_infer)
     write_header(args.model, args.images, out / "model_data.h", args.max_steps, args.tol, sizes, args.check_batch)
+    flags, _, flash, ram = CPUS[args.cpu]
+    (out / "memory.ld").write_text(
+        f"MEMORY {{ FLASH (rx) : ORIGIN = 0x00000000, LENGTH = {flash}\n"
+        f"         RAM (rwx)  : ORIGIN = 0x20000000, LENGTH = {ram} }}\n"
+    )
     root = HERE.parent
     elf = out / "firmware.elf"
     objs = []
@@ -110,7 +118,7 @@ def main(argv=None):
         subprocess.run(
             [
                 "arm-none-eabi-g++",
-                *CPUS[args.cpu],
+                *flags,
                 *FLAGS,
                 "-I",
                 str(out),
@@ -125,7 +133,8 @@ def main(argv=None):
         )
         objs.append(str(obj))
     subprocess.run(
-        ["arm-none-eabi-g++", *CPUS[args.cpu], *FLAGS, "-T", str(HERE / "mps2.ld"), *objs, "-o", str(elf)], check=True
+        ["arm-none-eabi-g++", *flags, *FLAGS, "-L", str(out), "-T", str(HERE / "mps2.ld"), *objs, "-o", str(elf)],
+        check=True,
     )
     size = subprocess.run(["arm-none-eabi-size", str(elf)], check=True, capture_output=True, text=True).stdout
     text, data, bss = (int(v) for v in size.splitlines()[1].split()[:3])

@@ -79,6 +79,7 @@ struct Model {
   float slope = 0.5f;    // hard sigmoid clamp(slope * u, 0, 1)
   bool readout = false;  // 'ce': scores = readout_w . s^L + readout_b
   bool int8 = false;     // the weights are int8 (format version 2)
+  bool evenodd = false;  // the even/odd schedule (format version 2), else synchronous
   Weights readout_w;     // (n_classes, size of the last state)
   const float* readout_b = nullptr;
   int default_steps = 0;         // ep_compile.default_T
@@ -99,7 +100,8 @@ Status load(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t 
 // Bytes of workspace run() / step() need for `batch` images; 0 when the model is not loaded, batch
 // < 1, or the size overflows size_t (every size is computed with overflow checks).
 std::size_t workspace_bytes(const Model& m, int batch);
-// The free phase: from s = 0, at most max_steps synchronous steps, stopping after the first step
+// The free phase: from s = 0, at most max_steps steps of the file's schedule (synchronous, or even/
+// odd: the layers 1, 3, ... from s_t, then 2, 4, ... from them), stopping after the first step
 // whose largest state change is below tol (tol = 0: always max_steps). x: (batch, C, H, W)
 // preprocessed; scores: (batch, n_classes). Deterministic, single-threaded, no allocation.
 // A NaN / Inf input (checked first, steps = 0) or a NaN state stops with ERR_NONFINITE and residual
@@ -108,8 +110,8 @@ Status run(const Model& m, const float* x, int batch, int max_steps, float tol, 
            std::size_t workspace_len, float* scores, int* steps, float* residual);
 
 // --- the same iteration one step at a time (run() is built on these): the state lives in the
-// workspace; reset_state() sets it to 0, step() applies one synchronous step of the dynamics
-// (dynamics.step of ep_compile with no nudge) and reports the largest change, state() reads a layer.
+// workspace; reset_state() sets it to 0, step() applies one step of the dynamics (dynamics.step or
+// step_evenodd of ep_compile with no nudge) and reports the largest change, state() reads a layer.
 Status reset_state(const Model& m, int batch, void* workspace, std::size_t workspace_len);
 Status step(const Model& m, const float* x, int batch, void* workspace, std::size_t workspace_len, float* residual);
 // Layer n's state, (batch, out_c, out_h, out_w) row-major, inside the workspace; nullptr on bad arguments.
@@ -118,9 +120,10 @@ const float* state(const Model& m, int batch, const void* workspace, std::size_t
 Status read_scores(const Model& m, int batch, const void* workspace, std::size_t workspace_len, float* scores);
 
 // --- kernels: free functions with explicit buffers and dimensions (one image: no batch index).
-// col: im2col buffer (cin * k * k x conv pixels floats); deq: int8 weights only, DEQ_ROWS rows of
-// dequantized weights (DEQ_ROWS * max(cin * k * k, cout) floats), unused with float32 weights.
-constexpr int DEQ_ROWS = 32;
+// col: im2col buffer (cin * k * k x conv pixels floats); deq: int8 weights only, a panel of
+// dequantized weights: DEQ_ROWS output channels of the conv (DEQ_ROWS * cin * k * k floats), or
+// DEQ_ROWS_T input taps of its transpose (DEQ_ROWS_T * cout floats: two vectors of 16 per k).
+constexpr int DEQ_ROWS = 8, DEQ_ROWS_T = 32;
 void conv2d(float* out, const float* in, Weights w, const float* b, int cin, int h, int wd, int cout, int k, int pad,
             float* col, float* deq = nullptr);
 void conv2d_transpose(float* out, const float* in, Weights w, int cout, int hc, int wc, int cin, int h, int wd, int k,

@@ -375,13 +375,16 @@ Status check_graph(const Found& f, const Model* m_in, Model* m) {
   for (int n = 0; n < L; ++n) {
     const Layer& l = m_in->layers[n];
     const bool wb = f.want_b[n], conv = l.kind == Kind::Conv;
+    // its forward term: once a step, twice with the even/odd schedule for odd indices (the second
+    // half recomputes it from the fresh even layers)
+    const std::uint16_t fwd = m_in->evenodd && n % 2 == 1 ? 2 : 1;
     if (conv) {
-      ++want[1][OP_CONV];
-      if (l.pool == Pool::Max) ++want[1][OP_MAXPOOL];
-      if (l.pool == Pool::Avg) ++want[1][OP_AVGPOOL];
+      want[1][OP_CONV] += fwd;
+      if (l.pool == Pool::Max) want[1][OP_MAXPOOL] += fwd;
+      if (l.pool == Pool::Avg) want[1][OP_AVGPOOL] += fwd;
     } else {
-      ++want[1][OP_FLATTEN];
-      ++want[1][OP_GEMM];
+      want[1][OP_FLATTEN] += fwd;
+      want[1][OP_GEMM] += fwd;
     }
     if (n >= 1) {  // the feedback of layer n into state n - 1
       ++want[1][OP_ADD];
@@ -404,13 +407,13 @@ Status check_graph(const Found& f, const Model* m_in, Model* m) {
         ++want[1][OP_CONVT];
       }
     }
-    const std::uint8_t w_refs = std::uint8_t(1 + (n >= 1 && !wb ? 1 : 0));
+    const std::uint8_t w_refs = std::uint8_t(fwd + (n >= 1 && !wb ? 1 : 0));
     const std::uint8_t wb_refs = std::uint8_t(wb ? 1 + (conv && l.pool == Pool::Max ? 1 : 0) : 0);
-    if (c.refs_w[n] != w_refs || c.refs_wb[n] != wb_refs || c.refs_b[n] != 1)
+    if (c.refs_w[n] != w_refs || c.refs_wb[n] != wb_refs || c.refs_b[n] != fwd)
       return fail(m, ERR_SHAPE,
                   "layer %d: the graph reads layer%d.weight %d, weight_b %d and bias %d times, the metadata's step %d, "
-                  "%d and 1 (has_weight_b: %s): metadata and graph disagree; %s",
-                  n + 1, n + 1, c.refs_w[n], c.refs_wb[n], c.refs_b[n], w_refs, wb_refs, wb ? "true" : "false",
+                  "%d and %d (has_weight_b: %s): metadata and graph disagree; %s",
+                  n + 1, n + 1, c.refs_w[n], c.refs_wb[n], c.refs_b[n], w_refs, wb_refs, fwd, wb ? "true" : "false",
                   REEXPORT);
     if (c.kp_differ[n])
       return fail(m, ERR_SHAPE, "layer %d: its convolutions in the graph differ in kernel or padding; %s", n + 1,

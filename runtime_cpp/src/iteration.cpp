@@ -15,7 +15,7 @@ struct Work {  // views into the caller's workspace, laid out by carve()
   float* drive[MAX_LAYERS];
   std::int32_t* idx[MAX_LAYERS];
   std::int32_t* idx_b[MAX_LAYERS];
-  float *conv, *col, *unpool, *fb, *deq;  // deq: int8 models only (DEQ_ROWS dequantized weight rows)
+  float *conv, *col, *unpool, *fb, *deq;  // deq: int8 models only (a panel of dequantized weights)
 };
 
 std::size_t col_rows(const Layer& L) { return L.kind == Kind::Conv ? std::size_t(L.in_c) * L.kernel * L.kernel : 0; }
@@ -52,8 +52,10 @@ std::size_t carve(const Model& m, int batch, std::uint8_t* base, Work* w) {
       conv = std::max(conv, std::size_t(L.conv_size()));
       ok = ok && mul(col_rows(L), std::size_t(L.conv_size() / L.conv_c), &rows_pix);
       col = std::max(col, rows_pix);
-      std::size_t rows_deq = 0;  // int8: DEQ_ROWS rows of the widest weight matrix, either way round
-      ok = ok && mul(std::size_t(DEQ_ROWS), std::max(col_rows(L), std::size_t(L.conv_c)), &rows_deq);
+      std::size_t rows_deq = 0, taps_deq = 0;  // int8: a panel of the weight, or of its transpose
+      ok = ok && mul(std::size_t(DEQ_ROWS), col_rows(L), &rows_deq) &&
+           mul(std::size_t(DEQ_ROWS_T), std::size_t(L.conv_c), &taps_deq);
+      rows_deq = std::max(rows_deq, taps_deq);
       if (m.int8) deq = std::max(deq, rows_deq);
     }
     fb = std::max(fb, std::size_t(L.in_size()));
@@ -136,18 +138,12 @@ const float* state(const Model& m, int batch, const void* workspace, std::size_t
 
 namespace {
 
-// One step; input_drive_ready: the first layer's drive and pooling indices (functions of x alone)
-// are still in the workspace from an earlier step of this run, so they are not computed again.
-Status step_impl(const Model& m, const float* x, int batch, void* workspace, std::size_t workspace_len, float* residual,
-                 bool input_drive_ready) {
-  Work w;
-  if (x == nullptr || residual == nullptr) return ERR_ARGUMENT;
-  if (!layout(m, batch, workspace, workspace_len, &w))
-    return workspace_bytes(m, batch) == 0 && m.n_layers > 0 && batch > 0 ? ERR_TOO_LARGE : ERR_ARGUMENT;
-  const int L = m.n_layers;
+// The forward terms of layers first, first + stride, ... (drives and pooling indices) from the
+// current states; each stays in the workspace until its input changes.
+void forwards(const Model& m, const float* x, int batch, const Work& w, int first, int stride) {
   const std::size_t in_size = std::size_t(m.in_c) * m.in_h * m.in_w;
-  for (int b = 0; b < batch; ++b) {  // bottom-up drives and pooling indices, from s_t
-    for (int n = input_drive_ready ? 1 : 0; n < L; ++n) {
+  for (int b = 0; b < batch; ++b) {
+    for (int n = first; n < m.n_layers; n += stride) {
       const Layer& Ly = m.layers[n];
       const std::size_t os = std::size_t(Ly.out_size()) * b, is = std::size_t(Ly.in_size()) * b;
       const float* pre = n == 0 ? x + in_size * b : w.cur[n - 1] + is;
@@ -156,10 +152,16 @@ Status step_impl(const Model& m, const float* x, int batch, void* workspace, std
         forward(Ly, pre, Ly.weight_b, nullptr, w.unpool, w.idx_b[n] + os, w);
     }
   }
-  float res = 0.0f;
-  bool nan = false;
+}
+
+// New states of layers first, first + stride, ...: sigma(drive + feedback of the layer above), into
+// dst (w.next: a synchronous step; w.cur: in place, when no updated layer reads another); the
+// largest change goes into *res, a NaN into *nan.
+void updates(const Model& m, int batch, const Work& w, int first, int stride, float* const* dst, float* res,
+             bool* nan) {
+  const int L = m.n_layers;
   for (int b = 0; b < batch; ++b) {
-    for (int n = 0; n < L; ++n) {
+    for (int n = first; n < L; n += stride) {
       const Layer& Ly = m.layers[n];
       const std::size_t sz = std::size_t(Ly.out_size()), os = sz * b;
       const float* fb = nullptr;
@@ -178,14 +180,37 @@ Status step_impl(const Model& m, const float* x, int batch, void* workspace, std
         s = s < 0.0f ? 0.0f : (s > 1.0f ? 1.0f : s);  // +-Inf clamp to 1 / 0; NaN passes through
         const float d = std::fabs(s - w.cur[n][os + i]);
         if (d != d)
-          nan = true;
-        else if (d > res)
-          res = d;
-        w.next[n][os + i] = s;
+          *nan = true;
+        else if (d > *res)
+          *res = d;
+        dst[n][os + i] = s;
       }
     }
   }
-  for (int n = 0; n < L; ++n) std::memcpy(w.cur[n], w.next[n], 4 * std::size_t(m.layers[n].out_size()) * batch);
+}
+
+// One step; first_step: no forward term is in the workspace yet (the first step of a run). Later
+// steps keep the first layer's (a function of x alone) and, with the even/odd schedule, every
+// forward term whose input has not changed since it was computed.
+Status step_impl(const Model& m, const float* x, int batch, void* workspace, std::size_t workspace_len, float* residual,
+                 bool first_step) {
+  Work w;
+  if (x == nullptr || residual == nullptr) return ERR_ARGUMENT;
+  if (!layout(m, batch, workspace, workspace_len, &w))
+    return workspace_bytes(m, batch) == 0 && m.n_layers > 0 && batch > 0 ? ERR_TOO_LARGE : ERR_ARGUMENT;
+  float res = 0.0f;
+  bool nan = false;
+  if (!m.evenodd) {  // every layer from s_t
+    forwards(m, x, batch, w, first_step ? 0 : 1, 1);
+    updates(m, batch, w, 0, 1, w.next, &res, &nan);
+    for (int n = 0; n < m.n_layers; ++n)
+      std::memcpy(w.cur[n], w.next[n], 4 * std::size_t(m.layers[n].out_size()) * batch);
+  } else {  // layers 0, 2, ... from s_t, then 1, 3, ... from the fresh even ones (dynamics.step_evenodd)
+    forwards(m, x, batch, w, first_step ? 0 : 2, first_step ? 1 : 2);  // the odd layers' are fresh
+    updates(m, batch, w, 0, 2, w.cur, &res, &nan);
+    forwards(m, x, batch, w, 1, 2);  // inputs changed: the odd layers; the even ones' are still fresh
+    updates(m, batch, w, 1, 2, w.cur, &res, &nan);
+  }
   *residual = nan ? NAN : res;
   return nan ? ERR_NONFINITE : OK;
 }
@@ -193,7 +218,7 @@ Status step_impl(const Model& m, const float* x, int batch, void* workspace, std
 }  // namespace
 
 Status step(const Model& m, const float* x, int batch, void* workspace, std::size_t workspace_len, float* residual) {
-  return step_impl(m, x, batch, workspace, workspace_len, residual, false);
+  return step_impl(m, x, batch, workspace, workspace_len, residual, true);
 }
 
 Status read_scores(const Model& m, int batch, const void* workspace, std::size_t workspace_len, float* scores) {
@@ -226,7 +251,7 @@ Status run(const Model& m, const float* x, int batch, int max_steps, float tol, 
     }
   }
   while (t < max_steps) {
-    Status s = step_impl(m, x, batch, workspace, workspace_len, &res, t > 0);
+    Status s = step_impl(m, x, batch, workspace, workspace_len, &res, t == 0);
     ++t;
     if (s != OK) {
       *steps = t;

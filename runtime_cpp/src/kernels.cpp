@@ -173,15 +173,16 @@ void gemm(float* c, const float* a, std::size_t ai, std::size_t ak, const float*
 #endif
 }
 
-// int8 weights: A is dequantized DEQ_ROWS rows at a time into deq (float(q) * scale, one rounding,
-// as DequantizeLinear) and multiplied by the float GEMM, which sums every output in the same order
-// whatever the tile: the same bits as the float path on the dequantized weights. Not transposed:
-// A[i][k] = q[i * kk + k] * s[i] (a conv's weight, one scale per row); transposed: A[i][k] =
-// q[k * m + i] * s[k] (its transpose: the scale follows k, the conv's output channel).
+// int8 weights: A is dequantized DEQ_ROWS (transposed: DEQ_ROWS_T) rows at a time into deq (float(q) * scale, one
+// rounding, as DequantizeLinear) and multiplied by the float GEMM, which sums every output in the same order whatever
+// the tile: the same bits as the float path on the dequantized weights. Not transposed: A[i][k] = q[i * kk + k] * s[i]
+// (a conv's weight, one scale per row); transposed: A[i][k] = q[k * m + i] * s[k] (its transpose: the scale follows k,
+// the conv's output channel).
 void gemm_int8(float* c, const std::int8_t* q, const float* s, bool transposed, const float* b, int m, int n, int kk,
                float* deq) {
-  for (int i0 = 0; i0 < m; i0 += DEQ_ROWS) {
-    const int r = std::min(DEQ_ROWS, m - i0);
+  const int panel = transposed ? DEQ_ROWS_T : DEQ_ROWS;
+  for (int i0 = 0; i0 < m; i0 += panel) {
+    const int r = std::min(panel, m - i0);
     if (!transposed) {
       for (int i = 0; i < r; ++i) {
         const std::int8_t* qi = q + std::size_t(i0 + i) * kk;

@@ -165,6 +165,14 @@ Status parse_architecture(Found& f, Model* m) {
                 int(weights.end - weights.p < 24 ? weights.end - weights.p : 24), weights.p, REEXPORT);
   if (m->int8 && version < 2)
     return fail(m, ERR_VERSION, "int8 weights in a file of format version %d (int8 needs 2); %s", version, REEXPORT);
+  const Json schedule = get(arch, "schedule");  // absent in version 1: synchronous
+  m->evenodd = is_str(schedule, "evenodd");
+  if (schedule.ok() && !m->evenodd && !is_str(schedule, "sync"))
+    return fail(m, ERR_UNSUPPORTED, "architecture schedule '%.*s': this runtime runs sync and evenodd; %s",
+                int(schedule.end - schedule.p < 24 ? schedule.end - schedule.p : 24), schedule.p, REEXPORT);
+  if (m->evenodd && version < 2)
+    return fail(m, ERR_VERSION, "the even/odd schedule in a file of format version %d (it needs 2); %s", version,
+                REEXPORT);
   if (std::int64_t(m->in_c) * m->in_h * m->in_w > MAX_ELEMENTS)
     return fail(m, ERR_SHAPE, "the input %dx%dx%d is too large", m->in_c, m->in_h, m->in_w);
   const Facts& k = f.facts;

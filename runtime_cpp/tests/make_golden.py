@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from ep_compile.data import load_digits_set, normalize, preprocessing_meta  # noqa: E402
-from ep_compile.dynamics import relax_until, step  # noqa: E402
+from ep_compile.dynamics import SCHEDULES, relax_until  # noqa: E402
 from ep_compile.estimators import Phases, get_estimator, set_grads  # noqa: E402
 from ep_compile.model import EPNet, ModelConfig  # noqa: E402
 from ep_compile.onnx_export import build_onnx  # noqa: E402
@@ -35,6 +35,7 @@ from ep_compile.quantize import dequantized_model  # noqa: E402
 ATOL = 1e-4  # scores: C++ sums in another order than oneDNN / MLAS
 STEP_ATOL = 1e-5  # states in [0, 1] after a few steps: rounding of one conv sum, a little amplified
 STEPS = (1, 2, 3, 10)  # per-step golden states
+EVENODD_MODELS = ("digits_sym_mse_avg_fc", "digits_asym_ce_trained_int8", "cifar_sym_ce", "cifar_asym_ce_int8")
 INT8_MODELS = (
     "digits_sym_ce_trained",
     "digits_asym_ce_trained",
@@ -44,14 +45,19 @@ INT8_MODELS = (
 )
 
 
+def kind(name: str) -> tuple[str, str]:
+    """A golden model's name -> (its name without _evenodd, its schedule)."""
+    return (name[: -len("_evenodd")], "evenodd") if name.endswith("_evenodd") else (name, "sync")
+
+
 def digits_images(n=16):
     train, test = load_digits_set()
     x = normalize(test.x[:n], [0.3], [0.37], 3.0)
     return x, test.y[:n], train
 
 
-def cifar_images(path, n=8):
-    """The first n test JPEGs of the shared archive, normalised as the CIFAR presets do."""
+def cifar_raw(path, n=8) -> torch.Tensor:
+    """The first n test JPEGs of the shared archive as uint8 (n, 3, 32, 32)."""
     from PIL import Image
 
     imgs = []
@@ -61,8 +67,12 @@ def cifar_images(path, n=8):
                 imgs.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB")))
                 if len(imgs) == n:
                     break
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
-    return normalize(x, [0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261], 3.0)
+    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+
+
+def cifar_images(path, n=8):
+    """The first n test JPEGs of the shared archive, normalised as the CIFAR presets do."""
+    return normalize(cifar_raw(path, n), [0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261], 3.0)
 
 
 def trained_digits_model(train, asymmetric=False, iters=150):
@@ -86,9 +96,9 @@ def trained_digits_model(train, asymmetric=False, iters=150):
     return model
 
 
-def expected(model, x, steps, tol):
+def expected(model, x, steps, tol, schedule="sync"):
     with torch.no_grad():
-        s, n, _ = relax_until(model, x, model.init_states(len(x), x), steps, tol, 1)
+        s, n, _ = relax_until(model, x, model.init_states(len(x), x), steps, tol, 1, step_fn=SCHEDULES[schedule])
         return model.logits(s).numpy().astype(np.float32), n
 
 
@@ -177,6 +187,10 @@ def int8_crafted(out: Path, put):
     edit("bad_int8_version3.onnx", meta("ep_compile.format_version", lambda v: "3"), "format version mismatch")
     edit("bad_int8_weights_int4.onnx", arch(lambda a: a.update(weights="int4")), "unsupported")
     edit("bad_int8_meta_float.onnx", arch(lambda a: a.update(weights="float32")), "shape mismatch")
+    good = (out / "digits_sym_mse_avg_fc_evenodd.onnx").read_bytes()  # the even/odd schedule (3 layers)
+    edit("bad_evenodd_version1.onnx", meta("ep_compile.format_version", lambda v: "1"), "format version mismatch")
+    edit("bad_evenodd_schedule_async.onnx", arch(lambda a: a.update(schedule="async")), "unsupported")
+    edit("bad_evenodd_meta_sync.onnx", arch(lambda a: a.update(schedule="sync")), "shape mismatch")
 
 
 def main(argv=None):
@@ -212,6 +226,8 @@ def main(argv=None):
     for name in INT8_MODELS:  # int8 weights: the reference is PyTorch on the dequantized weights
         data, model = models[name]
         models[f"{name}_int8"] = (data, dequantized_model(model))
+    for name in EVENODD_MODELS:  # the even/odd schedule: the reference is dynamics.step_evenodd
+        models[f"{name}_evenodd"] = models[name]
     lines = []
     for name, (data, model) in models.items():
         if data not in inputs:
@@ -220,8 +236,10 @@ def main(argv=None):
         meta = {"default_T": "40"}
         if data == "digits":  # the preprocessing contract, for ep_infer --raw
             meta["preprocessing"] = preprocessing_meta({"mean": [0.3], "std": [0.37], "std_scale": 3.0}, (1, 8, 8))
-        int8 = name.endswith("_int8")
-        m = build_onnx(models[name[: -len("_int8")]][1] if int8 else model, meta, "int8" if int8 else "float32")
+        base, schedule = kind(name)
+        int8 = base.endswith("_int8")
+        source = models[base[: -len("_int8")]][1] if int8 else model  # int8: export the float weights
+        m = build_onnx(source, meta, "int8" if int8 else "float32", schedule)
         if name.endswith("_trained"):
             acc = (expected(model, x, 40, 0.0)[0].argmax(1) == yd.numpy()).mean()
             print(f"{name}: accuracy {acc:.2f} on the {len(yd)} golden digits")
@@ -231,7 +249,7 @@ def main(argv=None):
             np.save(out / "digits_raw.npy", load_digits_set()[1].x[: len(x)].numpy())  # uint8 0..255
         sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         for steps, tol in ((40, 0.0), (400, 1e-5)):
-            want, n = expected(model, x, steps, tol)
+            want, n = expected(model, x, steps, tol, schedule)
             sc, n_ort, _ = sess.run(
                 None, {"x": x.numpy(), "max_steps": np.array(steps, np.int64), "tol": np.array(tol, np.float32)}
             )
@@ -253,6 +271,8 @@ def main(argv=None):
         "digits_sym_mse_avg_fc",
         "digits_asym_ce_trained_int8",
         "digits_sym_mse_avg_fc_int8",
+        "digits_sym_mse_avg_fc_evenodd",
+        "digits_asym_ce_trained_int8_evenodd",
     ):
         data, model = models[name]
         if data not in inputs:
@@ -261,7 +281,7 @@ def main(argv=None):
         with torch.no_grad():
             s = model.init_states(len(x), x)
             for t in range(1, max(STEPS) + 1):
-                s = step(model, x, s)
+                s = SCHEDULES[kind(name)[1]](model, x, s)
                 if t in STEPS:
                     for n, sn in enumerate(s):
                         fname = f"{name}_step{t}_s{n + 1}.npy"

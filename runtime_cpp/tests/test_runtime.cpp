@@ -1,5 +1,6 @@
 // ctest: kernel adjoint identities, int8 kernels against float ones, loader error paths, and (with --golden DIR) the
 // golden cases that tests/make_golden.py writes from PyTorch / onnxruntime, each with its explicit tolerance.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -68,7 +69,7 @@ static void test_adjoints() {
 }
 
 // int8 kernels against the float kernels on the dequantized weights, bit for bit: output channels and
-// rows across the DEQ_ROWS panel boundaries (40 = 32 + 8, 45 rows), both GEMM orientations and dense.
+// rows across the panel boundaries (40 = 5 x 8 channels, 45 = 32 + 13 taps), both GEMM orientations and dense.
 static void test_int8_kernels() {
   const int cin = 5, h = 6, w = 7, cout = 40, k = 3, pad = 1, hc = h, wc = w, rows = cin * k * k;
   std::vector<std::int8_t> q(std::size_t(cout) * rows);
@@ -86,7 +87,7 @@ static void test_int8_kernels() {
   const ep::Weights wq(q.data(), scale.data());
   auto x = rnd(std::size_t(cin) * h * w, 12), y = rnd(std::size_t(cout) * hc * wc, 13), b = rnd(cout, 14);
   std::vector<float> a(std::size_t(cout) * hc * wc), bq(a.size()), col(std::size_t(rows) * hc * wc);
-  std::vector<float> work(std::size_t(ep::DEQ_ROWS) * (rows > cout ? rows : cout));
+  std::vector<float> work(std::max(std::size_t(ep::DEQ_ROWS) * rows, std::size_t(ep::DEQ_ROWS_T) * cout));
   ep::conv2d(a.data(), x.data(), deq.data(), b.data(), cin, h, w, cout, k, pad, col.data());
   ep::conv2d(bq.data(), x.data(), wq, b.data(), cin, h, w, cout, k, pad, col.data(), work.data());
   CHECK(std::memcmp(a.data(), bq.data(), 4 * a.size()) == 0, "int8 conv2d differs from float on dequantized weights");
