@@ -1,12 +1,29 @@
 // The kernels: GEMM with register tiles, convolution (im2col + GEMM) and its transpose (GEMM +
 // col2im), 2x2 pooling and unpooling, dense layers. Free functions with explicit buffers.
+//
+// Every multiply-add of the GEMM and the dense layers is fused (one rounding, IEEE fma): the vector
+// tiles by contraction (this file is compiled with fp-contract fast, below; the rest of the runtime
+// with -ffp-contract=off), the scalar loops by std::fma. With the sums in one fixed order that gives
+// the same bits on every core with a fused multiply-add: x86-64 with FMA3 (AVX2 or AVX-512), aarch64,
+// Cortex-M4 / M7 (VFMA.F32). An x86-64 CPU without FMA3 takes the scalar loop (libm's fmaf: the same
+// bits, slowly); a core without any FPU gets the C library's fmaf.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "ep_runtime.h"
 
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=fast")
+#endif
+
 #if !defined(__GNUC__) || !(defined(__SSE2__) || defined(__ARM_NEON) || defined(__AVX__))
 #define EP_SCALAR_GEMM 1  // no vector unit (a Cortex-M) or no GNU vector extensions: the plain GEMM loop
+#endif
+#if defined(__x86_64__) && !defined(__FMA__)
+#define EP_NO_NATIVE_FMA 1  // this build's baseline vectors would multiply and add apart: not used
 #endif
 
 namespace ep {
@@ -15,9 +32,9 @@ namespace {
 
 // C (m x n) = A (m x kk) . B (kk x n), B and C row-major with leading dimension n; A[i][k] is
 // a[i * ai + k * ak] (a plain or a transposed weight matrix). Every output is summed over k in
-// ascending order from 0 in its own vector lane, as a plain triple loop would: tile shapes and vector
-// widths change the speed, never the bits, so with -ffp-contract=off every build and every CPU
-// (SSE2, AVX2, AVX-512, NEON, Cortex-M) gives the same result. Register tiles use GCC/Clang vector
+// ascending order from 0 in its own vector lane, acc = fma(a, b, acc), as a plain triple loop with
+// std::fma would: tile shapes and vector widths change the speed, never the bits, so every build and
+// every CPU with FMA (AVX2, AVX-512, NEON, Cortex-M4/M7) gives the same result. Register tiles use GCC/Clang vector
 // extensions, which each target lowers to its own registers (scalar code where it has none).
 
 // The reference loop: an mr x nr block of C (leading dimension n), every output over k in order. It
@@ -27,7 +44,7 @@ void gemm_ref(float* c, const float* a, std::size_t ai, std::size_t ak, const fl
   for (int i = 0; i < mr; ++i)
     for (int j = 0; j < nr; ++j) {
       float acc = 0.0f;
-      for (int k = 0; k < kk; ++k) acc += a[i * ai + std::size_t(k) * ak] * b[std::size_t(k) * n + j];
+      for (int k = 0; k < kk; ++k) acc = std::fma(a[i * ai + std::size_t(k) * ak], b[std::size_t(k) * n + j], acc);
       c[i * n + j] = acc;
     }
 }
@@ -150,13 +167,13 @@ using Native = Gemm<16, 4, 4>;  // 8 of 16 xmm / 32 q registers
 
 // ... and on x86-64, wider ones chosen at run time when the CPU has them (the same bits: see above).
 #if defined(__x86_64__) && !defined(EP_SCALAR_GEMM) && !defined(__AVX512F__)
-#define EP_DISPATCH 1
-__attribute__((target("avx512f"))) void gemm_avx512(float* c, const float* a, std::size_t ai, std::size_t ak,
-                                                    const float* b, int m, int n, int kk) {
+#define EP_DISPATCH 1  // AVX2 with FMA3, or AVX-512 (whose F subset has FMA)
+__attribute__((target("avx512f,fma"))) void gemm_avx512(float* c, const float* a, std::size_t ai, std::size_t ak,
+                                                        const float* b, int m, int n, int kk) {
   Gemm<64, 8, 8>::run(c, a, ai, ak, b, m, n, kk);
 }
-__attribute__((target("avx2"))) void gemm_avx2(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b,
-                                               int m, int n, int kk) {
+__attribute__((target("avx2,fma"))) void gemm_avx2(float* c, const float* a, std::size_t ai, std::size_t ak,
+                                                   const float* b, int m, int n, int kk) {
   Gemm<32, 6, 6>::run(c, a, ai, ak, b, m, n, kk);
 }
 #endif
@@ -164,9 +181,9 @@ __attribute__((target("avx2"))) void gemm_avx2(float* c, const float* a, std::si
 void gemm(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n, int kk) {
 #ifdef EP_DISPATCH
   if (__builtin_cpu_supports("avx512f")) return gemm_avx512(c, a, ai, ak, b, m, n, kk);
-  if (__builtin_cpu_supports("avx2")) return gemm_avx2(c, a, ai, ak, b, m, n, kk);
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return gemm_avx2(c, a, ai, ak, b, m, n, kk);
 #endif
-#ifdef EP_SCALAR_GEMM
+#if defined(EP_SCALAR_GEMM) || defined(EP_NO_NATIVE_FMA)
   gemm_ref(c, a, ai, ak, b, std::size_t(n), kk, m, n);
 #else
   Native::run(c, a, ai, ak, b, m, n, kk);
@@ -336,9 +353,9 @@ void dense(float* out, const float* in, Weights w, const float* b, int n_in, int
     float acc = 0.0f;
     if (w.q == nullptr) {
       const float* wr = w.f + std::size_t(o) * n_in;
-      for (int i = 0; i < n_in; ++i) acc += wr[i] * in[i];
+      for (int i = 0; i < n_in; ++i) acc = std::fma(wr[i], in[i], acc);
     } else {
-      for (int i = 0; i < n_in; ++i) acc += weight_at(w, o, std::size_t(i), n_in) * in[i];
+      for (int i = 0; i < n_in; ++i) acc = std::fma(weight_at(w, o, std::size_t(i), n_in), in[i], acc);
     }
     out[o] = acc + (b != nullptr ? b[o] : 0.0f);
   }
@@ -350,9 +367,9 @@ void dense_transpose(float* out, const float* in, Weights w, int n_in, int n_out
     const float a = in[o];
     if (w.q == nullptr) {
       const float* wr = w.f + std::size_t(o) * n_in;
-      for (int i = 0; i < n_in; ++i) out[i] += a * wr[i];
+      for (int i = 0; i < n_in; ++i) out[i] = std::fma(a, wr[i], out[i]);
     } else {
-      for (int i = 0; i < n_in; ++i) out[i] += a * weight_at(w, o, std::size_t(i), n_in);
+      for (int i = 0; i < n_in; ++i) out[i] = std::fma(a, weight_at(w, o, std::size_t(i), n_in), out[i]);
     }
   }
 }

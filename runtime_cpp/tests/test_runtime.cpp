@@ -105,6 +105,52 @@ static void test_int8_kernels() {
         "int8 dense differs");
 }
 
+// Every GEMM path (vector tiles of every width, narrow 4-column tiles, scalar edges, both
+// orientations) against plain loops with std::fma in the same order, bit for bit: the kernels fuse
+// every multiply-add, so two positions with equal operands get equal sums whichever path computed
+// them (a max-pool tie then goes the same way everywhere).
+static void test_fused_order() {
+  const int shapes[][4] = {{3, 9, 11, 37}, {5, 4, 4, 40}, {2, 2, 2, 3}, {7, 6, 6, 33}};  // cin, h, w, cout
+  for (const auto& sh : shapes) {
+    const int cin = sh[0], h = sh[1], w = sh[2], cout = sh[3], k = 3, pad = 1, rows = cin * k * k, npix = h * w;
+    auto x = rnd(std::size_t(cin) * h * w, 21), y = rnd(std::size_t(cout) * npix, 22);
+    auto wt = rnd(std::size_t(cout) * rows, 23), b = rnd(cout, 24);
+    std::vector<float> col(std::size_t(rows) * npix), got(std::size_t(cout) * npix), want(got.size());
+    ep::conv2d(got.data(), x.data(), wt.data(), b.data(), cin, h, w, cout, k, pad, col.data());
+    for (int co = 0; co < cout; ++co)
+      for (int oh = 0; oh < h; ++oh)
+        for (int ow = 0; ow < w; ++ow) {
+          float acc = 0.0f;
+          for (int ci = 0; ci < cin; ++ci)
+            for (int kh = 0; kh < k; ++kh)
+              for (int kw = 0; kw < k; ++kw) {
+                const int ih = oh + kh - pad, iw = ow + kw - pad;
+                const float v = ih < 0 || ih >= h || iw < 0 || iw >= w ? 0.0f : x[(std::size_t(ci) * h + ih) * w + iw];
+                acc = std::fma(wt[std::size_t(co) * rows + (ci * k + kh) * k + kw], v, acc);
+              }
+          want[(std::size_t(co) * h + oh) * w + ow] = acc + b[co];
+        }
+    CHECK(std::memcmp(got.data(), want.data(), 4 * got.size()) == 0, "conv2d %dx%dx%d -> %d: not fused in order", cin,
+          h, w, cout);
+    std::vector<float> t(std::size_t(cin) * h * w), tw(t.size(), 0.0f);
+    ep::conv2d_transpose(t.data(), y.data(), wt.data(), cout, h, w, cin, h, w, k, pad, col.data());
+    for (int ci = 0; ci < cin; ++ci)  // col (rows, npix) = w^T . y fused over co, then col2im in (kh, kw) order
+      for (int kh = 0; kh < k; ++kh)
+        for (int kw = 0; kw < k; ++kw)
+          for (int oh = 0; oh < h; ++oh)
+            for (int ow = 0; ow < w; ++ow) {
+              float acc = 0.0f;
+              for (int co = 0; co < cout; ++co)
+                acc = std::fma(wt[std::size_t(co) * rows + (ci * k + kh) * k + kw],
+                               y[std::size_t(co) * npix + oh * w + ow], acc);
+              const int ih = oh + kh - pad, iw = ow + kw - pad;
+              if (ih >= 0 && ih < h && iw >= 0 && iw < w) tw[(std::size_t(ci) * h + ih) * w + iw] += acc;
+            }
+    CHECK(std::memcmp(t.data(), tw.data(), 4 * t.size()) == 0, "conv2d_transpose %d -> %dx%dx%d: not fused in order",
+          cout, cin, h, w);
+  }
+}
+
 static void test_garbage() {
   std::size_t n = 0;
   CHECK(ep::required_arena(nullptr, 0, &n) == ep::ERR_ARGUMENT, "null buffer");
@@ -281,6 +327,7 @@ static void run_threads(const std::string& dir) {
 int main(int argc, char** argv) {
   test_adjoints();
   test_int8_kernels();
+  test_fused_order();
   test_garbage();
   if (argc == 3 && !std::strcmp(argv[1], "--golden")) {
     run_golden(argv[2]);
