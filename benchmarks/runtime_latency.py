@@ -1,17 +1,18 @@
-"""Per-image latency of the C++ runtime vs onnxruntime (both single thread) on the same .onnx file,
-at the paper's CIFAR-10 net and at a small net. Prints a table with the ratio, writes JSON.
+"""Per-image latency of the C++ runtime vs onnxruntime (both single thread) on the same .onnx file:
+float32 and int8 weights, batch 1 and 4, at the paper's CIFAR-10 net, the cifar10-cpu net (even/odd
+steps) and a small net. Prints a table with the ratios, writes JSON with the CPU model.
 
 Two C++ builds side by side, both -ffp-contract=off and bit for bit the same scores: the portable
 default (the target's baseline ISA; on x86-64 its GEMM picks AVX-512 or AVX2 at run time) and
-`-DEP_FAST=ON` (-O3 -march=native for every kernel).
+`-DEP_FAST=ON` (-O3 -march=native for every kernel). int8 files are timed against onnxruntime on the
+same int8 file (DequantizeLinear once per run, then float convolutions) and against the float32 file.
 
     python benchmarks/runtime_latency.py                     # builds runtime_cpp in build/runtime_cpp
-    python benchmarks/runtime_latency.py --steps-cifar 30 --repeats 3 --json benchmarks/runtime_latency.json
+    python benchmarks/runtime_latency.py --repeats 5 --json benchmarks/runtime_latency.json
 """
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,8 +25,48 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from ep_compile.machine import describe  # noqa: E402
 from ep_compile.model import EPNet, model_config  # noqa: E402
 from ep_compile.onnx_export import build_onnx  # noqa: E402
+
+# the cifar10-cpu preset's net (ep_compile/presets.py): 32-64-128-256, slope-1 hard sigmoid
+CIFAR10_CPU = dict(
+    in_shape=(3, 32, 32), channels=[32, 64, 128, 256], paddings=[1, 1, 1, 0], activation="hard-sigmoid-1"
+)
+
+
+def time_one(path: Path, xpath: Path, steps: int, builds: dict, repeats: int) -> dict:
+    """ms per image of onnxruntime and each C++ build on one file and input. Rounds alternate the
+    three, so a drift of the machine's speed hits all alike; each round takes the median of 3 runs,
+    the row the median of the rounds."""
+    x = np.load(xpath)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feed = {"x": x, "max_steps": np.array(steps, np.int64), "tol": np.array(0.0, np.float32)}
+    sess.run(None, feed)
+    times = {"onnxruntime": [], **{build: [] for build in builds}}
+    for _ in range(repeats):
+        ort_ms = []
+        for _ in range(3):
+            t = time.perf_counter()
+            sess.run(None, feed)
+            ort_ms.append(1e3 * (time.perf_counter() - t))
+        times["onnxruntime"].append(statistics.median(ort_ms))
+        for build, folder in builds.items():
+            out = subprocess.run(
+                [str(folder / "ep_bench"), str(path), str(xpath), str(steps), "3"],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            times[build].append(float(out.stdout.strip()))
+    batch = len(x)
+    row = {"onnxruntime_ms_per_image": statistics.median(times["onnxruntime"]) / batch}
+    for build in builds:
+        row[f"cpp_{build}_ms_per_image"] = statistics.median(times[build]) / batch
+        row[f"cpp_{build}_over_ort"] = row[f"cpp_{build}_ms_per_image"] / row["onnxruntime_ms_per_image"]
+    return row
 
 
 def main(argv=None):
@@ -57,56 +98,39 @@ def main(argv=None):
             ["cmake", "--build", str(folder), "--target", "ep_bench", "-j2"], check=True, capture_output=True
         )
     rows = []
-    for name, arch, steps in (
-        ("paper CIFAR-10 net", "cifar10", args.steps_cifar),
-        ("small digits net", "digits", args.steps_small),
-    ):
+    nets = (
+        ("paper CIFAR-10 net", model_config("cifar10"), "sync", args.steps_cifar),
+        ("cifar10-cpu net", model_config(CIFAR10_CPU), "evenodd", 20),
+        ("small digits net", model_config("digits"), "sync", args.steps_small),
+    )
+    for name, cfg, schedule, steps in nets:
         torch.manual_seed(0)
-        model = EPNet(model_config(arch))
-        path, xpath = b / f"{arch}.onnx", b / f"{arch}_x.npy"
-        m = build_onnx(model)
-        path.write_bytes(m.SerializeToString())
-        x = (torch.randn(1, *model.cfg.in_shape) * 0.3).numpy().astype(np.float32)
-        np.save(xpath, x)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        feed = {"x": x, "max_steps": np.array(steps, np.int64), "tol": np.array(0.0, np.float32)}
-        sess.run(None, feed)
-        # Rounds alternate onnxruntime and both C++ builds, so a drift of the machine's speed hits all
-        # three alike; each round takes the median of 3 runs, the table the median of the rounds.
-        times = {"onnxruntime": [], **{build: [] for build in builds}}
-        for _ in range(args.repeats):
-            ort_ms = []
-            for _ in range(3):
-                t = time.perf_counter()
-                sess.run(None, feed)
-                ort_ms.append(1e3 * (time.perf_counter() - t))
-            times["onnxruntime"].append(statistics.median(ort_ms))
-            for build, folder in builds.items():
-                out = subprocess.run(
-                    [str(folder / "ep_bench"), str(path), str(xpath), str(steps), "3"],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-                times[build].append(float(out.stdout.strip()))
-        ort_ms = statistics.median(times["onnxruntime"])
-        row = {"model": name, "steps": steps, "onnxruntime_ms_per_image": ort_ms}
-        for build in builds:
-            row[f"cpp_{build}_ms_per_image"] = cpp_ms = statistics.median(times[build])
-            row[f"cpp_{build}_over_ort"] = cpp_ms / ort_ms
-        rows.append(row)
-    print(f"{'model':<20} {'steps':>5} {'ORT ms':>9} {'C++ ms':>9} {'C++/ORT':>8} {'native ms':>10} {'native/ORT':>10}")
+        model = EPNet(cfg)
+        for weights in ("float32", "int8"):
+            path = b / f"{name.split()[0]}_{weights}.onnx"
+            path.write_bytes(build_onnx(model, weights=weights, schedule=schedule).SerializeToString())
+            for batch in (1, 4):
+                xpath = b / f"x_{name.split()[0]}_{batch}.npy"
+                x = torch.randn(batch, *model.cfg.in_shape, generator=torch.Generator().manual_seed(batch)) * 0.3
+                np.save(xpath, x.numpy().astype(np.float32))
+                row = time_one(path, xpath, steps, builds, args.repeats)
+                rows.append({"model": name, "weights": weights, "batch": batch, "steps": steps, **row})
+    for r in rows:  # int8 against float32 of the same net, batch and build
+        f32 = next(q for q in rows if (q["model"], q["batch"], q["weights"]) == (r["model"], r["batch"], "float32"))
+        for k in ("onnxruntime", "cpp_portable", "cpp_native"):
+            r[f"{k}_over_float32"] = r[f"{k}_ms_per_image"] / f32[f"{k}_ms_per_image"]
+    print(
+        "| net | weights | batch | steps | ORT ms/img | C++ ms/img | C++/ORT | native ms/img | native/ORT | C++ int8/f32 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"{r['model']:<20} {r['steps']:>5} {r['onnxruntime_ms_per_image']:>9.2f} "
-            f"{r['cpp_portable_ms_per_image']:>9.2f} {r['cpp_portable_over_ort']:>8.2f} "
-            f"{r['cpp_native_ms_per_image']:>10.2f} {r['cpp_native_over_ort']:>10.2f}"
+            f"| {r['model']} | {r['weights']} | {r['batch']} | {r['steps']} | {r['onnxruntime_ms_per_image']:.2f} | "
+            f"{r['cpp_portable_ms_per_image']:.2f} | {r['cpp_portable_over_ort']:.2f} | "
+            f"{r['cpp_native_ms_per_image']:.2f} | {r['cpp_native_over_ort']:.2f} | {r['cpp_portable_over_float32']:.2f} |"
         )
-    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    cpu = {"machine": platform.machine(), "avx2": "avx2" in flags, "avx512f": "avx512f" in flags}
-    print(f"CPU: {cpu}")
+    cpu = describe()
+    print(f"CPU: {cpu.get('cpu_model')} ({cpu.get('cpu_family_model')}), flags {cpu.get('cpu_flags')}")
     Path(args.json).write_text(json.dumps({"rows": rows, "threads": 1, "cpu": cpu}, indent=1))
     print(f"wrote {args.json}")
 

@@ -181,6 +181,8 @@ def test_int8_file_gives_the_bits_of_its_dequantized_float_file(build, golden, t
 
 def test_ep_infer_cli(build, golden, tmp_path):
     model, x = golden / "digits_sym_ce_trained.onnx", golden / "digits.npy"
+    cases = (golden / "cases.txt").read_text().split("\n")
+    case = next(line.split() for line in cases if line.startswith("digits_sym_ce_trained.onnx") and " 400 " in line)
     p = sh(
         [
             str(build / "ep_infer"),
@@ -189,7 +191,7 @@ def test_ep_infer_cli(build, golden, tmp_path):
             "--max-steps",
             "400",
             "--tol",
-            "1e-5",
+            case[4],  # the golden case's stop tolerance
             "--out",
             str(tmp_path / "s.npy"),
         ]
@@ -198,9 +200,7 @@ def test_ep_infer_cli(build, golden, tmp_path):
     want = np.load(golden / "digits_sym_ce_trained_400.expected.npy")
     assert preds == want.argmax(1).tolist()
     assert np.abs(np.load(tmp_path / "s.npy") - want).max() < 1e-4
-    cases = (golden / "cases.txt").read_text().split("\n")
-    steps = next(line.split()[5] for line in cases if line.startswith("digits_sym_ce_trained.onnx") and " 400 " in line)
-    assert f"steps used: {steps} " in p.stdout
+    assert f"steps used: {case[5]} " in p.stdout
     bad = subprocess.run(
         [str(build / "ep_infer"), str(golden / "bad_version_3.onnx"), str(x)], capture_output=True, text=True
     )

@@ -53,7 +53,7 @@ std::size_t carve(const Model& m, int batch, std::uint8_t* base, Work* w) {
       ok = ok && mul(col_rows(L), std::size_t(L.conv_size() / L.conv_c), &rows_pix);
       col = std::max(col, rows_pix);
       std::size_t rows_deq = 0, taps_deq = 0;  // int8: a panel of the weight, or of its transpose
-      ok = ok && mul(std::size_t(DEQ_ROWS), col_rows(L), &rows_deq) &&
+      ok = ok && mul(std::size_t(DEQ_ROWS), std::min(col_rows(L), std::size_t(DEQ_K)), &rows_deq) &&
            mul(std::size_t(DEQ_ROWS_T), std::size_t(L.conv_c), &taps_deq);
       rows_deq = std::max(rows_deq, taps_deq);
       if (m.int8) deq = std::max(deq, rows_deq);

@@ -10,6 +10,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "ep_runtime.h"
 
@@ -37,20 +40,21 @@ namespace {
 // every CPU with FMA (AVX2, AVX-512, NEON, Cortex-M4/M7) gives the same result. Register tiles use GCC/Clang vector
 // extensions, which each target lowers to its own registers (scalar code where it has none).
 
-// The reference loop: an mr x nr block of C (leading dimension n), every output over k in order. It
-// is the whole GEMM on a core without vectors, and the edges the register tiles leave elsewhere.
+// The reference loop: an mr x nr block of C (leading dimension n), every output over k in order
+// (from the partial sums already in c when accumulating: a later block of k). It is the whole GEMM on
+// a core without vectors, and the edges the register tiles leave elsewhere.
 void gemm_ref(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, std::size_t n, int kk, int mr,
-              int nr) {
+              int nr, bool accumulate = false) {
   for (int i = 0; i < mr; ++i)
     for (int j = 0; j < nr; ++j) {
-      float acc = 0.0f;
+      float acc = accumulate ? c[i * n + j] : 0.0f;
       for (int k = 0; k < kk; ++k) acc = std::fma(a[i * ai + std::size_t(k) * ak], b[std::size_t(k) * n + j], acc);
       c[i * n + j] = acc;
     }
 }
 
-#ifndef EP_SCALAR_GEMM
 #define EP_INLINE inline __attribute__((always_inline))
+#ifndef EP_SCALAR_GEMM
 
 template <int VB, int ROWS, int COLS>  // vector bytes; tile rows (columns in vectors) / columns (rows in vectors)
 struct Gemm {
@@ -111,9 +115,9 @@ struct Gemm {
   }
 
   static EP_INLINE void run(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n,
-                            int kk) {
+                            int kk, bool accumulate) {
     const std::size_t ld = std::size_t(n);
-    if (ai == 1 && m >= W) {  // a transposed weight: vectors along the rows of C
+    if (ai == 1 && m >= W && !accumulate) {  // a transposed weight: vectors along the rows of C
       int i0 = 0;
       for (; i0 + 2 * W <= m; i0 += 2 * W)
         for (int j0 = 0; j0 < n; j0 += COLS)
@@ -129,7 +133,7 @@ struct Gemm {
     int j0 = 0;
     for (int k0 = 0; k0 < kk; k0 += KC) {
       const int kc = std::min(KC, kk - k0);
-      const bool more = k0 > 0;
+      const bool more = accumulate || k0 > 0;
       const float* ab = a + std::size_t(k0) * ak;
       const float* bb = b + std::size_t(k0) * ld;
       for (j0 = 0; j0 + 2 * W <= n; j0 += 2 * W) {
@@ -151,7 +155,7 @@ struct Gemm {
         for (; i0 < m; ++i0) tile_n<vec4, 1, 1>(c + i0 * ld + j0, ab + i0 * ai, ai, ak, bb + j0, ld, kc, more);
       }
     }
-    if (j0 < n) gemm_ref(c + j0, a, ai, ak, b + j0, ld, kk, m, n - j0);
+    if (j0 < n) gemm_ref(c + j0, a, ai, ak, b + j0, ld, kk, m, n - j0, accumulate);
   }
 };
 
@@ -169,55 +173,129 @@ using Native = Gemm<16, 4, 4>;  // 8 of 16 xmm / 32 q registers
 #if defined(__x86_64__) && !defined(EP_SCALAR_GEMM) && !defined(__AVX512F__)
 #define EP_DISPATCH 1  // AVX2 with FMA3, or AVX-512 (whose F subset has FMA)
 __attribute__((target("avx512f,fma"))) void gemm_avx512(float* c, const float* a, std::size_t ai, std::size_t ak,
-                                                        const float* b, int m, int n, int kk) {
-  Gemm<64, 8, 8>::run(c, a, ai, ak, b, m, n, kk);
+                                                        const float* b, int m, int n, int kk, bool accumulate) {
+  Gemm<64, 8, 8>::run(c, a, ai, ak, b, m, n, kk, accumulate);
 }
 __attribute__((target("avx2,fma"))) void gemm_avx2(float* c, const float* a, std::size_t ai, std::size_t ak,
-                                                   const float* b, int m, int n, int kk) {
-  Gemm<32, 6, 6>::run(c, a, ai, ak, b, m, n, kk);
+                                                   const float* b, int m, int n, int kk, bool accumulate) {
+  Gemm<32, 6, 6>::run(c, a, ai, ak, b, m, n, kk, accumulate);
 }
 #endif
 
-void gemm(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n, int kk) {
+// accumulate: add to the partial sums in c (the next block of k), in the same fused order.
+void gemm(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n, int kk,
+          bool accumulate = false) {
 #ifdef EP_DISPATCH
-  if (__builtin_cpu_supports("avx512f")) return gemm_avx512(c, a, ai, ak, b, m, n, kk);
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return gemm_avx2(c, a, ai, ak, b, m, n, kk);
+  if (__builtin_cpu_supports("avx512f")) return gemm_avx512(c, a, ai, ak, b, m, n, kk, accumulate);
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return gemm_avx2(c, a, ai, ak, b, m, n, kk, accumulate);
 #endif
 #if defined(EP_SCALAR_GEMM) || defined(EP_NO_NATIVE_FMA)
-  gemm_ref(c, a, ai, ak, b, std::size_t(n), kk, m, n);
+  gemm_ref(c, a, ai, ak, b, std::size_t(n), kk, m, n, accumulate);
 #else
-  Native::run(c, a, ai, ak, b, m, n, kk);
+  Native::run(c, a, ai, ak, b, m, n, kk, accumulate);
 #endif
 }
 
-// int8 weights: A is dequantized DEQ_ROWS (transposed: DEQ_ROWS_T) rows at a time into deq (float(q) * scale, one
-// rounding, as DequantizeLinear) and multiplied by the float GEMM, which sums every output in the same order whatever
-// the tile: the same bits as the float path on the dequantized weights. Not transposed: A[i][k] = q[i * kk + k] * s[i]
-// (a conv's weight, one scale per row); transposed: A[i][k] = q[k * m + i] * s[k] (its transpose: the scale follows k,
-// the conv's output channel).
+// int8 weights: A is dequantized DEQ_ROWS x DEQ_K (transposed: DEQ_ROWS_T rows) at a time into deq (float(q) * scale,
+// one rounding, as DequantizeLinear) and multiplied by the float GEMM, which sums every output in the same order
+// whatever the tile: the same bits as the float path on the dequantized weights. Not transposed: A[i][k] = q[i * kk +
+// k] * s[i] (a conv's weight, one scale per row); transposed: A[i][k] = q[k * m + i] * s[k] (its transpose: the scale
+// follows k, the conv's output channel).
+// d[k] = float(q[k]) * s for k < n (float(q) is exact: one rounding, the product's), 16 at a time
+// where there are vectors (inlined into each ISA's GEMM below: one sign extension, one conversion,
+// one multiply per 16 weights with AVX-512).
+EP_INLINE void dequantize(float* d, const std::int8_t* q, float s, int n) {
+  int k = 0;
+#ifndef EP_SCALAR_GEMM
+  typedef std::int8_t q16 __attribute__((vector_size(16)));
+  typedef float f16 __attribute__((vector_size(64)));
+  for (; k + 16 <= n; k += 16) {
+    q16 v;
+    std::memcpy(&v, q + k, sizeof v);
+    const f16 f = __builtin_convertvector(v, f16) * s;
+    std::memcpy(d + k, &f, sizeof f);
+  }
+#endif
+  for (; k < n; ++k) d[k] = float(q[k]) * s;
+}
+
+#ifdef EP_DISPATCH  // the same products, 16 (AVX-512) or 8 (AVX2) weights per instruction
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on _mm512_undefined_* inside the intrinsics
+__attribute__((target("avx512f"))) void dequantize_avx512(float* d, const std::int8_t* q, float s, int n) {
+  int k = 0;
+  const __m512 vs = _mm512_set1_ps(s);
+  for (; k + 16 <= n; k += 16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + k));
+    _mm512_storeu_ps(d + k, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)), vs));
+  }
+  for (; k < n; ++k) d[k] = float(q[k]) * s;
+}
+__attribute__((target("avx2"))) void dequantize_avx2(float* d, const std::int8_t* q, float s, int n) {
+  int k = 0;
+  const __m256 vs = _mm256_set1_ps(s);
+  for (; k + 8 <= n; k += 8) {
+    const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + k));
+    _mm256_storeu_ps(d + k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), vs));
+  }
+  for (; k < n; ++k) d[k] = float(q[k]) * s;
+}
+#pragma GCC diagnostic pop
+#endif
+
+// The GEMM of a core without usable vectors, in the shape of Gemm<>::run.
+struct Ref {
+  static EP_INLINE void run(float* c, const float* a, std::size_t ai, std::size_t ak, const float* b, int m, int n,
+                            int kk, bool accumulate) {
+    gemm_ref(c, a, ai, ak, b, std::size_t(n), kk, m, n, accumulate);
+  }
+};
+
+template <typename G, void (*Deq)(float*, const std::int8_t*, float, int) = dequantize>
+EP_INLINE void gemm_int8_with(float* c, const std::int8_t* q, const float* s, bool transposed, const float* b, int m,
+                              int n, int kk, float* deq) {
+  if (!transposed) {  // blocks of DEQ_K columns, panels of DEQ_ROWS rows: the block of B stays in cache
+    for (int k0 = 0; k0 < kk; k0 += DEQ_K) {
+      const int kc = std::min(DEQ_K, kk - k0);
+      for (int i0 = 0; i0 < m; i0 += DEQ_ROWS) {
+        const int r = std::min(DEQ_ROWS, m - i0);
+        for (int i = 0; i < r; ++i) Deq(deq + std::size_t(i) * kc, q + std::size_t(i0 + i) * kk + k0, s[i0 + i], kc);
+        G::run(c + std::size_t(i0) * n, deq, std::size_t(kc), 1, b + std::size_t(k0) * n, r, n, kc, k0 > 0);
+      }
+    }
+    return;
+  }
+  for (int i0 = 0; i0 < m; i0 += DEQ_ROWS_T) {
+    const int r = std::min(DEQ_ROWS_T, m - i0);
+    for (int k = 0; k < kk; ++k) Deq(deq + std::size_t(k) * r, q + std::size_t(k) * m + i0, s[k], r);
+    G::run(c + std::size_t(i0) * n, deq, 1, std::size_t(r), b, r, n, kk, false);
+  }
+}
+
+#ifdef EP_DISPATCH
+__attribute__((target("avx512f,fma"))) void gemm_int8_avx512(float* c, const std::int8_t* q, const float* s, bool t,
+                                                             const float* b, int m, int n, int kk, float* deq) {
+  gemm_int8_with<Gemm<64, 8, 8>, dequantize_avx512>(c, q, s, t, b, m, n, kk, deq);
+}
+__attribute__((target("avx2,fma"))) void gemm_int8_avx2(float* c, const std::int8_t* q, const float* s, bool t,
+                                                        const float* b, int m, int n, int kk, float* deq) {
+  gemm_int8_with<Gemm<32, 6, 6>, dequantize_avx2>(c, q, s, t, b, m, n, kk, deq);
+}
+#endif
+
 void gemm_int8(float* c, const std::int8_t* q, const float* s, bool transposed, const float* b, int m, int n, int kk,
                float* deq) {
-  const int panel = transposed ? DEQ_ROWS_T : DEQ_ROWS;
-  for (int i0 = 0; i0 < m; i0 += panel) {
-    const int r = std::min(panel, m - i0);
-    if (!transposed) {
-      for (int i = 0; i < r; ++i) {
-        const std::int8_t* qi = q + std::size_t(i0 + i) * kk;
-        const float si = s[i0 + i];
-        float* d = deq + std::size_t(i) * kk;
-        for (int k = 0; k < kk; ++k) d[k] = float(qi[k]) * si;
-      }
-      gemm(c + std::size_t(i0) * n, deq, std::size_t(kk), 1, b, r, n, kk);
-    } else {
-      for (int k = 0; k < kk; ++k) {
-        const std::int8_t* qk = q + std::size_t(k) * m + i0;
-        const float sk = s[k];
-        float* d = deq + std::size_t(k) * r;
-        for (int i = 0; i < r; ++i) d[i] = float(qk[i]) * sk;
-      }
-      gemm(c + std::size_t(i0) * n, deq, 1, std::size_t(r), b, r, n, kk);
-    }
-  }
+#ifdef EP_DISPATCH
+  if (__builtin_cpu_supports("avx512f")) return gemm_int8_avx512(c, q, s, transposed, b, m, n, kk, deq);
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return gemm_int8_avx2(c, q, s, transposed, b, m, n, kk, deq);
+#endif
+#if defined(EP_SCALAR_GEMM) || defined(EP_NO_NATIVE_FMA)
+  gemm_int8_with<Ref>(c, q, s, transposed, b, m, n, kk, deq);
+#else
+  gemm_int8_with<Native>(c, q, s, transposed, b, m, n, kk, deq);
+#endif
 }
 
 // C (m x n) = W (m x kk) . B, or W^T . B with W (kk x m) when transposed: float32 or int8 W.

@@ -70,8 +70,14 @@ static void test_adjoints() {
 
 // int8 kernels against the float kernels on the dequantized weights, bit for bit: output channels and
 // rows across the panel boundaries (40 = 5 x 8 channels, 45 = 32 + 13 taps), both GEMM orientations and dense.
+static void test_int8_kernels(int cin, int cout);
 static void test_int8_kernels() {
-  const int cin = 5, h = 6, w = 7, cout = 40, k = 3, pad = 1, hc = h, wc = w, rows = cin * k * k;
+  const int shapes[][2] = {{5, 40}, {32, 12}};  // cin, cout: 45 taps, and 288 (two blocks of DEQ_K)
+  for (const auto& sh : shapes) test_int8_kernels(sh[0], sh[1]);
+}
+
+static void test_int8_kernels(int cin, int cout) {
+  const int h = 6, w = 7, k = 3, pad = 1, hc = h, wc = w, rows = cin * k * k;
   std::vector<std::int8_t> q(std::size_t(cout) * rows);
   std::vector<float> scale(cout), deq(q.size());
   unsigned seed = 11;
@@ -87,10 +93,12 @@ static void test_int8_kernels() {
   const ep::Weights wq(q.data(), scale.data());
   auto x = rnd(std::size_t(cin) * h * w, 12), y = rnd(std::size_t(cout) * hc * wc, 13), b = rnd(cout, 14);
   std::vector<float> a(std::size_t(cout) * hc * wc), bq(a.size()), col(std::size_t(rows) * hc * wc);
-  std::vector<float> work(std::max(std::size_t(ep::DEQ_ROWS) * rows, std::size_t(ep::DEQ_ROWS_T) * cout));
+  std::vector<float> work(
+      std::max(std::size_t(ep::DEQ_ROWS) * std::min(rows, ep::DEQ_K), std::size_t(ep::DEQ_ROWS_T) * cout));
   ep::conv2d(a.data(), x.data(), deq.data(), b.data(), cin, h, w, cout, k, pad, col.data());
   ep::conv2d(bq.data(), x.data(), wq, b.data(), cin, h, w, cout, k, pad, col.data(), work.data());
-  CHECK(std::memcmp(a.data(), bq.data(), 4 * a.size()) == 0, "int8 conv2d differs from float on dequantized weights");
+  CHECK(std::memcmp(a.data(), bq.data(), 4 * a.size()) == 0,
+        "int8 conv2d %d -> %d differs from float on dequantized weights", cin, cout);
   std::vector<float> t(std::size_t(cin) * h * w), tq(t.size());
   ep::conv2d_transpose(t.data(), y.data(), deq.data(), cout, hc, wc, cin, h, w, k, pad, col.data());
   ep::conv2d_transpose(tq.data(), y.data(), wq, cout, hc, wc, cin, h, w, k, pad, col.data(), work.data());
