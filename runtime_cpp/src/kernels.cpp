@@ -22,7 +22,7 @@
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
-#if !defined(__GNUC__) || !(defined(__SSE2__) || defined(__ARM_NEON) || defined(__AVX__))
+#if !defined(EP_SCALAR_GEMM) && (!defined(__GNUC__) || !(defined(__SSE2__) || defined(__ARM_NEON) || defined(__AVX__)))
 #define EP_SCALAR_GEMM 1  // no vector unit (a Cortex-M) or no GNU vector extensions: the plain GEMM loop
 #endif
 #if defined(__x86_64__) && !defined(__FMA__)
@@ -221,8 +221,10 @@ EP_INLINE void dequantize(float* d, const std::int8_t* q, float s, int n) {
 }
 
 #ifdef EP_DISPATCH  // the same products, 16 (AVX-512) or 8 (AVX2) weights per instruction
+#if !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on _mm512_undefined_* inside the intrinsics
+#endif
 __attribute__((target("avx512f"))) void dequantize_avx512(float* d, const std::int8_t* q, float s, int n) {
   int k = 0;
   const __m512 vs = _mm512_set1_ps(s);
@@ -241,7 +243,9 @@ __attribute__((target("avx2"))) void dequantize_avx2(float* d, const std::int8_t
   }
   for (; k < n; ++k) d[k] = float(q[k]) * s;
 }
+#if !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 #endif
 
 // The GEMM of a core without usable vectors, in the shape of Gemm<>::run.
