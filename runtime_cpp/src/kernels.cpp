@@ -220,12 +220,13 @@ EP_INLINE void dequantize(float* d, const std::int8_t* q, float s, int n) {
   for (; k < n; ++k) d[k] = float(q[k]) * s;
 }
 
-#ifdef EP_DISPATCH  // the same products, 16 (AVX-512) or 8 (AVX2) weights per instruction
+#if defined(__x86_64__) && !defined(EP_SCALAR_GEMM)  // the same products, 16 (AVX-512) or 8 (AVX2) per instruction
 #if !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on _mm512_undefined_* inside the intrinsics
 #endif
-__attribute__((target("avx512f"))) void dequantize_avx512(float* d, const std::int8_t* q, float s, int n) {
+[[maybe_unused]] __attribute__((target("avx512f"))) void dequantize_avx512(float* d, const std::int8_t* q, float s,
+                                                                           int n) {
   int k = 0;
   const __m512 vs = _mm512_set1_ps(s);
   for (; k + 16 <= n; k += 16) {
@@ -234,7 +235,7 @@ __attribute__((target("avx512f"))) void dequantize_avx512(float* d, const std::i
   }
   for (; k < n; ++k) d[k] = float(q[k]) * s;
 }
-__attribute__((target("avx2"))) void dequantize_avx2(float* d, const std::int8_t* q, float s, int n) {
+[[maybe_unused]] __attribute__((target("avx2"))) void dequantize_avx2(float* d, const std::int8_t* q, float s, int n) {
   int k = 0;
   const __m256 vs = _mm256_set1_ps(s);
   for (; k + 8 <= n; k += 8) {
@@ -297,6 +298,10 @@ void gemm_int8(float* c, const std::int8_t* q, const float* s, bool transposed, 
 #endif
 #if defined(EP_SCALAR_GEMM) || defined(EP_NO_NATIVE_FMA)
   gemm_int8_with<Ref>(c, q, s, transposed, b, m, n, kk, deq);
+#elif defined(__AVX512F__)
+  gemm_int8_with<Native, dequantize_avx512>(c, q, s, transposed, b, m, n, kk, deq);
+#elif defined(__AVX2__)
+  gemm_int8_with<Native, dequantize_avx2>(c, q, s, transposed, b, m, n, kk, deq);
 #else
   gemm_int8_with<Native>(c, q, s, transposed, b, m, n, kk, deq);
 #endif
