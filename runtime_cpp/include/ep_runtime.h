@@ -123,7 +123,7 @@ Status read_scores(const Model& m, int batch, const void* workspace, std::size_t
 // col: im2col buffer (cin * k * k x conv pixels floats); deq: int8 weights only, a panel of
 // dequantized weights: DEQ_ROWS output channels x DEQ_K taps of the conv (DEQ_ROWS * min(cin * k * k,
 // DEQ_K) floats), or DEQ_ROWS_T taps of its transpose (DEQ_ROWS_T * cout floats: two vectors of 16 per k).
-constexpr int DEQ_ROWS = 8, DEQ_K = 256, DEQ_ROWS_T = 32;
+constexpr int DEQ_ROWS = 24, DEQ_K = 256, DEQ_ROWS_T = 32;
 void conv2d(float* out, const float* in, Weights w, const float* b, int cin, int h, int wd, int cout, int k, int pad,
             float* col, float* deq = nullptr);
 void conv2d_transpose(float* out, const float* in, Weights w, int cout, int hc, int wc, int cin, int h, int wd, int k,
