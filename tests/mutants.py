@@ -206,6 +206,29 @@ MUTANTS = {
         "        if k == 0:\n            g = [a + r for a, r in zip(g, readout_gradient(",
         CONT,
     ),
+    # the order of C-VF / C-KPVF at a finite rate (test_c_vf_and_c_kpvf_trajectories_at_a_finite_rate_...)
+    "time-local-update-one-step-late": (
+        "continual.py",
+        "        update(g, k, K)\n        total = g if total is None",
+        "        if k > 0:\n            update(late, k - 1, K)\n        late = g\n        total = g if total is None",
+        CONT,
+    ),
+    "c-symmetric-weights-reset-between-phases": (
+        "continual.py",
+        "            for sign in (1.0, -1.0) if two_sided else (1.0,):\n",
+        "            start = [p.detach().clone() for p in params]\n"
+        "            for sign in (1.0, -1.0) if two_sided else (1.0,):\n"
+        "                with torch.no_grad():\n"
+        "                    for p, v in zip(params, start):\n"
+        "                        p.copy_(v)\n",
+        CONT,
+    ),
+    "c-symmetric-second-phase-from-the-first-end": (
+        "continual.py",
+        "                total, _ = time_local_phase(",
+        "                total, s_free = time_local_phase(",
+        CONT,
+    ),
 }
 
 

@@ -5,6 +5,7 @@ one-shot forms. Each test fails on a plausible wrong estimator (see tests/mutant
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import small_cfg
@@ -258,5 +259,114 @@ def test_c_ep_trajectory_at_a_finite_rate_follows_the_per_step_rule(f64):
     for k, (a, b) in enumerate(zip(got_w, ref_w)):
         for wa, wb in zip(a, b):
             torch.testing.assert_close(wa, wb, rtol=1e-9, atol=1e-12, msg=f"weights after nudged step {k + 1}")
+    moved = max((w1 - w0).abs().max().item() for w0, w1 in zip(ref_w[0], ref_w[-1]))
+    assert moved > 1e-4  # the rate is finite: the weights move within the phase
+
+
+def _vf_increment(m, x, s, new, d):
+    """C-VF at one nudged step, every parameter (loss-gradient units), written from Ernoult et al. 2020:
+    forward weights and biases: -(1/(d B)) d/dtheta sum_n (s^n_{k+1} - s^n_k) . P(w^f_n * s^{n-1}_k + b_n)
+    backward weights:           -(1/(d B)) d/dw^b  sum_n s^n_k . P_k(w^b_n * (s^{n-1}_{k+1} - s^{n-1}_k)),
+    P_k pooling at the winners of w^b_n * s^{n-1}_k; the read-out has no increment."""
+    B, f = x.shape[0], 0
+    pre_a, pre_b = [x] + list(s), [x] + list(new)
+    for n, layer in enumerate(m.layers):
+        conv = hasattr(layer, "conv")
+        bias = (layer.conv if conv else layer.lin).bias
+        f = f + term(layer, layer.weight_f, pre_a[n], new[n] - s[n], bias)
+        if layer.weight_b is None:
+            continue
+        wb, dpre = layer.weight_b, pre_b[n] - pre_a[n]
+        if conv:
+            _, idx = F.max_pool2d(F.conv2d(pre_a[n], wb.detach(), padding=layer.padding), 2, 2, return_indices=True)
+            picked = F.conv2d(dpre, wb, padding=layer.padding).flatten(2).gather(2, idx.flatten(2)).view_as(s[n])
+        else:
+            picked = F.linear(dpre.flatten(1), wb)
+        f = f + (picked * s[n]).sum()
+    params = list(m.parameters())
+    g = torch.autograd.grad(-f / (d * B), params, allow_unused=True)
+    return [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
+
+
+def _kpvf_increment(m, x, s, new, d):
+    """C-KPVF at one nudged step: each weight's own EP increment -(1/(d B)) d/dw [Phi_w(s_{k+1}) - Phi_w(s_k)],
+    Phi_f = sum_n s^n . P(w^f_n * s^{n-1} + b_n), Phi_b = sum_n s^n . P(w^b_n * s^{n-1}) with the
+    winners of w^b's own convolution (Eq. 43-45); w^f and w^b both receive the average (Eq. 49)."""
+    B, params = x.shape[0], list(m.parameters())
+
+    def phi(st, backward):
+        layers, total = [x] + list(st), 0
+        for n, layer in enumerate(m.layers):
+            if backward and layer.weight_b is None:
+                continue
+            bias = None if backward else (layer.conv if hasattr(layer, "conv") else layer.lin).bias
+            total = total + term(layer, layer.weight_b if backward else layer.weight_f, layers[n], layers[n + 1], bias)
+        return total
+
+    g = torch.autograd.grad(-(phi(new, False) - phi(s, False)) / (d * B), params, allow_unused=True)
+    g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
+    backs = [layer.weight_b for layer in m.layers if layer.weight_b is not None]
+    gb = torch.autograd.grad(-(phi(new, True) - phi(s, True)) / (d * B), backs)
+    ix = {id(p): i for i, p in enumerate(params)}
+    for layer, gbk in zip([lay for lay in m.layers if lay.weight_b is not None], gb):
+        avg = 0.5 * (g[ix[id(layer.weight_f)]] + gbk)
+        g[ix[id(layer.weight_f)]], g[ix[id(layer.weight_b)]] = avg, avg.clone()
+    return g
+
+
+@pytest.mark.parametrize("name", ["c-vf", "c-vf-symmetric", "c-kpvf", "c-kpvf-symmetric"])
+def test_c_vf_and_c_kpvf_trajectories_at_a_finite_rate_follow_the_per_step_rule(f64, name):
+    """C-VF and C-KPVF (distinct w^f, w^b) at continual learning rate 0.05, plain SGD: the weights after
+    every nudged step against a loop written here: s_{k+1} = step(s_k; theta_k), theta_{k+1} = theta_k
+    - lr g_k, g_k the rule's increment between s_k and s_{k+1} at theta_k (above), plus the read-out's
+    dl/dw_out at s_K in the last increment of each phase (times 1/2 for two phases). The -symmetric
+    forms run +beta then -beta, both from s* (the free phase at theta_0), the weights moving on through
+    both, each increment over 2 beta with the phase's sign. At this rate a wrong order (weights held
+    in a phase or reset between phases, a one-step lag, the second phase from the end of the first)
+    moves the weights by far more than the tolerance, which the tiny-rate tests above cannot see."""
+    import copy
+
+    from ep_compile.dynamics import step
+
+    m, (x, y) = asym_model(4), data(4)
+    ph, lr, B = Phases(T=40, K=5, beta=0.4), 0.05, x.shape[0]
+    two_sided, increment = name.endswith("-symmetric"), _kpvf_increment if "kpvf" in name else _vf_increment
+    ref = copy.deepcopy(m)
+    got_w = []
+
+    def sgd(g, k, K):
+        with torch.no_grad():
+            for p, gi in zip(m.parameters(), g):
+                p.sub_(lr * gi)
+        got_w.append([p.detach().clone() for p in m.parameters()])
+
+    ESTIMATORS[name](m, x, y, ph, apply_update=sgd)
+    params = list(ref.parameters())
+    with torch.no_grad():
+        s_star = relax(ref, x, ref.init_states(B, x), ph.T)
+    ref_w = []
+    for sign in (1.0, -1.0) if two_sided else (1.0,):
+        beta = sign * ph.beta
+        d, s = (2 * beta if two_sided else beta), s_star
+        for k in range(ph.K):
+            with torch.no_grad():
+                new = step(ref, x, s, None, y, torch.tensor(beta))  # theta_k drives the step
+            with torch.enable_grad():
+                g = increment(ref, x, s, new, d)
+                if k == ph.K - 1:  # the read-out's own gradient at s_K, once per phase
+                    w_out, b_out = ref.readout.weight, ref.readout.bias
+                    ce = F.cross_entropy(F.linear(new[-1].flatten(1), w_out, b_out), y)
+                    ro = torch.autograd.grad(ce * (0.5 if two_sided else 1.0), [w_out, b_out])
+                    ids = {id(w_out): ro[0], id(b_out): ro[1]}
+                    g = [gi + ids.get(id(p), 0) for gi, p in zip(g, params)]
+            with torch.no_grad():
+                for p, gi in zip(params, g):
+                    p.sub_(lr * gi)
+            ref_w.append([p.detach().clone() for p in params])
+            s = new
+    assert len(got_w) == len(ref_w) == ph.K * (2 if two_sided else 1)
+    for k, (a, b) in enumerate(zip(got_w, ref_w)):
+        for (pname, _), wa, wb in zip(m.named_parameters(), a, b):
+            torch.testing.assert_close(wa, wb, rtol=1e-9, atol=1e-12, msg=f"{pname} after nudged step {k + 1}")
     moved = max((w1 - w0).abs().max().item() for w0, w1 in zip(ref_w[0], ref_w[-1]))
     assert moved > 1e-4  # the rate is finite: the weights move within the phase
