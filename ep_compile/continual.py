@@ -26,7 +26,7 @@ import contextlib
 import torch
 
 from .dynamics import step
-from .registry import register
+from .registry import check_compatible, register
 
 # name -> (rule, two-sided)
 CONTINUAL = {
@@ -102,7 +102,7 @@ def time_local_phase(
 
 
 def continual_estimator(name: str):
-    from .estimators import RULES, _estimate, _free, check_compatible
+    from .estimators import RULES, _estimate, _free
 
     rule, two_sided = CONTINUAL[name]
 

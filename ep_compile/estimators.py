@@ -26,7 +26,7 @@ import torch
 
 from .dynamics import relax, relax_until, step
 from .model import ConfigError, EPNet
-from .registry import ENTRIES, ESTIMATORS, get_estimator, register  # noqa: F401  (get_estimator: re-exported)
+from .registry import ENTRIES, ESTIMATORS, check_compatible, get_estimator, register  # noqa: F401  (re-exported)
 
 VF_FORMS = ("linearized", "paper-code")
 
@@ -51,7 +51,7 @@ class Phases:
     fused: bool = False
     amp: str | None = None
     lr: float = 1e-6  # continual estimators without an update callback: the step size of their SGD
-    spiking: object = None  # spiking.SpikeConfig for the spiking estimators (None: its defaults)
+    spiking: object = None  # config.SpikeConfig for the spiking estimators (None: its defaults)
     vf_form: str = "linearized"  # vf / vf-one-sided backward weights: see vf_gradient
     hep_points: int = 4  # holomorphic EP: nudges beta_k = beta e^{2 pi i k / N}, k < N (holomorphic.py)
 
@@ -206,21 +206,6 @@ def _estimate(model, x, y, grads, s_free, masks, **info) -> Estimate:
     with torch.no_grad():
         logits, loss = model.logits(s_free, masks), model.loss(s_free, y, masks)
     return Estimate(grads, s_free, logits, loss, info)
-
-
-def check_compatible(name: str, model: EPNet) -> None:
-    """Symmetric-weight estimators need w^b = w^f; VF and KP-VF need separate backward weights."""
-    rule = ENTRIES[name].rule if name in ENTRIES else SPECS[name][0] if name in SPECS else None
-    if rule == "ep" and model.cfg.asymmetric:
-        raise ConfigError(
-            f"estimator {name!r} assumes symmetric weights but the model is asymmetric; "
-            "use vf, kp-vf (or their -one-sided forms) or bptt"
-        )
-    if rule in ("vf", "kp-vf") and not model.cfg.asymmetric:
-        raise ConfigError(
-            f"estimator {name!r} needs an asymmetric model (separate backward weights: "
-            "asymmetric=True, --asymmetric); a symmetric model uses one-sided, random-sign or symmetric"
-        )
 
 
 def nudged_states(

@@ -22,10 +22,10 @@ import torch
 
 from .continual import CONTINUAL, sgd_restored
 from .dynamics import count_changes, relax, step
-from .estimators import ESTIMATORS, SPECS, Phases, check_compatible, get_estimator, nudged_states, rule_gradient
+from .estimators import ESTIMATORS, SPECS, Phases, get_estimator, nudged_states, rule_gradient
 from .holomorphic import holomorphic
 from .model import ConfigError, EPNet, layer_groups, model_config
-from .registry import ENTRIES, entry
+from .registry import ENTRIES, check_compatible, entry
 
 # every EP-family estimator; bptt is the reference
 GRADCHECK_ESTIMATORS = tuple(  # the estimators gradcheck compares with BPTT: every one but BPTT and the spiking ones

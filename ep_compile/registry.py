@@ -64,3 +64,19 @@ def spiking_form(name: str) -> str | None:
 
 def get_estimator(name: str) -> Callable:
     return entry(name).fn
+
+
+def check_compatible(name: str, model) -> None:
+    """The weights an estimator's rule assumes against the model's: the EP rule needs w^b = w^f (a
+    symmetric model); VF and KP-VF need separate backward weights (needs_asymmetric)."""
+    e = entry(name)
+    if e.rule == "ep" and model.cfg.asymmetric:
+        raise ConfigError(
+            f"estimator {name!r} assumes symmetric weights but the model is asymmetric; "
+            "use vf, kp-vf (or their -one-sided forms) or bptt"
+        )
+    if e.needs_asymmetric and not model.cfg.asymmetric:
+        raise ConfigError(
+            f"estimator {name!r} needs an asymmetric model (separate backward weights: "
+            "asymmetric=True, --asymmetric); a symmetric model uses one-sided, random-sign or symmetric"
+        )

@@ -24,37 +24,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config import SpikeConfig, check_spiking  # noqa: F401  (SpikeConfig: re-exported)
 from .dynamics import preactivations
 from .model import ConfigError, ConvPool, EPNet
 from .registry import register
-
-QUANTIZERS = ("sigma-delta", "stochastic")
-SCHEDULES = ("harmonic", "constant", "power")
-
-
-@dataclass
-class SpikeConfig:
-    quantizer: str = "sigma-delta"
-    schedule: str = "harmonic"
-    t0: float = 0.0  # free phase: lambda_1 = 1 / (1 + t0)
-    nudge_t0: float = 10.0  # nudged phases start from the free rates, which weigh like t0 spikes
-    lam: float = 0.05  # the constant schedule's step
-    kappa: float = 0.8  # the power schedule's exponent
-
-    def __post_init__(self):
-        if self.quantizer not in QUANTIZERS:
-            raise ConfigError(f"unknown spike quantizer {self.quantizer!r}; valid: {', '.join(QUANTIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown step-size schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if self.t0 < 0 or self.nudge_t0 < 0 or not 0 < self.lam <= 1 or not 0 < self.kappa <= 1:
-            raise ConfigError(f"spike schedule out of range: t0, nudge_t0 >= 0, lam and kappa in (0, 1]: {self}")
-
-    def step_size(self, t: int, t0: float) -> float:
-        if self.schedule == "constant":
-            return self.lam
-        if self.schedule == "power":
-            return min(1.0, (t + t0) ** -self.kappa)
-        return 1.0 / (t + t0)
 
 
 @dataclass
@@ -72,13 +45,6 @@ class SpikeState:
         return SpikeState(
             [t.clone() for t in self.rates], [t.clone() for t in self.phi], [t.clone() for t in self.spikes]
         )
-
-
-def check_spiking(model: EPNet) -> None:
-    """Spiking nets run every layer kind of the rate network (conv with max, average or no pooling,
-    dense); nothing to refuse. Kept as the one place for such checks."""
-    if not model.layers:
-        raise ConfigError("a spiking network needs at least one layer")
 
 
 def spiking_step(

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from .config import DTYPES
 from .data import augment, preprocess
 from .dynamics import make_step, relax, relax_until
 from .estimators import Phases, set_grads
@@ -46,8 +47,6 @@ from .training import (
     unflatten,
     wd_compensate,
 )
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class Diverged(RuntimeError):

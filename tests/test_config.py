@@ -81,9 +81,8 @@ def test_gradcheck_cli_bad_input_exits_2(capsys):
     assert "--data digits gives (1, 8, 8) images" in capsys.readouterr().err
 
 
-def test_import_graph_of_the_package_has_no_cycle():
-    """Module-level and in-function relative imports of ep_compile/ form no cycle: the estimator
-    modules register themselves into registry.py, which imports none of them."""
+def import_graph() -> dict[str, set[str]]:
+    """module -> the ep_compile modules it imports (module level and in functions)."""
     import ast
 
     pkg = Path(__file__).resolve().parents[1] / "ep_compile"
@@ -94,6 +93,27 @@ def test_import_graph_of_the_package_has_no_cycle():
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 deps.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
         edges[f.stem] = deps
+    return edges
+
+
+def floors(edges) -> dict[str, int]:
+    """A module's floor: 0 if it imports nothing of the package, else 1 + the highest floor it imports."""
+    out = {}
+
+    def floor(m):
+        if m not in out:
+            out[m] = 1 + max((floor(d) for d in edges.get(m, ())), default=-1)
+        return out[m]
+
+    for m in edges:
+        floor(m)
+    return out
+
+
+def test_import_graph_of_the_package_has_no_cycle():
+    """Module-level and in-function relative imports of ep_compile/ form no cycle: the estimator
+    modules register themselves into registry.py, which imports none of them."""
+    edges = import_graph()
     done, stack = set(), []
 
     def visit(m):
@@ -151,3 +171,18 @@ def test_run_config_presets_flags_and_stored_configs():
         RunConfig.from_dict({"bogus": 1})
     cfg = RunConfig()
     assert cfg["T"] == cfg.T and "T" in cfg and cfg.get("nothing") is None
+
+
+def test_config_and_registry_sit_low_and_nothing_imports_the_trainer():
+    """The floors of the package (docs/design.md): registry and config just above the model, data and
+    checkpoints; no module of the package imports the trainer (only the experiment scripts do); and
+    design.md's module table lists every module with the floor the imports give it."""
+    import re
+
+    edges = import_graph()
+    fl = floors(edges)
+    assert fl["registry"] == 1 and fl["config"] == 2, fl
+    assert not [m for m, deps in edges.items() if "trainer" in deps]
+    design = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)\.py` \| (\d+) \|", design, flags=re.M))
+    assert {m: int(f) for m, f in rows.items()} == fl
