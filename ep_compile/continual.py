@@ -102,7 +102,7 @@ def time_local_phase(
 
 
 def continual_estimator(name: str):
-    from .estimators import RULES, _estimate, _free
+    from .estimators import RULES, free_phase, make_estimate
 
     rule, two_sided = CONTINUAL[name]
 
@@ -110,7 +110,7 @@ def continual_estimator(name: str):
         check_compatible(name, model)
         phases.require_beta(name)
         params = list(model.parameters())
-        s_free, steps = _free(model, x, phases, masks, step_fn)
+        s_free, steps = free_phase(model, x, phases, masks, step_fn)
         total = [torch.zeros_like(p) for p in params]
         with updates(params, apply_update, phases.lr) as update:
             for sign in (1.0, -1.0) if two_sided else (1.0,):
@@ -130,7 +130,7 @@ def continual_estimator(name: str):
                     masks,
                     total=total,
                 )
-        est = _estimate(model, x, y, total, s_free, masks, beta=phases.beta, free_steps=steps)
+        est = make_estimate(model, x, y, total, s_free, masks, beta=phases.beta, free_steps=steps)
         est.info["applied"] = apply_update is not None
         return est
 

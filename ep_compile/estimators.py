@@ -15,6 +15,10 @@ EP, for every parameter at once (the paper's Phi-difference form, App. C and D.2
 The Phi part is -1/beta (dPhi/dtheta(s_b) - dPhi/dtheta(s_a)) (Eq. 34-35, 38-39); the loss part only
 touches the read-out w_out: dl/dw_out at s^beta (Eq. 38) or the mean over s^+-beta (Eq. 39).
 EP phases run under no_grad: memory does not grow with T or K.
+
+The base every estimator module builds on (continual, spiking, holomorphic): `free_phase` (T steps
+from zero or the residual stop), `nudged_states`, the rules in `RULES`, `param_grads` and
+`make_estimate`; `phase_autocast` for the bf16 phases.
 """
 
 from __future__ import annotations
@@ -101,7 +105,8 @@ def _F_diff(model: EPNet, x, y, s_a, beta_a, s_b, beta_b, masks, phi, loss=True)
     return (F(s_b, beta_b) - F(s_a, beta_a)) / (beta_a - beta_b)
 
 
-def _grads(f, params):
+def param_grads(f, params):
+    """df/dtheta for each of params, zeros where f does not depend on one (an estimate's form)."""
     g = torch.autograd.grad(f, params, allow_unused=True)
     return [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
 
@@ -110,7 +115,9 @@ def ep_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, mask
     """EP (Eq. 4, 12): d/dtheta [F(s_b, beta_b) - F(s_a, beta_a)] / (beta_a - beta_b) with
     F = mean_batch(Phi - beta l). Differentiates only the small graph of Phi at two given states."""
     with torch.enable_grad():
-        return _grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi, loss), list(model.parameters()))
+        return param_grads(
+            _F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi, loss), list(model.parameters())
+        )
 
 
 def kp_vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, masks=None, s_star=None, loss=True):
@@ -120,7 +127,7 @@ def kp_vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, m
     params = list(model.parameters())
     backs = [layer for layer in model.layers if layer.weight_b is not None]
     with torch.enable_grad():
-        g = _grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi, loss), params)
+        g = param_grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi, loss), params)
 
         def phi_b(x_, s, m):  # sum over layers of s^n . P(w^b * s^{n-1}), per example (B,)
             layers = [x_] + model.apply_masks(s, m)
@@ -130,7 +137,7 @@ def kp_vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, m
                 if layer.weight_b is not None
             )
 
-        gb = _grads(
+        gb = param_grads(
             _F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, phi_b, loss=False),
             [layer.weight_b for layer in backs],
         )
@@ -178,22 +185,23 @@ def vf_gradient(
             lb = model.loss([t.detach() for t in s_b], y, masks).mean() * beta_b
             la = model.loss([t.detach() for t in s_a], y, masks).mean() * beta_a if beta_a != 0 else 0
             f = f + (lb - la) / (beta_b - beta_a)
-        return _grads(f, params)
+        return param_grads(f, params)
 
 
 RULES = {"ep": ep_gradient, "vf": vf_gradient, "kp-vf": kp_vf_gradient}
 
 
-def _autocast(phases: Phases, x):
+def phase_autocast(phases: Phases, x):
+    """bfloat16 autocast for the phases when phases.amp == 'bf16', else nothing."""
     if phases.amp == "bf16":
         return torch.autocast(x.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _free(model, x, phases, masks, step_fn):
+def free_phase(model, x, phases, masks, step_fn):
     """The free phase from s = 0: T steps, or fewer with the residual stop. Info: steps used."""
     model.check_input(x)
-    with torch.no_grad(), _autocast(phases, x):
+    with torch.no_grad(), phase_autocast(phases, x):
         s0 = model.init_states(x.shape[0], x)
         if phases.tol > 0:
             s, steps, _ = relax_until(model, x, s0, phases.T, phases.tol, phases.check_every, masks, step_fn=step_fn)
@@ -202,7 +210,8 @@ def _free(model, x, phases, masks, step_fn):
     return [t.to(x.dtype) for t in s], steps
 
 
-def _estimate(model, x, y, grads, s_free, masks, **info) -> Estimate:
+def make_estimate(model, x, y, grads, s_free, masks, **info) -> Estimate:
+    """The Estimate of grads, with the logits and loss at the free fixed point s_free."""
     with torch.no_grad():
         logits, loss = model.logits(s_free, masks), model.loss(s_free, y, masks)
     return Estimate(grads, s_free, logits, loss, info)
@@ -264,15 +273,15 @@ def _make(name: str):
             dev = x.device if generator is None else generator.device  # before any phase is queued
             sign = 1.0 if torch.randint(0, 2, (1,), generator=generator, device=dev).item() else -1.0
         beta = sign * phases.beta
-        s_free, steps = _free(model, x, phases, masks, step_fn)
-        with _autocast(phases, x):
+        s_free, steps = free_phase(model, x, phases, masks, step_fn)
+        with phase_autocast(phases, x):
             s_pos, s_neg = nudged_states(
                 model, x, y, s_free, phases.K, beta, two_sided, masks, step_fn, fused=phases.fused
             )
         s_pos = [t.to(x.dtype) for t in s_pos]
         s_neg = None if s_neg is None else [t.to(x.dtype) for t in s_neg]
         grads = rule_gradient(name, model, x, y, s_free, s_pos, s_neg, beta, masks, phases.vf_form)
-        return _estimate(model, x, y, grads, s_free, masks, beta=beta, free_steps=steps)
+        return make_estimate(model, x, y, grads, s_free, masks, beta=beta, free_steps=steps)
 
     estimator.__name__ = name.replace("-", "_")
     estimator.__doc__ = f"{name}: rule {rule!r}, {'three' if two_sided else 'two'} phases" + (
@@ -298,17 +307,17 @@ def bptt(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step
     model.check_input(x)
     k = phases.bptt_steps or phases.T
     params = list(model.parameters())
-    with torch.no_grad(), _autocast(phases, x):
+    with torch.no_grad(), phase_autocast(phases, x):
         s = relax(model, x, model.init_states(x.shape[0], x), phases.T - k, masks, step_fn=step_fn)
     with torch.enable_grad():
-        with _autocast(phases, x):
+        with phase_autocast(phases, x):
             s_T = relax(model, x, s, k, masks, step_fn=step_fn)
         s_T = [t.to(x.dtype) for t in s_T]
         loss = model.loss(s_T, y, masks)
         grads = torch.autograd.grad(loss.mean(), params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
     s_T = [t.detach() for t in s_T]
-    return _estimate(model, x, y, grads, s_T, masks, bptt_steps=k)
+    return make_estimate(model, x, y, grads, s_T, masks, bptt_steps=k)
 
 
 for _name, (_rule, _two, _rand) in SPECS.items():

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .dynamics import pieces, preactivations, schedule_of, step
-from .estimators import Estimate, Phases, _estimate, _free, _grads
-from .model import ConfigError, ConvPool, EPNet, _avg_unpool
+from .estimators import Estimate, Phases, free_phase, make_estimate, param_grads
+from .model import ConfigError, ConvPool, EPNet, avg_unpool
 from .registry import register
 
 
@@ -92,7 +92,7 @@ def _unpool(layer: ConvPool, post: torch.Tensor, idx) -> torch.Tensor:
         out = post.new_zeros(B, C, layer.conv_hw[0] * layer.conv_hw[1])
         return out.scatter(2, idx.flatten(2), post.flatten(2)).view(B, C, *layer.conv_hw)
     if layer.pool == "avg":
-        return _avg_unpool(post, layer.conv_hw)
+        return avg_unpool(post, layer.conv_hw)
     return post
 
 
@@ -214,7 +214,7 @@ def holomorphic(
         raise ConfigError("estimator 'holomorphic' runs its own batched complex phases: drop --fused / --amp")
     N, B = phases.hep_points, x.shape[0]
     points, weights = nudges(N, phases.beta)
-    s_free, steps = _free(model, x, phases, masks, step_fn)
+    s_free, steps = free_phase(model, x, phases, masks, step_fn)
     s, frozen, xs, ys, ms, beta = nudged_phases(
         model, x, y, s_free, phases.K, points, masks, evenodd=schedule_of(step_fn) == "evenodd"
     )
@@ -223,8 +223,8 @@ def holomorphic(
     with torch.enable_grad():
         Fk = _phi(model, xs, s, frozen, ms) - beta * _loss(model, s, ys, ms)  # (M B,) F(s_k, beta_k)
         per_point = (Fk / beta).view(len(points), B).mean(dim=1).real  # (M,) Re[F_k / beta_k]
-        grads = _grads(-(w * per_point).sum() / N, list(model.parameters()))
-    return _estimate(model, x, y, grads, s_free, masks, beta=phases.beta, free_steps=steps, hep_points=N)
+        grads = param_grads(-(w * per_point).sum() / N, list(model.parameters()))
+    return make_estimate(model, x, y, grads, s_free, masks, beta=phases.beta, free_steps=steps, hep_points=N)
 
 
 register("holomorphic", holomorphic, two_sided=True, complex_nudge=True)

@@ -208,7 +208,7 @@ def model_config(arch: str | dict, **overrides) -> ModelConfig:
 # ----------------------------------------------------------------------------- layers
 
 
-def _avg_unpool(post: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def avg_unpool(post: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Adjoint of avg_pool2d(2, 2): spread each value over its 2x2 window (/4), zero-pad odd edges."""
     up = repeat(post, "b c h w -> b c (h i) (w j)", i=2, j=2) / 4  # (B, C, 2h, 2w)
     return F.pad(up, (0, size[1] - up.shape[-1], 0, size[0] - up.shape[-2]))
@@ -278,7 +278,7 @@ class ConvPool(Synapse):
         if self.pool == "max":
             post = F.max_unpool2d(post, ctx, 2, 2, output_size=self.conv_hw)  # (B, Cout, Hc, Wc)
         elif self.pool == "avg":
-            post = _avg_unpool(post, self.conv_hw)
+            post = avg_unpool(post, self.conv_hw)
         return F.conv_transpose2d(post, self.w_back, padding=self.padding)  # (B, Cin, H, W)
 
 

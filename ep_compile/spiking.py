@@ -130,7 +130,7 @@ def spiking_estimator(name: str, time_local: bool):
     """spiking-symmetric: Eq. 12 from the decoded states; spiking-c-ep: C-EP increments between
     consecutive decoded states of both nudged phases (time-local)."""
     from .continual import time_local_phase, updates
-    from .estimators import _estimate, ep_gradient
+    from .estimators import ep_gradient, make_estimate
 
     def estimator(model: EPNet, x, y, phases, *, masks=None, generator=None, step_fn=None, apply_update=None):
         check_spiking(model)
@@ -175,7 +175,7 @@ def spiking_estimator(name: str, time_local: bool):
                         total=grads,
                     )
                     nudged = [a + (s - f) for a, s, f in zip(nudged, st.spikes, free.spikes)]
-        est = _estimate(model, x, y, grads, free.rates, masks, beta=b, free_steps=phases.T)
+        est = make_estimate(model, x, y, grads, free.rates, masks, beta=b, free_steps=phases.T)
         it_spikes = SpikeState(free.rates, free.phi, [f + n for f, n in zip(free.spikes, nudged)])
         est.info["spikes_free"] = spike_report(model, free, x.shape[0], phases.T)
         est.info["spikes_iteration"] = spike_report(model, it_spikes, x.shape[0], phases.T + 2 * K)

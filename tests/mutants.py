@@ -62,8 +62,8 @@ MUTANTS = {
     ),
     "vf-all-on-forward": (
         "estimators.py",
-        "        return _grads(f, params)\n",
-        "        gs = _grads(f, params)\n"
+        "        return param_grads(f, params)\n",
+        "        gs = param_grads(f, params)\n"
         "        ix = {id(p): i for i, p in enumerate(params)}\n"
         "        for L in model.layers:\n"
         "            if L.weight_b is not None:\n"
@@ -86,8 +86,8 @@ MUTANTS = {
     ),
     "ep-ignores-dropout-masks": (
         "estimators.py",
-        "return _grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi, loss), list(model.parameters()))",
-        "return _grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, None, model.phi, loss), list(model.parameters()))",
+        "return param_grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi, loss), list(model.parameters()))",
+        "return param_grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, None, model.phi, loss), list(model.parameters()))",
         CORE,
     ),
     "ep-dropped-half": (

@@ -195,7 +195,7 @@ def test_one_iteration_on_a_simulated_device(name, monkeypatch):
 )
 def test_phases_on_fake_cuda(over, monkeypatch):
     """The free and nudged phases of symmetric EP, and an evaluation, with fake CUDA tensors."""
-    from ep_compile.estimators import _autocast, _free, nudged_states
+    from ep_compile.estimators import free_phase, nudged_states, phase_autocast
 
     cfg = dataclasses.replace(run_config("symmetric"), **over)
     guard = DeviceGuard(stand_in_generators(monkeypatch, "cuda"), "cuda")
@@ -216,8 +216,8 @@ def test_phases_on_fake_cuda(over, monkeypatch):
         assert all(p.device.type == "cuda" for p in t.model.parameters())
         guard.on = True
         x, y, masks, _ = t.batch(0, 0, torch.arange(16))
-        s_free, _ = _free(t.model, x, t.phases, masks, t.step_fn)
-        with _autocast(t.phases, x):
+        s_free, _ = free_phase(t.model, x, t.phases, masks, t.step_fn)
+        with phase_autocast(t.phases, x):
             s_pos, s_neg = nudged_states(t.model, x, y, s_free, 2, 0.5, True, masks, t.step_fn, fused=t.phases.fused)
         assert all(s.device.type == "cuda" for s in s_pos + s_neg)
         phase_syncs = list(guard.syncs)
