@@ -30,11 +30,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from .dynamics import pieces, preactivations, schedule_of, step
 from .estimators import Estimate, Phases, free_phase, make_estimate, param_grads
-from .model import ConfigError, ConvPool, EPNet, avg_unpool
+from .model import ConfigError, EPNet, real_linear
 from .registry import register
 
 
@@ -48,11 +47,6 @@ def nudges(N: int, beta: float) -> tuple[list[complex], list[float]]:
         pts.append(complex(b.real, 0.0) if real else b)
         ws.append(1.0 if real else 2.0)
     return pts, ws
-
-
-def _rl(op, z: torch.Tensor) -> torch.Tensor:
-    """A real-linear map (real weights, no bias) applied to a complex tensor."""
-    return torch.complex(op(z.real), op(z.imag))
 
 
 class Frozen:
@@ -74,58 +68,13 @@ class Frozen:
         return new
 
 
-def _pool(layer: ConvPool, u: torch.Tensor, idx) -> torch.Tensor:
-    """The 2x2 pooling of u (B, C, Hc, Wc) with the winners fixed by idx (max) or linear (avg)."""
-    if layer.pool == "max":
-        B, C = idx.shape[:2]
-        return u.flatten(2).gather(2, idx.flatten(2)).view(B, C, *idx.shape[2:])  # (B, C, H', W')
-    if layer.pool == "avg":  # floor at odd sizes, as avg_pool2d
-        h, w = u.shape[-2] // 2, u.shape[-1] // 2
-        return rearrange(u[..., : 2 * h, : 2 * w], "b c (h i) (w j) -> b c h w (i j)", i=2, j=2).mean(dim=-1)
-    return u
-
-
-def _unpool(layer: ConvPool, post: torch.Tensor, idx) -> torch.Tensor:
-    """Adjoint of _pool: (B, C, H', W') -> (B, C, Hc, Wc)."""
-    if layer.pool == "max":
-        B, C = post.shape[:2]
-        out = post.new_zeros(B, C, layer.conv_hw[0] * layer.conv_hw[1])
-        return out.scatter(2, idx.flatten(2), post.flatten(2)).view(B, C, *layer.conv_hw)
-    if layer.pool == "avg":
-        return avg_unpool(post, layer.conv_hw)
-    return post
-
-
-def _forward(layer, pre: torch.Tensor, idx) -> torch.Tensor:
-    """P(w * s^{n-1}) + b for complex s^{n-1}, pooling fixed."""
-    if isinstance(layer, ConvPool):
-        u = _rl(lambda t: F.conv2d(t, layer.conv.weight, padding=layer.padding), pre)
-        return _pool(layer, u + layer.conv.bias.view(1, -1, 1, 1), idx)
-    return _rl(lambda t: F.linear(t.flatten(1), layer.lin.weight), pre) + layer.lin.bias
-
-
-def _feedback(layer, post: torch.Tensor, idx) -> torch.Tensor:
-    """w~ * P^-1(s^n) for complex s^n: unpool with the fixed winners, transposed conv."""
-    if isinstance(layer, ConvPool):
-        up = _unpool(layer, post, idx)
-        return _rl(lambda t: F.conv_transpose2d(t, layer.conv.weight, padding=layer.padding), up)
-    return _rl(lambda t: t @ layer.lin.weight, post).view(-1, *layer.in_shape)
-
-
-def _logits(model: EPNet, states, masks) -> torch.Tensor:
-    last = model.apply_masks(states, masks)[-1]
-    if model.readout is None:
-        return last  # (B, n_classes)
-    return _rl(lambda t: F.linear(t.flatten(1), model.readout.weight), last) + model.readout.bias
-
-
 def _onehot(model: EPNet, y, like) -> torch.Tensor:
     return F.one_hot(y, model.cfg.n_classes).to(like.real.dtype)
 
 
 def _loss(model: EPNet, states, y, masks) -> torch.Tensor:
     """l(s, y) per example (B,), holomorphic: 1/2 sum (s - y)^2 (no conjugate) or logsumexp(z) - z_y."""
-    z = _logits(model, states, masks)
+    z = model.logits(states, masks)
     if model.readout is None:
         return 0.5 * (z - _onehot(model, y, z)).pow(2).sum(dim=1)
     m = z.real.max(dim=1, keepdim=True).values.detach()
@@ -134,13 +83,13 @@ def _loss(model: EPNet, states, y, masks) -> torch.Tensor:
 
 
 def _dloss_ds(model: EPNet, states, y, masks) -> torch.Tensor:
-    z = _logits(model, states, masks)
+    z = model.logits(states, masks)
     if model.readout is None:
         return z - _onehot(model, y, z)
     m = z.real.max(dim=1, keepdim=True).values
     e = torch.exp(z - m)
     err = e / e.sum(dim=1, keepdim=True) - _onehot(model, y, z)  # softmax - y
-    return _rl(lambda t: t @ model.readout.weight, err).view_as(states[-1])
+    return real_linear(lambda t: t @ model.readout.weight, err).view_as(states[-1])
 
 
 def _sigma(model: EPNet, u: torch.Tensor, piece) -> torch.Tensor:
@@ -158,10 +107,9 @@ def complex_step(model: EPNet, x, states, frozen: Frozen, masks, y, beta, parity
     for n in range(n_states):
         if parity is not None and n % 2 != parity:
             continue
-        u = _forward(model.layers[n], layers[n], frozen.idx[n])
+        u = model.layers[n](layers[n], winners=frozen.idx[n])[0]
         if n + 1 < n_states:
-            nxt = model.layers[n + 1]
-            u = u + _feedback(nxt, dropped[n + 1], frozen.idx[n + 1])
+            u = u + model.layers[n + 1].feedback(dropped[n + 1], frozen.idx[n + 1])
         if n == n_states - 1:
             u = u - beta.view(-1, *[1] * (u.dim() - 1)) * _dloss_ds(model, states, y, masks)
         if masks is not None and masks[n] is not None:
@@ -173,10 +121,7 @@ def complex_step(model: EPNet, x, states, frozen: Frozen, masks, y, beta, parity
 def _phi(model: EPNet, x, states, frozen: Frozen, masks) -> torch.Tensor:
     """Phi(x, s) per example (M B,) with the fixed pooling: sum_n s^n . P(w_n * s^{n-1})."""
     layers = [x] + model.apply_masks(states, masks)
-    return sum(
-        (_forward(layer, layers[n], frozen.idx[n]) * layers[n + 1]).flatten(1).sum(dim=1)
-        for n, layer in enumerate(model.layers)
-    )
+    return sum(layer.phi(layers[n], layers[n + 1], frozen.idx[n]) for n, layer in enumerate(model.layers))
 
 
 def nudged_phases(model: EPNet, x, y, s_free, K: int, points: list[complex], masks=None, evenodd=False):

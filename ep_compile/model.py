@@ -1,11 +1,8 @@
-"""Convergent ConvNets with static input: config, layers, the primitive function Phi.
+"""Convergent ConvNets with static input: the architecture (ModelConfig), the model (EPNet) and its
+primitive function Phi.
 
-A model is an ordered list of small layers; layer n connects state s^{n-1} to s^n (s^0 = x).
-Each layer knows three things:
-  forward(pre)          -> P(w_n * s^{n-1}) and the pooling context (max-pool indices),
-  feedback(post, ctx)   -> the adjoint of forward applied to s^n (max-unpool + transposed conv),
-  phi(pre, post)        -> s^n . P(w_n * s^{n-1}), one term of Phi (Eq. 7), per example.
-The model's primitive function is the sum of the layer terms (Eq. 7, 33, 37). Output modes:
+A model is an ordered list of small layers (layers.py); layer n connects state s^{n-1} to s^n
+(s^0 = x). The model's primitive function is the sum of the layer terms (Eq. 7, 33, 37). Output modes:
   'mse': the output layer is the last state and takes part in the dynamics (Eq. 15-16, App. D.2.1);
   'ce' : a softmax read-out w_out on the last state, outside the dynamics (Eq. 17-19, App. D.2.2).
 """
@@ -21,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import repeat
+
+from .layers import ConvPool, Dense, Synapse, avg_unpool, gather_pool, numel, real_linear  # noqa: F401  (re-exported)
 
 # name -> slope: Eq. 51, Eq. 50; holo-sigmoid is a holomorphic, smooth version of the slope-1/2 hard
 # sigmoid (used by holomorphic EP, Laborieux & Zenke 2022), its slope at the centre u = 1 is ~1/2
@@ -205,107 +203,6 @@ def model_config(arch: str | dict, **overrides) -> ModelConfig:
     return ModelConfig.from_dict(d)
 
 
-# ----------------------------------------------------------------------------- layers
-
-
-def avg_unpool(post: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Adjoint of avg_pool2d(2, 2): spread each value over its 2x2 window (/4), zero-pad odd edges."""
-    up = repeat(post, "b c h w -> b c (h i) (w j)", i=2, j=2) / 4  # (B, C, 2h, 2w)
-    return F.pad(up, (0, size[1] - up.shape[-1], 0, size[0] - up.shape[-2]))
-
-
-class Synapse(nn.Module):
-    """Shared by both layer kinds. Forward weights w^f live in the wrapped conv/linear module; an
-    asymmetric layer adds backward weights w^b (same shape, no bias, own init; App. D.3). A symmetric
-    layer has weight_b = None and feeds back through w^f: the symmetric model is the special case
-    w^b = w^f, not a second copy of the code."""
-
-    weight_b: nn.Parameter | None
-
-    def _init_backward(self, asymmetric: bool):
-        if asymmetric:
-            self.weight_b = nn.Parameter(torch.empty_like(self.weight_f))
-            nn.init.kaiming_uniform_(self.weight_b, a=math.sqrt(5))  # PyTorch's default init
-        else:
-            self.register_parameter("weight_b", None)
-
-    @property
-    def w_back(self) -> torch.Tensor:
-        return self.weight_f if self.weight_b is None else self.weight_b
-
-    def phi(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-        """s^n . P(w^f * s^{n-1}) per example (B,): this layer's term of Phi (Eq. 7)."""
-        out = self.forward(pre)[0]
-        return (out * post).flatten(1).sum(dim=1)
-
-    def phi_b(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-        """s^n . P(w^b * s^{n-1}) per example (B,): the backward term of Phi~ (Eq. 46), no bias."""
-        out = self.forward(pre, self.w_back, bias=False)[0]
-        return (out * post).flatten(1).sum(dim=1)
-
-
-class ConvPool(Synapse):
-    """s^{n-1} (B, Cin, H, W) -> P(w * s^{n-1}) (B, Cout, H', W'): stride-1 conv, then 2x2 pooling."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: int, padding: int, pool: str, conv_hw, asymmetric=False):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=1, padding=padding)
-        self.padding, self.pool, self.conv_hw = padding, pool, tuple(conv_hw)
-        self._init_backward(asymmetric)
-
-    @property
-    def weight_f(self) -> torch.Tensor:
-        return self.conv.weight
-
-    def forward(self, pre: torch.Tensor, weight=None, bias=True):
-        w = self.conv.weight if weight is None else weight
-        u = F.conv2d(pre, w, self.conv.bias if bias else None, padding=self.padding)  # (B, Cout, Hc, Wc)
-        if self.pool == "max":
-            return F.max_pool2d(u, 2, 2, return_indices=True)  # (B, Cout, H', W'), indices
-        if self.pool == "avg":
-            return F.avg_pool2d(u, 2, 2), None
-        return u, None
-
-    def feedback_ctx(self, pre: torch.Tensor, fwd_ctx):
-        """Pooling indices for the feedback: those of the forward conv when w^b = w^f, else those of
-        the backward conv w^b * s^{n-1} (Eq. 45-47: each weight unpools with its own indices)."""
-        if self.weight_b is None or self.pool != "max":
-            return fwd_ctx
-        return self.forward(pre, self.weight_b, bias=False)[1]
-
-    def feedback(self, post: torch.Tensor, ctx) -> torch.Tensor:
-        """w~^b * P^-1(s^n): max-unpool with the given indices, then transposed conv (B, Cin, H, W)."""
-        if self.pool == "max":
-            post = F.max_unpool2d(post, ctx, 2, 2, output_size=self.conv_hw)  # (B, Cout, Hc, Wc)
-        elif self.pool == "avg":
-            post = avg_unpool(post, self.conv_hw)
-        return F.conv_transpose2d(post, self.w_back, padding=self.padding)  # (B, Cin, H, W)
-
-
-class Dense(Synapse):
-    """s^{n-1} (B, *in_shape) -> w . F(s^{n-1}) (B, n_out); flattens a conv state."""
-
-    def __init__(self, in_shape: tuple[int, ...], n_out: int, asymmetric=False):
-        super().__init__()
-        self.in_shape = tuple(in_shape)
-        self.lin = nn.Linear(_numel(in_shape), n_out)
-        self._init_backward(asymmetric)
-
-    @property
-    def weight_f(self) -> torch.Tensor:
-        return self.lin.weight
-
-    def forward(self, pre: torch.Tensor, weight=None, bias=True):
-        w = self.lin.weight if weight is None else weight
-        return F.linear(pre.flatten(1), w, self.lin.bias if bias else None), None  # (B, n_out)
-
-    def feedback_ctx(self, pre, fwd_ctx):
-        return None
-
-    def feedback(self, post: torch.Tensor, ctx) -> torch.Tensor:
-        return (post @ self.w_back).view(-1, *self.in_shape)  # (B, *in_shape)
-
-
 # ----------------------------------------------------------------------------- model
 
 
@@ -336,7 +233,7 @@ class EPNet(nn.Module):
                 layers.append(Dense(sp.in_shape, sp.out_shape[0], asym))
         self.layers = nn.ModuleList(layers)
         last = self.specs[-1].out_shape if self.specs else cfg.in_shape
-        self.readout = nn.Linear(_numel(last), cfg.n_classes) if cfg.loss == "ce" else None
+        self.readout = nn.Linear(numel(last), cfg.n_classes) if cfg.loss == "ce" else None
         if cfg.init_gain != 1.0:
             # PyTorch's default init divides by sqrt(3 fan_in); with the slope-1/2 hard sigmoid every
             # layer then shrinks its input by ~5x and the top states of a 4-layer net start at ~1e-3
@@ -398,7 +295,11 @@ class EPNet(nn.Module):
     def logits(self, states, masks=None) -> torch.Tensor:
         """Class scores (B, n_classes): the read-out w_out . s^N ('ce') or the output layer ('mse')."""
         last = self.apply_masks(states, masks)[-1]
-        return self.readout(last.flatten(1)) if self.readout is not None else last
+        if self.readout is None:
+            return last
+        if last.is_complex():  # holomorphic EP's complex states: the real read-out part by part
+            return real_linear(lambda t: F.linear(t.flatten(1), self.readout.weight), last) + self.readout.bias
+        return self.readout(last.flatten(1))
 
     def loss(self, states, y: torch.Tensor, masks=None) -> torch.Tensor:
         """l(s, y) per example (B,): 1/2 ||s^N - y||^2 (Eq. 15) or cross-entropy of the read-out (Eq. 18)."""
@@ -428,13 +329,6 @@ class EPNet(nn.Module):
             if n > 0:
                 total = total + layer.phi_b(pre, post.detach())
         return total
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def layer_groups(model: EPNet) -> list[tuple[str, list[int]]]:

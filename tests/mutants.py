@@ -79,15 +79,15 @@ MUTANTS = {
         ["tests/test_asymmetric.py", "tests/test_gradcheck.py"],
     ),
     "feedback-forward-pool-indices": (
-        "model.py",
+        "layers.py",
         'if self.weight_b is None or self.pool != "max":',
         "if True:",
         ASYM,
     ),
     "ep-ignores-dropout-masks": (
         "estimators.py",
-        "return param_grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi, loss), list(model.parameters()))",
-        "return param_grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, None, model.phi, loss), list(model.parameters()))",
+        "_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi, loss), list(model.parameters())",
+        "_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, None, model.phi, loss), list(model.parameters())",
         CORE,
     ),
     "ep-dropped-half": (
@@ -133,7 +133,7 @@ MUTANTS = {
         CORE + ["tests/test_config.py"],
     ),
     "avg-unpool-no-quarter": (
-        "model.py",
+        "layers.py",
         'up = repeat(post, "b c h w -> b c (h i) (w j)", i=2, j=2) / 4',
         'up = repeat(post, "b c h w -> b c (h i) (w j)", i=2, j=2)',
         CORE,
