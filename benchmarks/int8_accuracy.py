@@ -6,11 +6,11 @@ weight error. Prints a table and writes JSON (with the CPU model).
     python benchmarks/int8_accuracy.py RUN --out DIR --limit 1000 --T 40      # a quicker look
 
 Both files are exported from the checkpoint into OUT (model_float32.onnx, model_int8.onnx; an
-existing OUT is refused unless --overwrite). Both runtimes run the exported free phase (synchronous
-steps from s = 0, T steps: the checkpoint's training T unless --T); the training run's own test
-accuracy (its schedule, e.g. even/odd) is printed beside them from its metrics.jsonl. The residual
-max_n |s_T - s_{T-1}| is measured per image in PyTorch on the float32 and the dequantized (int8)
-network, for the first --residual-images test images.
+existing OUT is refused unless --overwrite). Both runtimes run the exported free phase (T steps from
+s = 0 with the run's own schedule, synchronous or even/odd, as the export writes it: the
+checkpoint's training T unless --T); the training run's own test accuracy is printed beside them from
+its metrics.jsonl. The residual max_n |s_T - s_{T-1}| is measured per image in PyTorch with the same
+schedule on the float32 and the dequantized (int8) network, for the first --residual-images images.
 """
 
 import argparse
@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ep_compile.data import make_splits, preprocess  # noqa: E402
-from ep_compile.dynamics import step  # noqa: E402
+from ep_compile.dynamics import SCHEDULES  # noqa: E402
 from ep_compile.machine import describe  # noqa: E402
 from ep_compile.model import ConfigError  # noqa: E402
 from ep_compile.onnx_export import _init_name, export_checkpoint  # noqa: E402
@@ -70,8 +70,9 @@ def cpp_scores(ep_infer: str, path: Path, x: np.ndarray, T: int) -> tuple[np.nda
     return np.concatenate(out), res
 
 
-def residuals(model, x: torch.Tensor, T: int) -> np.ndarray:
-    """max |s_T - s_{T-1}| per image (synchronous steps from 0, as the exported graph runs)."""
+def residuals(model, x: torch.Tensor, T: int, schedule: str) -> np.ndarray:
+    """max |s_T - s_{T-1}| per image (steps of the run's schedule from 0, as the exported graph runs)."""
+    step = SCHEDULES[schedule]
     with torch.no_grad():
         s = model.init_states(len(x), x)
         for _ in range(T - 1):
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
         s_cpp, r_cpp = cpp_scores(args.ep_infer, f, x.numpy(), T)
         t2 = time.time()
         net = model if w == "float32" else dequantized_model(model)
-        res = residuals(net, x[: args.residual_images], T)
+        res = residuals(net, x[: args.residual_images], T, cfg["schedule"])
         rows[w] = {
             "file_bytes": f.stat().st_size,
             "onnxruntime_accuracy": float((s_ort.argmax(1) == y).mean()),
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
         "machine": describe(),
     }
     (out / "int8_accuracy.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{n} test images, T={T} synchronous steps from 0, checkpoint epoch {ck.get('epoch')}")
+    print(f"{n} test images, T={T} {cfg['schedule']} steps from 0, checkpoint epoch {ck.get('epoch')}")
     if trained:
         print(f"training run's own evaluation ({cfg['schedule']} steps): {100 * trained['test_accuracy']:.2f}%")
     print("| weights | file KB | onnxruntime acc. | C++ acc. | C++ vs ORT | max residual | median | p95 | settled |")
