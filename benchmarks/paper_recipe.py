@@ -8,7 +8,7 @@ section 0, the speed-up in time to accuracy).
 paper: symmetric EP, T=250, K=25, synchronous, beta=1, SGD with the paper's layer-wise learning rates,
 batch 128, hard sigmoid of slope 1/2, inputs / (3 std), random crop and flip. recipe: the cifar10-cpu
 preset (even/odd, T=20, K=8, beta=0.5, AdamW, batch 64, slope-1 hard sigmoid, no augmentation). One
-iteration = the estimator on one batch and the optimizer step; the two alternate in blocks so that a
+iteration = Trainer.iteration (the training loop's: the estimate on one batch and the update); the two alternate in blocks so that a
 change in the machine's load hits both. Prints a table, writes JSON.
 """
 
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,11 +27,9 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from cli import add_cifar_root_arg  # noqa: E402
 
 from ep_compile.config import RunConfig  # noqa: E402
-from ep_compile.data import augment, make_splits, preprocess  # noqa: E402
-from ep_compile.dynamics import make_step  # noqa: E402
-from ep_compile.estimators import Phases, get_estimator, set_grads  # noqa: E402
+from ep_compile.data import make_splits  # noqa: E402
 from ep_compile.presets import PRESETS  # noqa: E402
-from ep_compile.training import make_optimizer, model_from_config, step_generator  # noqa: E402
+from ep_compile.trainer import Trainer  # noqa: E402
 
 NARROW = {"channels": [32, 64, 128, 256], "paddings": [1, 1, 1, 0]}
 RECIPES = {
@@ -40,31 +39,20 @@ RECIPES = {
 
 
 class Runner:
-    """One recipe's model, optimizer, estimator and step, and a timer of its iterations."""
+    """One recipe's Trainer (model, optimizer, estimator, compiled step) and a timer of its
+    iterations: Trainer.iteration, the training loop's own, on the loop's own batches."""
 
-    def __init__(self, config, splits):
-        self.c, self.splits = config, splits
-        torch.manual_seed(0)
-        fmt = torch.channels_last if config["channels_last"] else torch.contiguous_format
-        self.model = model_from_config(config).to(memory_format=fmt)
-        self.opt = make_optimizer(self.model, config)
-        self.est = get_estimator(config["estimator"])
-        self.phases = Phases(T=config["T"], K=config["K"], beta=config["beta"])
-        self.step_fn = make_step(config["compile"], config["schedule"])
+    def __init__(self, config, splits, accelerator):
+        self.c = config
+        self.trainer = Trainer(config, accelerator, splits, log=lambda *a: None)
+        self.order = torch.arange(len(splits.train.y))  # the training set in order, batch after batch
+        self.per_epoch = len(splits.train.y) // config["batch_size"]
         self.i, self.seconds, self.first = 0, [], None
 
     def iterate(self):
-        B = self.c["batch_size"]
-        idx = torch.arange(self.i * B, (self.i + 1) * B) % len(self.splits.train.y)
-        gen = step_generator(0, 0, self.i)
-        xb = self.splits.train.x[idx]
-        xb = augment(xb, gen) if self.c["augment"] else xb
-        x = preprocess(xb, self.c)
-        x = x.contiguous(memory_format=torch.channels_last) if self.c["channels_last"] else x
+        x, y, masks, gen = self.trainer.batch(0, self.i % self.per_epoch, self.order)
         t = time.perf_counter()
-        e = self.est(self.model, x, self.splits.train.y[idx], self.phases, generator=gen, step_fn=self.step_fn)
-        set_grads(self.model, e.grads)
-        self.opt.step()
+        self.trainer.iteration(x, y, masks, gen)
         dt = time.perf_counter() - t
         if self.first is None:
             self.first = dt  # includes torch.compile's first call: reported apart
@@ -84,9 +72,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     splits = make_splits("cifar10", args.data_root, val_size=0)
     runs = {}
+    accelerator = Accelerator(cpu=True)
     for name, c in RECIPES.items():
         c.mean, c.std = splits.mean, splits.std
-        runs[name] = Runner(c, splits)
+        runs[name] = Runner(c, splits, accelerator)
     for r in runs.values():
         r.iterate()  # warm-up (compile)
     while any(len(r.seconds) < args.iterations for r in runs.values()):

@@ -280,18 +280,17 @@ class Trainer:
         masks = None if masks is None else [None if m is None else m[self.lo : self.hi] for m in masks]
         return x, y, masks, gen
 
-    def train_step(self, epoch: int, step: int, order: torch.Tensor) -> list[float]:
-        """Estimate on this process's slice of global batch `step` and update the weights (at every
-        nudged step for the time-local estimators). Returns the epoch's statistics so far (wrong,
-        loss sum, count), read from the device once, with the finiteness flags."""
-        cfg = self.cfg
-        x, y, masks, gen = self.batch(epoch, step, order)
+    def iteration(self, x: torch.Tensor, y: torch.Tensor, masks=None, generator=None):
+        """One training iteration on a prepared batch (this process's slice): the estimate and the
+        all-reduced update, at every nudged step for the time-local estimators, then the optimizer's
+        end-of-iteration hook. Returns the Estimate; whether the estimate and the new weights are
+        finite stays on the device in self.ok. The loop, the benchmarks and the pilots call this."""
         self.ok = torch.ones(3, dtype=torch.bool, device=self.device)  # estimate, weights, loss finite
-        kw = dict(masks=masks, generator=gen, step_fn=self.step_fn)
+        kw = dict(masks=masks, generator=generator, step_fn=self.step_fn)
         if self.time_local:  # C-EP & co. update the weights at every nudged step, through `update`
 
             def apply(g, k, K):
-                if cfg["wd_compensation"]:
+                if self.cfg["wd_compensation"]:
                     g = wd_compensate(g, self.optimizer, k, K, self.group_of)
                 self.update(g)
 
@@ -301,6 +300,14 @@ class Trainer:
             self.update(est.grads)
         if hasattr(self.optimizer, "end_iteration"):  # adam-phase: its statistics move per iteration
             self.optimizer.end_iteration()
+        return est
+
+    def train_step(self, epoch: int, step: int, order: torch.Tensor) -> list[float]:
+        """Estimate on this process's slice of global batch `step` and update the weights (at every
+        nudged step for the time-local estimators). Returns the epoch's statistics so far (wrong,
+        loss sum, count), read from the device once, with the finiteness flags."""
+        x, y, masks, gen = self.batch(epoch, step, order)
+        est = self.iteration(x, y, masks, gen)
         loss_sum = est.loss.detach().sum().to(torch.float64)
         self.ok[2] &= torch.isfinite(loss_sum)
         if "spikes_iteration" in est.info:
