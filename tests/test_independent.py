@@ -209,6 +209,23 @@ def test_c_vf_increments_equal_the_time_local_rule(f64):
         torch.testing.assert_close(got[f"layers.{n}.weight_b"], -g_b / (ph.beta * B), rtol=1e-6, atol=1e-12)
 
 
+def sgd_step(params, grads, lr, record):
+    """One plain SGD step of params, then the weights appended to record (a trajectory)."""
+    with torch.no_grad():
+        for p, gi in zip(params, grads):
+            p.sub_(lr * gi)
+    record.append([p.detach().clone() for p in params])
+
+
+def assert_same_trajectory(model, got_w, ref_w):
+    """The weights after every nudged step equal (to 1e-9), and they move: the rate is finite."""
+    for k, (a, b) in enumerate(zip(got_w, ref_w)):
+        for (pname, _), wa, wb in zip(model.named_parameters(), a, b):
+            torch.testing.assert_close(wa, wb, rtol=1e-9, atol=1e-12, msg=f"{pname} after nudged step {k + 1}")
+    moved = max((w1 - w0).abs().max().item() for w0, w1 in zip(ref_w[0], ref_w[-1]))
+    assert moved > 1e-4  # the rate is finite: the weights move within the phase
+
+
 def test_c_ep_trajectory_at_a_finite_rate_follows_the_per_step_rule(f64):
     """C-EP (Ernoult et al. 2020) at continual learning rate 0.05, plain SGD: the weights after every
     nudged step (each depends on that step's pair of states) against a loop written here: s_{k+1} = sigma(dPhi/ds(s_k; theta_k) - beta dl/ds(s_k));
@@ -227,10 +244,7 @@ def test_c_ep_trajectory_at_a_finite_rate_follows_the_per_step_rule(f64):
     got_w = []
 
     def sgd(g, k, K):  # the trainer's update: one SGD step per nudged step, weights recorded
-        with torch.no_grad():
-            for p, gi in zip(m.parameters(), g):
-                p.sub_(lr * gi)
-        got_w.append([p.detach().clone() for p in m.parameters()])
+        sgd_step(list(m.parameters()), g, lr, got_w)
 
     ESTIMATORS["c-ep"](m, x, y, ph, apply_update=sgd)
     params = list(ref.parameters())
@@ -250,17 +264,10 @@ def test_c_ep_trajectory_at_a_finite_rate_follows_the_per_step_rule(f64):
                 ro = torch.autograd.grad(ref.loss(new, y).mean(), list(ref.readout.parameters()))
                 ids = {id(p): r for p, r in zip(ref.readout.parameters(), ro)}
                 g = [gi + ids.get(id(p), 0) for gi, p in zip(g, params)]
-        with torch.no_grad():
-            for p, gi in zip(params, g):
-                p.sub_(lr * gi)
-        ref_w.append([p.detach().clone() for p in params])
+        sgd_step(params, g, lr, ref_w)
         s = new
     assert len(got_w) == ph.K
-    for k, (a, b) in enumerate(zip(got_w, ref_w)):
-        for wa, wb in zip(a, b):
-            torch.testing.assert_close(wa, wb, rtol=1e-9, atol=1e-12, msg=f"weights after nudged step {k + 1}")
-    moved = max((w1 - w0).abs().max().item() for w0, w1 in zip(ref_w[0], ref_w[-1]))
-    assert moved > 1e-4  # the rate is finite: the weights move within the phase
+    assert_same_trajectory(m, got_w, ref_w)
 
 
 def _vf_increment(m, x, s, new, d):
@@ -334,11 +341,8 @@ def test_c_vf_and_c_kpvf_trajectories_at_a_finite_rate_follow_the_per_step_rule(
     ref = copy.deepcopy(m)
     got_w = []
 
-    def sgd(g, k, K):
-        with torch.no_grad():
-            for p, gi in zip(m.parameters(), g):
-                p.sub_(lr * gi)
-        got_w.append([p.detach().clone() for p in m.parameters()])
+    def sgd(g, k, K):  # the trainer's update: one SGD step per nudged step, weights recorded
+        sgd_step(list(m.parameters()), g, lr, got_w)
 
     ESTIMATORS[name](m, x, y, ph, apply_update=sgd)
     params = list(ref.parameters())
@@ -359,14 +363,7 @@ def test_c_vf_and_c_kpvf_trajectories_at_a_finite_rate_follow_the_per_step_rule(
                     ro = torch.autograd.grad(ce * (0.5 if two_sided else 1.0), [w_out, b_out])
                     ids = {id(w_out): ro[0], id(b_out): ro[1]}
                     g = [gi + ids.get(id(p), 0) for gi, p in zip(g, params)]
-            with torch.no_grad():
-                for p, gi in zip(params, g):
-                    p.sub_(lr * gi)
-            ref_w.append([p.detach().clone() for p in params])
+            sgd_step(params, g, lr, ref_w)
             s = new
     assert len(got_w) == len(ref_w) == ph.K * (2 if two_sided else 1)
-    for k, (a, b) in enumerate(zip(got_w, ref_w)):
-        for (pname, _), wa, wb in zip(m.named_parameters(), a, b):
-            torch.testing.assert_close(wa, wb, rtol=1e-9, atol=1e-12, msg=f"{pname} after nudged step {k + 1}")
-    moved = max((w1 - w0).abs().max().item() for w0, w1 in zip(ref_w[0], ref_w[-1]))
-    assert moved > 1e-4  # the rate is finite: the weights move within the phase
+    assert_same_trajectory(m, got_w, ref_w)
