@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ep_compile.config import RunConfig  # noqa: E402
+from ep_compile.checkpoint import load_checkpoint  # noqa: E402
+from ep_compile.config import RunConfig, model_from_config  # noqa: E402
 from ep_compile.dynamics import make_step, relax  # noqa: E402
 from ep_compile.estimators import Phases, get_estimator  # noqa: E402
 from ep_compile.machine import describe, native_bf16  # noqa: E402
 from ep_compile.presets import PRESETS  # noqa: E402
-from ep_compile.training import load_checkpoint, model_from_config  # noqa: E402
 
 
 def bare_convs(model, x, states, dtype):
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             }
         )
     est = get_estimator("symmetric")
-    ph = dict(T=cfg.T, K=cfg.K, beta=cfg.beta)
+    ph = dict(T=cfg.phases.T, K=cfg.phases.K, beta=cfg.phases.beta)
     g32 = est(model, x, y, Phases(**ph), step_fn=make_step(False, "evenodd")).grads
     g16 = est(model, x, y, Phases(**ph, amp="bf16"), step_fn=make_step(False, "evenodd")).grads
     a, b = torch.cat([g.flatten() for g in g32]), torch.cat([g.flatten() for g in g16])
@@ -108,7 +108,9 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['path']:<18} {str(r['compiled']):<9} {r['precision']:<9} {r['ms_per_step']:>9.2f}")
     weights = args.checkpoint or "initialisation (no --checkpoint)"
-    print(f"cosine(bf16 estimate, fp32 estimate), symmetric EP T={cfg.T} K={cfg.K}, weights {weights}: {cosine:.5f}")
+    print(
+        f"cosine(bf16 estimate, fp32 estimate), symmetric EP T={cfg.phases.T} K={cfg.phases.K}, weights {weights}: {cosine:.5f}"
+    )
     out = {"machine": describe(), "native_bf16": native_bf16(), "threads": args.threads, "batch": args.batch}
     out.update(rows=rows, cosine_bf16_fp32=cosine, weights=weights)
     Path(args.json).write_text(json.dumps(out, indent=1))

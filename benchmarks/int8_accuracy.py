@@ -28,13 +28,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ep_compile.data import make_splits, preprocess  # noqa: E402
+from ep_compile.checkpoint import load_checkpoint  # noqa: E402
+from ep_compile.config import RunConfig, model_from_config  # noqa: E402
+from ep_compile.data import make_splits, preprocess, preprocessing_meta  # noqa: E402
 from ep_compile.dynamics import SCHEDULES  # noqa: E402
 from ep_compile.machine import describe  # noqa: E402
 from ep_compile.model import ConfigError  # noqa: E402
 from ep_compile.onnx_export import _init_name, export_checkpoint  # noqa: E402
 from ep_compile.quantize import dequantized_model, weight_errors  # noqa: E402
-from ep_compile.training import load_checkpoint, model_from_config  # noqa: E402
 
 CHUNK = 500  # images per onnxruntime / ep_infer call
 
@@ -113,17 +114,19 @@ def main(argv=None) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cfg = ck["config"]
-    T = args.T or cfg["T"]
+    cfg = RunConfig.from_dict(ck["config"])
+    T = args.T or cfg.phases.T
     files = {w: out / f"model_{w}.onnx" for w in ("float32", "int8")}
     for w, f in files.items():
         export_checkpoint(ck, str(f), T, weights=w)
     model = model_from_config(cfg)
     model.load_state_dict(ck["model"])
     model.eval()
-    test = make_splits(cfg["dataset"], data_root=args.data_root or cfg["data_root"], val_size=0, seed=cfg["seed"]).test
+    test = make_splits(
+        cfg.data.dataset, data_root=args.data_root or cfg.data.data_root, val_size=0, seed=cfg.run.seed
+    ).test
     n = min(args.limit or len(test.y), len(test.y))
-    x = preprocess(test.x[:n], cfg)
+    x = preprocess(test.x[:n], preprocessing_meta(cfg.data, cfg.model.in_shape))
     y = test.y[:n].numpy()
     rows = {}
     for w, f in files.items():
@@ -133,7 +136,7 @@ def main(argv=None) -> int:
         s_cpp, r_cpp = cpp_scores(args.ep_infer, f, x.numpy(), T)
         t2 = time.time()
         net = model if w == "float32" else dequantized_model(model)
-        res = residuals(net, x[: args.residual_images], T, cfg["schedule"])
+        res = residuals(net, x[: args.residual_images], T, cfg.phases.schedule)
         rows[w] = {
             "file_bytes": f.stat().st_size,
             "onnxruntime_accuracy": float((s_ort.argmax(1) == y).mean()),
@@ -154,7 +157,7 @@ def main(argv=None) -> int:
     trained = None
     if metrics is not None and metrics.exists():
         last = json.loads(metrics.read_text().splitlines()[-1])
-        trained = {"epoch": last.get("epoch"), "test_accuracy": 1 - last["test_error"], "schedule": cfg["schedule"]}
+        trained = {"epoch": last.get("epoch"), "test_accuracy": 1 - last["test_error"], "schedule": cfg.phases.schedule}
     report = {
         "checkpoint": str(args.checkpoint),
         "epoch": ck.get("epoch"),
@@ -171,9 +174,9 @@ def main(argv=None) -> int:
         "machine": describe(),
     }
     (out / "int8_accuracy.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{n} test images, T={T} {cfg['schedule']} steps from 0, checkpoint epoch {ck.get('epoch')}")
+    print(f"{n} test images, T={T} {cfg.phases.schedule} steps from 0, checkpoint epoch {ck.get('epoch')}")
     if trained:
-        print(f"training run's own evaluation ({cfg['schedule']} steps): {100 * trained['test_accuracy']:.2f}%")
+        print(f"training run's own evaluation ({cfg.phases.schedule} steps): {100 * trained['test_accuracy']:.2f}%")
     print("| weights | file KB | onnxruntime acc. | C++ acc. | C++ vs ORT | max residual | median | p95 | settled |")
     print("|---|---|---|---|---|---|---|---|---|")
     for w, r in rows.items():

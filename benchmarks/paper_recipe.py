@@ -46,7 +46,7 @@ class Runner:
         self.c = config
         self.trainer = Trainer(config, accelerator, splits, log=lambda *a: None)
         self.order = torch.arange(len(splits.train.y))  # the training set in order, batch after batch
-        self.per_epoch = len(splits.train.y) // config["batch_size"]
+        self.per_epoch = len(splits.train.y) // config.optim.batch_size
         self.i, self.seconds, self.first = 0, [], None
 
     def iterate(self):
@@ -74,7 +74,7 @@ def main(argv=None):
     runs = {}
     accelerator = Accelerator(cpu=True)
     for name, c in RECIPES.items():
-        c.mean, c.std = splits.mean, splits.std
+        c.data.mean, c.data.std = splits.mean, splits.std
         runs[name] = Runner(c, splits, accelerator)
     for r in runs.values():
         r.iterate()  # warm-up (compile)

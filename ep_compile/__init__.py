@@ -17,10 +17,9 @@ from . import continual, estimators, holomorphic, spiking  # noqa: F401  (each r
 from .data import load_source, normalize, preprocess
 from .dynamics import make_step, relax, relax_until, step, step_evenodd
 from .estimators import Estimate, Phases, set_grads
-from .model import PRESETS as ARCHITECTURES
-from .model import ConfigError, EPNet, ModelConfig, layer_groups, model_config
+from .model import ARCHITECTURES, ConfigError, EPNet, ModelConfig, layer_groups, model_config
+from .optim import make_optimizer
 from .registry import ENTRIES, ESTIMATORS, entry, get_estimator
-from .training import make_optimizer
 
 __all__ = [
     "ARCHITECTURES",

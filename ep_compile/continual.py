@@ -141,5 +141,11 @@ def continual_estimator(name: str):
 
 for _name, (_rule, _two) in CONTINUAL.items():
     register(
-        _name, continual_estimator(_name), rule=_rule, two_sided=_two, needs_asymmetric=_rule != "ep", time_local=True
+        _name,
+        continual_estimator(_name),
+        rule=_rule,
+        two_sided=_two,
+        needs_asymmetric=_rule != "ep",
+        time_local=True,
+        gradcheck="continual",
     )

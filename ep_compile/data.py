@@ -387,14 +387,10 @@ def make_splits(
         raise ConfigError(f"--val-size {val_size} must lie in [0, {n}) for {name}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:val_size], perm[val_size:]
-    if train_subset is not None:
-        if train_subset < 1:
-            raise ConfigError(f"--train-subset must be >= 1, got {train_subset}")
+    if train_subset is not None:  # its range is checked where the setting lives (config.DataConfig)
         train_idx = train_idx[:train_subset]
     test_idx = torch.arange(len(test.y))
     if test_subset is not None:  # a seeded random subset: test sets are often stored class by class
-        if test_subset < 1:
-            raise ConfigError(f"--test-subset must be >= 1, got {test_subset}")
         test_idx = torch.randperm(len(test.y), generator=torch.Generator().manual_seed(seed + 1))[:test_subset]
     tr = Dataset(train.x[train_idx], train.y[train_idx], train.classes)
     xf = tr.x.double() / 255
@@ -413,23 +409,24 @@ RAW = {"dtype": "uint8", "range": [0, 255], "layout": "N x C x H x W"}
 TRANSFORM = "x = (raw / 255 - mean[c]) / (std_scale * std[c])"
 
 
-def preprocessing_meta(config: dict, in_shape) -> dict:
+def preprocessing_meta(data, in_shape) -> dict:
     """The preprocessing contract stored with a trained model (ONNX metadata): what raw images look
     like and the whole transform to the model's input. Every data set here is stored as uint8 0..255
-    (scikit-learn's digits, 0..16 at the source, are scaled by 255/16 and rounded: load_digits_set)."""
+    (scikit-learn's digits, 0..16 at the source, are scaled by 255/16 and rounded: load_digits_set).
+    data: a run's data section (config.DataConfig)."""
     return {
         "raw": RAW,
         "transform": TRANSFORM,
-        "mean": config.get("mean"),
-        "std": config.get("std"),
-        "std_scale": config["std_scale"],
+        "mean": data.mean,
+        "std": data.std,
+        "std_scale": data.std_scale,
         "input_shape": list(in_shape),
     }
 
 
 def preprocess(raw: torch.Tensor, meta: dict, dtype=torch.float32) -> torch.Tensor:
     """Raw uint8 images (N, C, H, W), 0..255 -> the model's input, by the contract in `meta` (a
-    training config or the ONNX `ep_compile.preprocessing` metadata): one function for training,
+    run's `preprocessing_meta` or the ONNX `ep_compile.preprocessing` metadata): one function for training,
     export checks and inference code."""
     if raw.dtype != torch.uint8:
         raise ConfigError(

@@ -198,3 +198,15 @@ def schedule_of(step_fn) -> str:
         if fn is step_fn:
             return schedule
     return "evenodd" if step_fn is step_evenodd else "sync"
+
+
+@torch.no_grad()
+def settle(model: EPNet, x, phases, step_fn=step):
+    """Inference with the rate network: the free fixed point from zero in the model's own precision,
+    T steps or fewer with the residual stop (phases.tol). Returns (states, steps, report={}), the
+    form of registry.Entry.infer."""
+    s0 = model.init_states(x.shape[0], x)
+    if phases.tol <= 0:  # all T steps: nothing to read from the device
+        return relax(model, x, s0, phases.T, step_fn=step_fn), phases.T, {}
+    s, n, _ = relax_until(model, x, s0, phases.T, phases.tol, phases.check_every, step_fn=step_fn)
+    return s, n, {}

@@ -28,57 +28,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config import VF_FORMS, Phases  # noqa: F401  (re-exported: the phases section lives in config)
 from .dynamics import relax, relax_until, step
-from .model import ConfigError, EPNet
+from .model import EPNet
 from .registry import ENTRIES, ESTIMATORS, check_compatible, get_estimator, register  # noqa: F401  (re-exported)
-
-VF_FORMS = ("linearized", "paper-code")
-
-
-@dataclass
-class Phases:
-    """Lengths of the phases and the nudging strength, and how to run them.
-    bptt_steps: truncate BPTT to the last k steps of the free phase (None: all T).
-    tol, check_every: stop the free phase early once a step changes no state by more than tol
-        (measured every check_every steps; tol=0: always T steps).
-    fused: run the +beta and -beta phases as one batch of 2B (one kernel launch instead of two).
-    amp: 'bf16' runs the phases under bfloat16 autocast; the estimate itself is taken in the
-        parameters' dtype.
-    lr: the SGD step of the continual estimators (C-EP ...) when no update callback is given."""
-
-    T: int = 250
-    K: int = 25
-    beta: float = 1.0
-    bptt_steps: int | None = None
-    tol: float = 0.0
-    check_every: int = 10
-    fused: bool = False
-    amp: str | None = None
-    lr: float = 1e-6  # continual estimators without an update callback: the step size of their SGD
-    spiking: object = None  # config.SpikeConfig for the spiking estimators (None: its defaults)
-    vf_form: str = "linearized"  # vf / vf-one-sided backward weights: see vf_gradient
-    hep_points: int = 4  # holomorphic EP: nudges beta_k = beta e^{2 pi i k / N}, k < N (holomorphic.py)
-
-    def __post_init__(self):
-        for name in ("T", "K"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
-        if self.amp not in (None, "bf16"):
-            raise ConfigError(f"amp must be None or 'bf16', got {self.amp!r}")
-        if self.tol < 0 or not isinstance(self.check_every, int) or self.check_every < 1:
-            raise ConfigError(f"tol must be >= 0 and check_every >= 1, got {self.tol!r}, {self.check_every!r}")
-        if not isinstance(self.hep_points, int) or not 2 <= self.hep_points <= 64:
-            raise ConfigError(f"hep_points must be an integer in [2, 64], got {self.hep_points!r}")
-        if self.vf_form not in VF_FORMS:
-            raise ConfigError(f"unknown vf_form {self.vf_form!r}; valid: {', '.join(VF_FORMS)}")
-        if self.bptt_steps is not None and not 1 <= self.bptt_steps <= self.T:
-            raise ConfigError(f"bptt_steps must lie in [1, T={self.T}], got {self.bptt_steps!r}")
-        self.beta = float(self.beta)
-
-    def require_beta(self, estimator: str):
-        if not self.beta > 0:
-            raise ConfigError(f"estimator {estimator!r} nudges: beta must be > 0, got {self.beta!r}")
 
 
 @dataclass
@@ -322,7 +275,13 @@ def bptt(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step
 
 for _name, (_rule, _two, _rand) in SPECS.items():
     register(
-        _name, _make(_name), rule=_rule, two_sided=_two, random_sign=_rand, needs_asymmetric=_rule in ("vf", "kp-vf")
+        _name,
+        _make(_name),
+        rule=_rule,
+        two_sided=_two,
+        random_sign=_rand,
+        needs_asymmetric=_rule in ("vf", "kp-vf"),
+        gradcheck="per-step",
     )
 register("bptt", bptt, unrolled=True)
 one_sided, random_sign, symmetric = (ESTIMATORS[n] for n in ("one-sided", "random-sign", "symmetric"))

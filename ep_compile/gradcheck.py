@@ -20,17 +20,17 @@ from pathlib import Path
 
 import torch
 
-from .continual import CONTINUAL, sgd_restored
+from .config import DTYPES, Phases, RunOptions, add_flags
+from .continual import sgd_restored
 from .dynamics import count_changes, relax, step
-from .estimators import ESTIMATORS, SPECS, Phases, get_estimator, nudged_states, rule_gradient
+from .estimators import ESTIMATORS, SPECS, get_estimator, nudged_states, rule_gradient
 from .holomorphic import holomorphic
 from .model import ConfigError, EPNet, layer_groups, model_config
-from .registry import ENTRIES, check_compatible, entry
+from .registry import ENTRIES, GRADCHECK_MODES, check_compatible, entry
 
-# every EP-family estimator; bptt is the reference
-GRADCHECK_ESTIMATORS = tuple(  # the estimators gradcheck compares with BPTT: every one but BPTT and the spiking ones
-    n for n, e in ENTRIES.items() if not (e.unrolled or e.spiking)
-)
+# the estimators gradcheck compares with BPTT (the reference): those whose registry entry declares a
+# gradcheck mode (registry.GRADCHECK_MODES), in registration order
+GRADCHECK_ESTIMATORS = tuple(n for n, e in ENTRIES.items() if e.gradcheck in GRADCHECK_MODES)
 
 
 def bptt_per_step(model: EPNet, x, y, T: int, K: int, masks=None, step_fn=step):
@@ -134,11 +134,12 @@ def load_batch(data: str, in_shape, batch: int, n_classes: int, dtype, generator
 
 
 def run(args) -> dict:
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    dtype = DTYPES[args.dtype]
     torch.manual_seed(args.seed)
-    for flag, v in (("--batch", args.batch), ("--T", args.T), ("--K", args.K)):
-        if v < 1:
-            raise ConfigError(f"{flag} {v}: expected an integer >= 1")
+    if args.batch < 1:
+        raise ConfigError(f"--batch {args.batch}: expected an integer >= 1")
+    phases = Phases(T=args.T, K=args.K, vf_form=args.vf_form)  # the phases section's own checks
+    phases.check_lengths()  # BPTT is truncated to the last K free steps
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path and (Path(path).is_dir() or not Path(path).parent.is_dir()):
             raise ConfigError(f"{flag} {path}: expected a file path in an existing folder")
@@ -152,11 +153,9 @@ def run(args) -> dict:
             raise ConfigError(f"gradcheck compares EP estimators ({', '.join(GRADCHECK_ESTIMATORS)}), not {name!r}")
         check_compatible(name, model)
     for b in args.betas:
-        Phases(T=args.T, K=args.K, beta=b, vf_form=args.vf_form).require_beta("gradcheck")
+        Phases(T=args.T, K=args.K, beta=b).require_beta("gradcheck")
     for N in args.hep_points:
         Phases(hep_points=N)  # validates N
-    if args.K > args.T:
-        raise ConfigError(f"K={args.K} must not exceed T={args.T}: BPTT is truncated to the last K free steps")
     model.check_input(x)
     t0 = time.time()
 
@@ -170,16 +169,17 @@ def run(args) -> dict:
     for beta in args.betas:
         for name in args.estimators:
             progress(f"{name}, beta={beta:g}")
-            if name in CONTINUAL:
+            mode = entry(name).gradcheck  # how this estimator is compared (registry.GRADCHECK_MODES)
+            if mode == "continual":
                 per = continual_per_step(model, x, y, args.T, args.K, beta, name, args.continual_lr)
                 for row in compare(model, per[-1], ref_steps[-1]):
                     results.append({"estimator": name, "beta": beta, **row})
-                if not CONTINUAL[name][1]:  # one phase: the running sum after t steps vs BPTT(t)
+                if not entry(name).two_sided:  # one phase: the running sum after t steps vs BPTT(t)
                     results[-1]["rel_error_per_step"] = [
                         compare(model, e, r)[-1]["rel_error"] for e, r in zip(per, ref_steps)
                     ]
                 continue
-            if entry(name).complex_nudge:  # holomorphic EP: final estimate only, one row per number of points
+            if mode == "final":  # holomorphic EP: final estimate only, one row per number of points
                 for N in args.hep_points:
                     est = holomorphic(model, x, y, Phases(T=args.T, K=args.K, beta=beta, hep_points=N))
                     for row in compare(model, est.grads, ref_steps[-1]):
@@ -298,8 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", default=None, help="local CIFAR-10 / Fashion-MNIST (folder or .tar.gz), as for training"
     )
     p.add_argument("--batch", type=int, default=8, help="batch size")
-    p.add_argument("--T", type=int, default=200, help="free-phase steps")
-    p.add_argument("--K", type=int, default=30, help="nudged-phase steps (and BPTT truncation)")
+    add_flags(p, Phases, ("T", "K"), K=" (and BPTT truncation)")
     p.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.01], help="nudging strengths (> 0)")
     p.add_argument(
         "--estimators",
@@ -307,16 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=["one-sided", "random-sign", "symmetric"],
         help=f"EP estimators to check: {', '.join(GRADCHECK_ESTIMATORS)}",
     )
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="floating point precision")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float64", help="floating point precision")
     p.add_argument(
         "--continual-lr", type=float, default=1e-8, help="SGD step of the continual estimators (c-ep, c-vf, ...)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, data and random signs")
-    p.add_argument(
-        "--vf-form",
-        default="linearized",
-        help="vf backward weights: linearized (Eq. 41-42 at s*) or paper-code (each phase's own pool winners)",
-    )
+    add_flags(p, RunOptions, ("seed",))
+    add_flags(p, Phases, ("vf_form",))
     p.add_argument(
         "--hep-points", type=int, nargs="+", default=[4], help="holomorphic: numbers of nudges N on the circle"
     )

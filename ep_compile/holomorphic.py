@@ -172,4 +172,4 @@ def holomorphic(
     return make_estimate(model, x, y, grads, s_free, masks, beta=phases.beta, free_steps=steps, hep_points=N)
 
 
-register("holomorphic", holomorphic, two_sided=True, complex_nudge=True)
+register("holomorphic", holomorphic, two_sided=True, complex_nudge=True, gradcheck="final")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import ConvPool, Dense, Synapse, avg_unpool, gather_pool, numel, real_linear  # noqa: F401  (re-exported)
+from .settings import INTS_GE1, ConfigError, check_fields, check_name, closest, setting  # noqa: F401  (re-exported)
 
 # name -> slope: Eq. 51, Eq. 50; holo-sigmoid is a holomorphic, smooth version of the slope-1/2 hard
 # sigmoid (used by holomorphic EP, Laborieux & Zenke 2022), its slope at the centre u = 1 is ~1/2
@@ -35,18 +36,6 @@ def holo_sigmoid(u: torch.Tensor, a: float = HOLO_SHARPNESS) -> torch.Tensor:
 
 POOLS = ("max", "avg", "none")
 LOSSES = ("mse", "ce")
-
-
-class ConfigError(ValueError):
-    """A model or run configuration that cannot work; the message names the bad value."""
-
-
-def closest(name: str, valid) -> str | None:
-    """The valid name closest to a misspelt one ('did you mean'), or None when nothing is close."""
-    import difflib
-
-    hit = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
-    return hit[0] if hit else None
 
 
 def conv_out(size: int, kernel: int, padding: int) -> int:
@@ -78,21 +67,46 @@ class LayerSpec:
 
 @dataclass
 class ModelConfig:
-    """Architecture of a convergent ConvNet. Lists run over the conv layers (kernels, paddings, pools)
-    or over the hidden state layers (dropout); a scalar kernel applies to every conv layer."""
+    """Architecture of a convergent ConvNet (the model section of a run). Lists run over the conv
+    layers (kernels, paddings, pools) or over the hidden state layers (dropout); a scalar kernel
+    applies to every conv layer. The defaults are the paper's CIFAR-10 net (App. E.1)."""
 
-    in_shape: tuple[int, int, int] = (3, 32, 32)  # (C, H, W) of the static input
-    channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])
-    kernels: list[int] | int = 3
-    paddings: list[int] = field(default_factory=lambda: [1, 1, 1, 0])
-    pools: list[str] = field(default_factory=lambda: ["max"] * 4)
-    fc: list[int] = field(default_factory=list)  # hidden fully connected layers
-    n_classes: int = 10
-    loss: str = "ce"
-    activation: str = "hard-sigmoid"
-    dropout: list[float] = field(default_factory=list)  # per hidden state layer, [] = none
-    asymmetric: bool = False  # separate backward weights w^b for every layer but the first (App. D.3)
-    init_gain: float = 1.0  # multiplies PyTorch's default init of every synapse weight (w^f and w^b)
+    in_shape: tuple[int, int, int] = setting((3, 32, 32), "input shape C H W (set by the data set)", flag=None)
+    channels: list[int] = setting(
+        [128, 256, 512, 512], "conv output channels, e.g. 128 256 512 512", many=True, type=int, check=INTS_GE1
+    )
+    kernels: list[int] | int = setting(3, "conv kernel sizes, one per conv layer", many=True, type=int, check=INTS_GE1)
+    paddings: list[int] = setting(
+        [1, 1, 1, 0],
+        "conv paddings, one per conv layer",
+        many=True,
+        type=int,
+        check=(lambda v: isinstance(v, int) and v >= 0, "integers >= 0"),
+    )
+    pools: list[str] = setting(["max"] * 4, "pooling after each conv: max, avg or none", many=True, type=str)
+    fc: list[int] = setting([], "hidden fully connected layer sizes", many=True, type=int, check=INTS_GE1)
+    n_classes: int = setting(
+        10, "number of classes (set by the data set)", flag=None, check=(lambda v: v >= 2, "an integer >= 2")
+    )
+    loss: str = setting("ce", "mse (output layer in the dynamics) or ce (softmax read-out)")
+    activation: str = setting(
+        "hard-sigmoid", "hard-sigmoid (slope 1/2, Eq. 51), hard-sigmoid-1 (Eq. 50) or holo-sigmoid"
+    )
+    dropout: list[float] = setting(
+        [],
+        "dropout probability per hidden state layer",
+        many=True,
+        type=float,
+        check=(lambda v: 0 <= v < 1, "probabilities in [0, 1)"),
+    )
+    asymmetric: bool = setting(
+        False, "separate backward weights w^b for every layer but the first (App. D.3; vf, kp-vf, bptt)"
+    )
+    init_gain: float = setting(
+        1.0,
+        "multiply PyTorch's default init of every synapse weight by this",
+        check=(lambda v: 0 < v < 100, "a number in (0, 100)"),
+    )
 
     def __post_init__(self):
         self.in_shape = tuple(int(v) for v in self.in_shape)
@@ -104,6 +118,7 @@ class ModelConfig:
         nconv = len(self.channels)
         if len(self.in_shape) != 3 or min(self.in_shape) < 1:
             raise ConfigError(f"in_shape must be (C, H, W) with positive sizes, got {self.in_shape}")
+        check_fields(self)
         for name in ("kernels", "paddings", "pools"):
             if len(getattr(self, name)) != nconv:
                 raise ConfigError(
@@ -111,23 +126,14 @@ class ModelConfig:
                     f"(channels={self.channels}); give one per conv layer"
                 )
         for p in self.pools:
-            if p not in POOLS:
-                raise ConfigError(f"unknown pool {p!r}; valid: {', '.join(POOLS)}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
+            check_name("pool", p, POOLS)
+        check_name("loss", self.loss, LOSSES)
+        check_name("activation", self.activation, ACTIVATIONS)
         if nconv + len(self.fc) == 0 and self.loss == "ce":
             raise ConfigError("a 'ce' model needs at least one hidden layer to read out")
-        if any(c < 1 for c in self.channels + self.fc) or self.n_classes < 2:
-            raise ConfigError(f"layer sizes must be >= 1 and n_classes >= 2: {self}")
         n_hidden = nconv + len(self.fc)
         if self.dropout and len(self.dropout) != n_hidden:
             raise ConfigError(f"dropout has {len(self.dropout)} entries for {n_hidden} hidden state layers")
-        if not (isinstance(self.init_gain, (int, float)) and 0 < self.init_gain < 100):
-            raise ConfigError(f"init_gain must be a number in (0, 100), got {self.init_gain!r}")
-        if any(not 0.0 <= p < 1.0 for p in self.dropout):
-            raise ConfigError(f"dropout probabilities must lie in [0, 1), got {self.dropout}")
         self.state_shapes()  # raises if the spatial sizes collapse
 
     def layer_specs(self) -> list[LayerSpec]:
@@ -172,21 +178,22 @@ class ModelConfig:
             raise ConfigError(f"model config {str(d)[:100]}: a value has the wrong type ({e})") from None
 
 
-PRESETS = {
-    # The paper's CIFAR-10 net (App. E.1): 128-256-512-512, paddings 1-1-1-0, max-pool after each.
-    "cifar10": dict(in_shape=(3, 32, 32), channels=[128, 256, 512, 512], paddings=[1, 1, 1, 0]),
-    # MNIST-size net (Ernoult et al. 2019 style), 28x28 grey input.
+ARCHITECTURES = {  # name -> overrides of ModelConfig's defaults, which are the paper's CIFAR-10 net
+    "cifar10": {},  # App. E.1: 128-256-512-512, paddings 1-1-1-0, max-pool after each conv
+    # CIFAR-10 on two CPU cores (presets.py cifar10-cpu): the paper's family narrowed, the slope-1 sigmoid
+    "cifar10-cpu": dict(channels=[32, 64, 128, 256], activation="hard-sigmoid-1"),
+    # MNIST-size net (Ernoult et al. 2019 style), 28x28 grey input
     "mnist": dict(in_shape=(1, 28, 28), channels=[32, 64], paddings=[1, 1], pools=["max"] * 2),
-    # scikit-learn digits: 8x8 grey input; small enough for tests and seconds-long runs.
-    "digits": dict(in_shape=(1, 8, 8), channels=[16, 32], paddings=[1, 1], pools=["max"] * 2),
+    # scikit-learn digits: 8x8 grey input; small enough for tests and seconds-long runs
+    "digits": dict(in_shape=(1, 8, 8), channels=[32, 64], paddings=[1, 1], pools=["max"] * 2),
 }
 
 
 def model_config(arch: str | dict, **overrides) -> ModelConfig:
     """A ModelConfig from a preset name, a JSON string/file path, or a dict, plus overrides."""
     if isinstance(arch, str):
-        if arch in PRESETS:
-            d = dict(PRESETS[arch])
+        if arch in ARCHITECTURES:
+            d = dict(ARCHITECTURES[arch])
         elif arch.lstrip().startswith("{") or arch.endswith(".json"):
             try:
                 d = json.loads(arch) if arch.lstrip().startswith("{") else json.loads(Path(arch).read_text())
@@ -196,7 +203,7 @@ def model_config(arch: str | dict, **overrides) -> ModelConfig:
             if not isinstance(d, dict):
                 raise ConfigError(f"architecture {arch[:80]!r}: expected a JSON object of ModelConfig fields")
         else:
-            raise ConfigError(f"unknown architecture {arch!r}; give a preset ({', '.join(PRESETS)}) or a JSON file")
+            raise ConfigError(f"unknown architecture {arch!r}; give a name ({', '.join(ARCHITECTURES)}) or a JSON file")
     else:
         d = dict(arch)
     d.update({k: v for k, v in overrides.items() if v is not None})

@@ -325,12 +325,12 @@ def _init_name(state_key: str) -> str:
 def export_checkpoint(
     ck: dict, path: str, T: int | None = None, rate: bool = False, weights: str = "float32"
 ) -> onnx.ModelProto:
-    """Build and save the ONNX file of a training checkpoint (see training.load_checkpoint), with
+    """Build and save the ONNX file of a training checkpoint (see checkpoint.load_checkpoint), with
     float32 or int8 weights. A spiking network has no spiking ONNX form: with rate=True its weights
     export as the rate network (whose fixed point its decoded states approach), otherwise it is refused."""
+    from .checkpoint import check_contents
     from .config import RunConfig
     from .data import preprocessing_meta
-    from .training import check_contents, model_from_config
 
     if weights not in WEIGHT_FORMATS:
         raise ConfigError(f"--weights {weights!r}: expected one of {', '.join(WEIGHT_FORMATS)}")
@@ -349,16 +349,16 @@ def export_checkpoint(
             "a spiking checkpoint has no spiking ONNX form; pass --rate to export its rate (non-spiking) "
             "network, whose fixed point the decoded spiking states approach (docs/onnx.md)"
         )
-    model = model_from_config(config)
+    model = EPNet(config.model)
     check_contents(ck, model)
     model.load_state_dict(ck["model"])
     meta = {
-        "preprocessing": preprocessing_meta(config, model.cfg.in_shape),
-        "classes": config.classes or [str(i) for i in range(model.cfg.n_classes)],
+        "preprocessing": preprocessing_meta(config.data, model.cfg.in_shape),
+        "classes": config.data.classes or [str(i) for i in range(model.cfg.n_classes)],
         "training_config": config.to_dict(),
-        "default_T": str(T or config.T),
+        "default_T": str(T or config.phases.T),
     }
-    m = build_onnx(model, meta, weights, config.schedule)
+    m = build_onnx(model, meta, weights, config.phases.schedule)
     tmp = f"{path}.tmp{os.getpid()}"  # atomic: a failed write never replaces a good file
     try:
         onnx.save(m, tmp)

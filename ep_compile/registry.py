@@ -28,11 +28,53 @@ class Entry:
     unrolled: bool = False  # backpropagation through the unrolled free phase (BPTT): no beta, no --tol
     complex_nudge: bool = False  # nudges on a circle of complex beta (holomorphic EP): --hep-points, no --amp
     rate_form: str | None = None  # a spiking estimator: the rate estimator it is the spiking form of
+    gradcheck: str | None = None  # how gradcheck compares it with BPTT: see GRADCHECK_MODES (None: not)
+    honours: frozenset = None  # the optional settings it reads (OPTIONAL); None: derived below
+    infer: Callable | None = (
+        None  # inference (model, x, phases, step_fn) -> (states, steps, report); None: the rate net's
+    )
+
+    def __post_init__(self):
+        if self.gradcheck is not None and self.gradcheck not in GRADCHECK_MODES:
+            raise ValueError(f"gradcheck mode {self.gradcheck!r}; valid: {', '.join(GRADCHECK_MODES)}")
+        if self.honours is None:
+            object.__setattr__(self, "honours", frozenset(k for k, reads in OPTIONAL.items() if reads(self)))
+
+    def iterate(self, model, x, y, phases, apply_update: Callable, **kw):
+        """One training iteration's estimate, applied through apply_update(grads, k, K): at each of
+        the K nudged steps for the time-local rules (they move the weights inside the phase), once
+        with the whole estimate (k=0, K=1) for the others. Returns the Estimate."""
+        if self.time_local:
+            return self.fn(model, x, y, phases, apply_update=apply_update, **kw)
+        est = self.fn(model, x, y, phases, **kw)
+        apply_update(est.grads, 0, 1)
+        return est
 
     @property
     def takes_vf_form(self) -> bool:
         """--vf-form (the linearized or the paper code's VF): the one-shot VF rules."""
-        return self.rule == "vf" and not (self.time_local or self.spiking)
+        return "vf_form" in self.honours
+
+
+# the settings only some estimators read -> which ones do, from their capabilities (an entry may
+# declare its own set instead); config.check_honoured refuses a setting the chosen one ignores
+OPTIONAL = {
+    "fused": lambda e: e.two_sided and e.rule is not None and not (e.time_local or e.spiking),
+    "tol": lambda e: not (e.unrolled or e.spiking),
+    "amp": lambda e: not (e.time_local or e.complex_nudge or e.spiking),
+    "vf_form": lambda e: e.rule == "vf" and not (e.time_local or e.spiking),
+    "hep_points": lambda e: e.complex_nudge,
+    "wd_compensation": lambda e: e.time_local,
+    "bptt_steps": lambda e: e.unrolled,
+    "compile": lambda e: not e.spiking,  # the spiking phases run their own eager loop with a decoder
+    "schedule": lambda e: not e.spiking,
+    "channels_last": lambda e: not e.spiking,
+}
+GRADCHECK_MODES = {  # gradcheck.py: how an estimator is compared with truncated BPTT
+    "per-step": "the estimate after each of the K nudged steps against BPTT through as many steps (Eq. 6)",
+    "continual": "the running sum of a time-local rule's increments, with real SGD steps (C-EP form of Eq. 6)",
+    "final": "the final estimate only (holomorphic EP: one row per number of complex nudges)",
+}
 
 
 ESTIMATORS: dict[str, Callable] = {}  # name -> estimator, in registration order

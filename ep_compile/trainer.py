@@ -21,59 +21,40 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from .config import DTYPES
-from .data import augment, preprocess
-from .dynamics import make_step, relax, relax_until
-from .estimators import Phases, set_grads
-from .faults import crash_after, kill_point
-from .machine import describe
-from .model import ConfigError
-from .registry import entry
-from .spiking import SpikeConfig, SpikeState, spike_report, spiking_phase
-from .training import (
-    alignment_angles,
+from .checkpoint import (
     atomic_save,
     check_contents,
     checkpoint_payload,
     epoch_order,
-    flatten,
     load_checkpoint,
-    make_optimizer,
-    model_from_config,
-    plot_alignment,
-    plot_curves,
-    set_epoch_lr,
     step_generator,
-    unflatten,
-    wd_compensate,
 )
+from .config import DTYPES
+from .data import augment, preprocess, preprocessing_meta
+from .dynamics import make_step, settle
+from .estimators import set_grads
+from .faults import crash_after, kill_point
+from .machine import describe
+from .model import ConfigError, EPNet
+from .optim import end_of_iteration, make_optimizer, set_epoch_lr, wd_compensate
+from .registry import entry
+from .reports import alignment_angles, plot_alignment, plot_curves, time_to_accuracy
+
+
+def flatten(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(flat: torch.Tensor, like) -> list[torch.Tensor]:
+    out, i = [], 0
+    for t in like:
+        out.append(flat[i : i + t.numel()].view_as(t))
+        i += t.numel()
+    return out
 
 
 class Diverged(RuntimeError):
     """A non-finite estimate, loss or weight: the run stops, its last checkpoint stays as it was."""
-
-
-def time_to_accuracy(history, levels=(0.5, 0.6, 0.65, 0.7)) -> dict:
-    """Wall seconds at the first evaluation whose test accuracy reached each level (None: never)."""
-    out = {}
-    for level in levels:
-        hit = [r["wall_seconds"] for r in history if "wall_seconds" in r and 1 - r["test_error"] >= level]
-        out[f"{round(100 * level)}%"] = hit[0] if hit else None
-    return out
-
-
-def make_phases(cfg) -> Phases:
-    spiking = cfg["neuron"] == "spiking"
-    phases = Phases(
-        spiking=SpikeConfig(**cfg["spike"]) if spiking else None,
-        **{
-            k: cfg[k]
-            for k in ("T", "K", "beta", "bptt_steps", "tol", "check_every", "fused", "amp", "vf_form", "hep_points")
-        },
-    )
-    if not entry(cfg["estimator"]).unrolled:  # BPTT has no beta
-        phases.require_beta(cfg["estimator"])
-    return phases
 
 
 CHECKPOINTS = ("last.pt", "best.pt")  # a folder holding either holds a run; without one it is a fresh start
@@ -172,23 +153,24 @@ class Trainer:
     def __init__(self, cfg, accelerator, splits, resume=None, log=print):
         self.cfg, self.acc, self.splits, self.log = cfg, accelerator, splits, log
         self.device, self.world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-        self.dtype = DTYPES[cfg["dtype"]]
-        self.B = cfg["batch_size"]
+        self.dtype = DTYPES[cfg.run.dtype]
+        self.B = cfg.optim.batch_size
         self.lo, self.hi = rank * self.B // self.world, (rank + 1) * self.B // self.world  # this process's slice
-        torch.manual_seed(cfg["seed"])
-        fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
-        self.model = model_from_config(cfg).to(device=self.device, dtype=self.dtype).to(memory_format=fmt)
-        self.optimizer = make_optimizer(self.model, cfg)
-        self.estimate = entry(cfg["estimator"]).fn
-        self.time_local = entry(cfg["estimator"]).time_local
-        self.spiking = cfg["neuron"] == "spiking"
-        self.phases = make_phases(cfg)
-        self.step_fn = make_step(cfg["compile"], cfg["schedule"], cfg["compile_mode"])
+        torch.manual_seed(cfg.run.seed)
+        fmt = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+        self.model = EPNet(cfg.model).to(device=self.device, dtype=self.dtype).to(memory_format=fmt)
+        self.optimizer = make_optimizer(self.model, cfg.optim)
+        self.entry = entry(cfg.estimator)  # the estimator and how it iterates and infers (registry.py)
+        self.infer = self.entry.infer or settle
+        self.end_iteration = end_of_iteration(self.optimizer)
+        self.phases = cfg.make_phases()
+        self.prep_meta = preprocessing_meta(cfg.data, cfg.model.in_shape)  # the contract export writes
+        self.step_fn = make_step(cfg.run.compile, cfg.phases.schedule, cfg.run.compile_mode)
         self.group_of = [i for i, g in enumerate(self.optimizer.param_groups) for _ in g["params"]]
         self.epoch, self.step, self.best, self.history = 0, 0, None, []
         self.stats = [0.0, 0.0, 0.0]  # this epoch so far on this process: wrong, loss sum, count
         self.wall_offset = 0.0  # wall seconds of training (and evaluation) before this process started
-        self.spike_stats, self.train_spikes = [], []
+        self.reported = []  # this epoch's report dicts of the iterations and inferences (spikes, ...)
         self.first_step_seconds = None  # the first training iteration of this process (compiles the step)
         if resume:
             ck = load_checkpoint(resume)
@@ -208,25 +190,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ one batch
     def prep(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = preprocess(x_uint8, self.cfg, self.dtype)  # the contract export writes into the ONNX metadata
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg["channels_last"] else x
+        x = preprocess(x_uint8, self.prep_meta, self.dtype)  # the contract export writes into the ONNX metadata
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.run.channels_last else x
 
     @torch.no_grad()
     def free_phase(self, x: torch.Tensor):
-        """The settled state of the free phase for inference, and the steps it took: the rate network's
-        fixed point (early stop with tol), or the spiking network's decoded rates."""
-        if self.spiking:
-            p = self.phases
-            st = spiking_phase(self.model, x, SpikeState.zeros(self.model, x), p.T, p.spiking, p.spiking.t0)
-            self.spike_stats.append(spike_report(self.model, st, x.shape[0], p.T)["spikes_per_neuron"])
-            return st.rates, p.T
-        s0 = self.model.init_states(x.shape[0], x)
-        if self.phases.tol <= 0:  # all T steps: nothing to read from the device
-            return relax(self.model, x, s0, self.phases.T, step_fn=self.step_fn), self.phases.T
-        s, n, _ = relax_until(
-            self.model, x, s0, self.phases.T, self.phases.tol, self.phases.check_every, step_fn=self.step_fn
-        )
-        return s, n
+        """The settled state of the free phase for inference and the steps it took, from the estimator's
+        inference (registry.Entry.infer; the rate network's fixed point by default)."""
+        states, steps, report = self.infer(self.model, x, self.phases, self.step_fn)
+        if report:
+            self.reported.append(report)
+        return states, steps
 
     @torch.no_grad()
     def evaluate(self, ds):
@@ -234,7 +208,7 @@ class Trainer:
         number of free-phase steps used (T, or fewer with --tol)."""
         if len(ds.y) == 0:
             return None, 0
-        loader = self.acc.prepare(DataLoader(TensorDataset(ds.x, ds.y), batch_size=self.cfg["eval_batch_size"]))
+        loader = self.acc.prepare(DataLoader(TensorDataset(ds.x, ds.y), batch_size=self.cfg.run.eval_batch_size))
         self.model.eval()
         wrong, steps = [], []
         for xb, yb in loader:
@@ -262,8 +236,8 @@ class Trainer:
         on the host, and that generator."""
         cfg, B = self.cfg, self.B
         idx = order[step * B : (step + 1) * B]
-        gen = step_generator(cfg["seed"], epoch, step)
-        xb = augment(self.splits.train.x[idx], gen) if cfg["augment"] else self.splits.train.x[idx]
+        gen = step_generator(cfg.run.seed, epoch, step)
+        xb = augment(self.splits.train.x[idx], gen) if cfg.data.augment else self.splits.train.x[idx]
         return xb[self.lo : self.hi], self.splits.train.y[idx][self.lo : self.hi], gen  # (B/world, C, H, W)
 
     def batch(self, epoch: int, step: int, order: torch.Tensor):
@@ -275,7 +249,7 @@ class Trainer:
         x = self.prep(xb.to(self.device, non_blocking=True))  # (B/world, C, H, W)
         y = yb.to(self.device, non_blocking=True)  # (B/world,)
         if self.device.type != "cpu":
-            gen = step_generator(self.cfg["seed"], epoch, step, self.device)
+            gen = step_generator(self.cfg.run.seed, epoch, step, self.device)
         masks = self.model.dropout_masks(self.B, x, gen)  # for the global batch, sliced to this process
         masks = None if masks is None else [None if m is None else m[self.lo : self.hi] for m in masks]
         return x, y, masks, gen
@@ -287,20 +261,16 @@ class Trainer:
         finite stays on the device in self.ok. The loop, the benchmarks and the pilots call this."""
         self.ok = torch.ones(3, dtype=torch.bool, device=self.device)  # estimate, weights, loss finite
         kw = dict(masks=masks, generator=generator, step_fn=self.step_fn)
-        if self.time_local:  # C-EP & co. update the weights at every nudged step, through `update`
-
-            def apply(g, k, K):
-                if self.cfg["wd_compensation"]:
-                    g = wd_compensate(g, self.optimizer, k, K, self.group_of)
-                self.update(g)
-
-            est = self.estimate(self.model, x, y, self.phases, apply_update=apply, **kw)
-        else:
-            est = self.estimate(self.model, x, y, self.phases, **kw)
-            self.update(est.grads)
-        if hasattr(self.optimizer, "end_iteration"):  # adam-phase: its statistics move per iteration
-            self.optimizer.end_iteration()
+        est = self.entry.iterate(self.model, x, y, self.phases, self.apply, **kw)
+        self.end_iteration()  # adam-phase: its statistics move once per iteration
         return est
+
+    def apply(self, grads, k: int, K: int) -> None:
+        """Increment k of K of an iteration's estimate (K=1: the whole estimate), with the weight decay
+        compensated for the time-local rules when asked (--wd-compensation)."""
+        if self.cfg.optim.wd_compensation:
+            grads = wd_compensate(grads, self.optimizer, k, K, self.group_of)
+        self.update(grads)
 
     def train_step(self, epoch: int, step: int, order: torch.Tensor) -> list[float]:
         """Estimate on this process's slice of global batch `step` and update the weights (at every
@@ -310,8 +280,8 @@ class Trainer:
         est = self.iteration(x, y, masks, gen)
         loss_sum = est.loss.detach().sum().to(torch.float64)
         self.ok[2] &= torch.isfinite(loss_sum)
-        if "spikes_iteration" in est.info:
-            self.train_spikes.append(est.info["spikes_iteration"])
+        if "report" in est.info:
+            self.reported.append(est.info["report"])
         wrong = (est.logits.argmax(1) != y).sum().to(torch.float64)
         self.stats = self.device_stats() + torch.stack([wrong, loss_sum, loss_sum.new_tensor(float(len(y)))])
         host = torch.cat([self.stats, self.ok.to(torch.float64)]).tolist()  # the iteration's one read
@@ -379,7 +349,7 @@ class Trainer:
             payload = checkpoint_payload(
                 self.model, self.optimizer, self.cfg.to_dict(), epoch, step, self.best, self.history
             )
-            payload["model_config"] = self.cfg.model_config().to_dict()
+            payload["model_config"] = self.cfg.model.to_dict()
             payload["epoch_stats"] = stats
             payload["wall_seconds"] = time.time() - self.wall0
             atomic_save(payload, self.out / name)
@@ -401,32 +371,32 @@ class Trainer:
         --checkpoint-every steps)."""
         cfg, n_train = self.cfg, len(self.splits.train.y)
         per_epoch = n_train // self.B  # drop the last partial batch: one shape, one compiled graph
-        eval_steps = round(cfg["eval_every"] * per_epoch) if 0 < cfg["eval_every"] < 1 else 0
+        eval_steps = round(cfg.run.eval_every * per_epoch) if 0 < cfg.run.eval_every < 1 else 0
         done = 0
-        for epoch in range(self.epoch, cfg["epochs"]):
+        for epoch in range(self.epoch, cfg.optim.epochs):
             first = self.step if epoch == self.epoch else 0
             if first == 0:
                 self.stats = [0.0, 0.0, 0.0]
-            lr = set_epoch_lr(self.optimizer, epoch, cfg)
-            order, t0 = epoch_order(cfg["seed"], epoch, n_train), time.time()
+            lr = set_epoch_lr(self.optimizer, epoch, cfg.optim)
+            order, t0 = epoch_order(cfg.run.seed, epoch, n_train), time.time()
             main = self.acc.is_local_main_process
             bar = tqdm(
                 total=per_epoch,
                 initial=first,
                 disable=not main,
                 mininterval=2.0,
-                desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
             )
             for step in range(first, per_epoch):
-                if cfg["lr_per_step"]:
-                    lr = set_epoch_lr(self.optimizer, epoch + step / per_epoch, cfg)
+                if cfg.optim.lr_per_step:
+                    lr = set_epoch_lr(self.optimizer, epoch + step / per_epoch, cfg.optim)
                 t_step = time.time()
                 wrong, _, count = self.train_step(epoch, step, order)
                 if done == 0:  # the first call compiles the step: its time is reported apart
                     self.first_step_seconds = time.time() - t_step
-                    if cfg["compile"]:
+                    if cfg.run.compile:
                         bar.set_description(
-                            f"epoch {epoch + 1}/{cfg['epochs']} (compiled in {self.first_step_seconds:.0f} s)"
+                            f"epoch {epoch + 1}/{cfg.optim.epochs} (compiled in {self.first_step_seconds:.0f} s)"
                         )
                 bar.update(1)
                 bar.set_postfix(err=f"{wrong / max(count, 1):.3f}", lr=f"{lr:.3g}")
@@ -444,7 +414,7 @@ class Trainer:
                             "partial": True,
                         }
                     )
-                every = cfg["checkpoint_every"]
+                every = cfg.run.checkpoint_every
                 if now or (every and (step + 1) % every == 0 and step + 1 < per_epoch):
                     self.save(epoch, step + 1, self.device_stats().tolist())
                 crash_after(done, crash_at_step)  # fault injection (faults.py): off unless asked for
@@ -452,14 +422,14 @@ class Trainer:
             row = self.end_epoch(epoch, lr, t0)
             if tracking:
                 self.acc.log({k: v for k, v in row.items() if isinstance(v, float)}, step=epoch + 1)
-            if cfg["stop_at_accuracy"] and 1 - row["test_error"] >= cfg["stop_at_accuracy"]:
+            if cfg.run.stop_at_accuracy and 1 - row["test_error"] >= cfg.run.stop_at_accuracy:
                 self.log(
                     f"test accuracy {100 * (1 - row['test_error']):.2f}% >= --stop-at-accuracy: stopping after epoch {epoch + 1}"
                 )
                 break
-            if cfg["max_hours"] and time.time() - self.wall0 + (time.time() - t0) > 3600 * cfg["max_hours"]:
+            if cfg.run.max_hours and time.time() - self.wall0 + (time.time() - t0) > 3600 * cfg.run.max_hours:
                 self.log(
-                    f"another epoch would end past --max-hours {cfg['max_hours']:g}: stopping after epoch {epoch + 1}"
+                    f"another epoch would end past --max-hours {cfg.run.max_hours:g}: stopping after epoch {epoch + 1}"
                 )
                 break
 
@@ -483,13 +453,10 @@ class Trainer:
         angles = alignment_angles(self.model)
         if angles:
             row["alignment_deg"] = angles
-        if self.spiking and self.train_spikes:  # what neuromorphic hardware would pay
-            runs = self.train_spikes
-            row["spikes_per_neuron_inference"] = sum(self.spike_stats) / len(self.spike_stats)
-            row["spikes_per_neuron_iteration"] = sum(r["spikes_per_neuron"] for r in runs) / len(runs)
-            row["events_per_rate_mac"] = sum(r["events_per_rate_mac"] for r in runs) / len(runs)
-            self.spike_stats.clear()
-            self.train_spikes.clear()
+        for key in dict.fromkeys(k for r in self.reported for k in r):  # the epoch's means of what was reported
+            vals = [r[key] for r in self.reported if key in r]
+            row[key] = sum(vals) / len(vals)
+        self.reported.clear()
         self.log_row(row)
         score = val_err if val_err is not None else row["train_error"]
         if self.best is None or score < self.best:
@@ -508,11 +475,9 @@ class Trainer:
                 diff = (allw - allw[0]).abs().max().item()
                 (out / "ranks.json").write_text(json.dumps({"processes": self.world, "max_abs_weight_diff": diff}))
         if main and self.history:
-            plot_curves(self.history, out / "curves.png", f"{self.cfg['estimator']} on {self.cfg['dataset']}")
+            plot_curves(self.history, out / "curves.png", f"{self.cfg.estimator} on {self.cfg.data.dataset}")
             if "alignment_deg" in self.history[-1]:
-                plot_alignment(
-                    self.history, out / "alignment.png", f"{self.cfg['estimator']}: angle between w^f and w^b"
-                )
+                plot_alignment(self.history, out / "alignment.png", f"{self.cfg.estimator}: angle between w^f and w^b")
         reached = time_to_accuracy(self.history)
         if main and self.history:
             (out / "time_to_accuracy.json").write_text(json.dumps(reached, indent=1))

@@ -7,8 +7,8 @@ How to launch (the same script on one CPU, one GPU or many):
     accelerate launch --multi_gpu --num_processes 2 experiments/cifar.py --cpu ...   # 2 CPU processes (gloo)
     python experiments/cifar.py --eval-only --resume runs/ce-symmetric
 
-Every setting, its default, flag and check live in ep_compile/config.py (RunConfig; presets.py); the
-loop (train_step, evaluate, checkpoints, the all-reduce of hand-set gradients) in ep_compile/trainer.py.
+Every setting, its default, flag and check live in its section (ep_compile/config.py: RunConfig and
+its sections; presets.py); the loop (train_step, evaluate, checkpoints, the all-reduce of hand-set gradients) in ep_compile/trainer.py.
 """
 
 import argparse
@@ -62,7 +62,7 @@ def set_threads(requested: int, world: int) -> str:
 
 
 def training_function(config: RunConfig, args):
-    out = Path(config.out)
+    out = Path(config.run.out)
     accelerator = Accelerator(
         cpu=args.cpu or not torch.cuda.is_available(),
         log_with="tensorboard" if args.with_tracking else None,
@@ -73,36 +73,31 @@ def training_function(config: RunConfig, args):
         log(set_threads(args.threads, accelerator.num_processes))
 
     # uint8 images in memory; every process holds them and computes on its slice of each batch
+    data = config.data
     splits = make_splits(
-        config.dataset,
-        config.data_root,
-        config.val_size,
-        config.train_subset,
-        config.test_subset,
-        config.seed,
-        config.cache_dir,
-        log=log,
-    )
-    if config.mean is None:  # a fresh run: preprocessing and classes come from its training data
-        config.mean, config.std, config.classes = splits.mean, splits.std, splits.train.classes
-        config.n_classes = len(config.classes)
-    elif list(config.classes or []) != list(splits.train.classes):
+        data.dataset, data.data_root, data.val_size, data.train_subset, data.test_subset, config.run.seed,
+        data.cache_dir, log=log,
+    )  # fmt: skip
+    if data.mean is None:  # a fresh run: preprocessing and classes come from its training data
+        data.mean, data.std, data.classes = splits.mean, splits.std, splits.train.classes
+        config.model.n_classes = len(data.classes)
+    elif list(data.classes or []) != list(splits.train.classes):
         raise ConfigError(
-            f"{config.data_root or config.dataset} has classes {splits.train.classes[:4]}..., the stored run "
-            f"was trained on {list(config.classes or [])[:4]}... ({len(config.classes or [])} classes)"
+            f"{data.data_root or data.dataset} has classes {splits.train.classes[:4]}..., the stored run "
+            f"was trained on {list(data.classes or [])[:4]}... ({len(data.classes or [])} classes)"
         )
-    n_train, world = len(splits.train.y), accelerator.num_processes
-    if config.batch_size > n_train:
-        raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set ({n_train} examples)")
-    if config.batch_size % world:
-        raise ConfigError(f"--batch-size {config.batch_size} must be divisible by the number of processes ({world})")
-    if list(splits.train.x.shape[1:]) != list(config.in_shape):
+    n_train, world, batch = len(splits.train.y), accelerator.num_processes, config.optim.batch_size
+    if batch > n_train:
+        raise ConfigError(f"--batch-size {batch} is larger than the training set ({n_train} examples)")
+    if batch % world:
+        raise ConfigError(f"--batch-size {batch} must be divisible by the number of processes ({world})")
+    if list(splits.train.x.shape[1:]) != list(config.model.in_shape):
         raise ConfigError(
-            f"{config.dataset} images are {tuple(splits.train.x.shape[1:])}, the model "
-            f"expects in_shape {tuple(config.in_shape)}"
+            f"{data.dataset} images are {tuple(splits.train.x.shape[1:])}, the model "
+            f"expects in_shape {tuple(config.model.in_shape)}"
         )
 
-    if config.compile and not args.eval_only:
+    if config.run.compile and not args.eval_only:
         log(
             "compiling the step on its first calls (about 20 s per step function on a CPU, minutes for a deep net); add --no-compile for quick tries"
         )
@@ -113,7 +108,7 @@ def training_function(config: RunConfig, args):
         err, steps = trainer.evaluate(splits.test)
         log(
             f"test error {100 * err:.2f}% (accuracy {100 * (1 - err):.2f}%) on {len(splits.test.y)} images, "
-            f"{steps:g} free-phase steps (T={config.T}, tol={config.tol:g})"
+            f"{steps:g} free-phase steps (T={config.phases.T}, tol={config.phases.tol:g})"
         )
         return {"test_error": err, "free_steps": steps}
 
@@ -135,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifar.py",
         description="Train a convergent ConvNet by EP or BPTT.",
-        epilog="Defaults shown are those of the embedded preset (digits-ce-symmetric); another --preset "
-        "overrides some of them (--list-presets), and every flag given overrides the preset. Quick tries of "
-        "a compiled preset (cifar10-cpu, the paper's rows): add --no-compile, compiling takes minutes.",
+        epilog="Defaults shown are the sections' own, the paper's ce-symmetric recipe; the preset (by default "
+        "digits-ce-symmetric, --list-presets) overrides some of them, and every flag given overrides the preset. "
+        "Quick tries of a compiled preset (cifar10-cpu, the paper's rows): add --no-compile, compiling takes minutes.",
     )
     parser.add_argument(
         "--preset", default=DEFAULT, help=f"hyper-parameter preset (see --list-presets; default: {DEFAULT})"
@@ -186,8 +181,8 @@ def main(argv=None):
             mark = "*" if name == DEFAULT else " "
             print(f"{mark} {name:<26} {DESCRIPTIONS[name]}")
             print(
-                f"  {'':<26} {p.dataset}, {p.estimator}, T={p.T} K={p.K} beta={p.beta}, {p.epochs} epochs"
-                f"{', compiled' if p.compile else ''}"
+                f"  {'':<26} {p.data.dataset}, {p.estimator}, T={p.phases.T} K={p.phases.K} beta={p.phases.beta}, "
+                f"{p.optim.epochs} epochs{', compiled' if p.run.compile else ''}"
             )
         print("(* marks the default: the preset of a run without --preset)")
         return 0
@@ -201,9 +196,9 @@ def main(argv=None):
             config = RunConfig.resume(args)
         else:
             config = RunConfig.from_args(args)
-            settle_folder(Path(config.out))
+            settle_folder(Path(config.run.out))
             if not args.overwrite:  # early, before the data load; again under the folder's lock
-                check_fresh_folder(Path(config.out))
+                check_fresh_folder(Path(config.run.out))
         for line in cautions(config):
             print(f"cifar.py: {line}", file=sys.stderr)
         training_function(config, args)
@@ -211,7 +206,7 @@ def main(argv=None):
         print(f"cifar.py: error: {e}", file=sys.stderr)
         return 2
     except Diverged as e:
-        last = Path(config.out) / "last.pt"
+        last = Path(config.run.out) / "last.pt"
         where = f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint was written yet"
         print(f"cifar.py: diverged: {e}; {where}", file=sys.stderr)
         return 3

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ep_compile.checkpoint import load_checkpoint  # noqa: E402
 from ep_compile.model import ConfigError  # noqa: E402
 from ep_compile.onnx_export import export_checkpoint  # noqa: E402
-from ep_compile.training import load_checkpoint  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -175,7 +175,7 @@ MUTANTS = {
         CONT,
     ),
     "wd-compensation-exponent": (
-        "training.py",
+        "optim.py",
         '(1 - group["lr"] * group["weight_decay"]) ** (K - 1 - k)',
         '(1 - group["lr"] * group["weight_decay"]) ** (K - k)',
         CONT,
@@ -183,7 +183,7 @@ MUTANTS = {
     # randomness on the device (tests/test_fake_cuda.py): a draw from the host generator, a host draw
     "dropout-masks-from-the-host-generator": (
         "trainer.py",
-        'gen = step_generator(self.cfg["seed"], epoch, step, self.device)',
+        "gen = step_generator(self.cfg.run.seed, epoch, step, self.device)",
         "gen = gen",
         ["tests/test_fake_cuda.py"],
     ),

@@ -7,10 +7,12 @@ import torch
 from conftest import small_cfg
 
 from ep_compile import gradcheck
+from ep_compile.config import OptimConfig
 from ep_compile.dynamics import drive_autograd, preactivations, relax
 from ep_compile.estimators import Phases, kp_vf, symmetric, vf
 from ep_compile.model import ConfigError, EPNet
-from ep_compile.training import alignment_angles, make_optimizer
+from ep_compile.optim import make_optimizer
+from ep_compile.reports import alignment_angles
 
 
 def flat(gs):
@@ -119,7 +121,7 @@ def test_kolen_pollack_difference_decays_by_one_minus_lr_wd_on_the_real_update(f
     torch.manual_seed(3)
     m = EPNet(small_cfg(asymmetric=True, fc=[5]))
     eta, lam = 0.05, 0.1
-    opt = make_optimizer(m, {"lrs": [eta] * 4, "momentum": 0.0, "weight_decay": lam})
+    opt = make_optimizer(m, OptimConfig(lrs=[eta] * 4, momentum=0.0, weight_decay=lam))
     x, y = batch(2)
     for _ in range(3):
         before = [(layer.weight_f - layer.weight_b).detach().clone() for layer in m.layers[1:]]

@@ -115,10 +115,10 @@ CLI = [  # (arguments, text the one-line error must contain)
     (["--decay-epochs", "-1"], "--decay-epochs -1"),
     (["--lr-min", "-1"], "--lr-min -1"),
     (["--std-scale", "0"], "--std-scale 0"),
-    (["--init-gain", "-1"], "got -1.0"),
-    (["--amp", "fp8"], "'fp8'"),
+    (["--init-gain", "-1"], "--init-gain -1.0"),
+    (["--amp", "fp8"], "--amp fp8"),
     (["--estimator", "vf", "--asymmetric", "--vf-form", "bogus"], "'bogus'"),
-    (["--estimator", "holomorphic", "--hep-points", "1"], "got 1"),
+    (["--estimator", "holomorphic", "--hep-points", "1"], "--hep-points 1"),
     (["--check-every", "0"], "--check-every 0"),
     (["--spike-quantizer", "sigma-delta"], "--neuron spiking"),
     (["--threads", "-1"], "--threads"),
@@ -216,7 +216,7 @@ MORE = [  # (arguments, needle): values in range one by one, combinations the pa
     (["--estimator", "spiking-symmetric"], "needs --neuron spiking"),
     (["--estimator", "c-ep", "--amp", "bf16"], "--amp bf16"),
     (["--augment", "--no-augment"], "contradict"),
-    (["--epochs", "0", "--batch-size", "0"], "--batch-size 0"),
+    (["--epochs", "0", "--batch-size", "0"], "--epochs 0"),  # the first in the section's order
 ]
 
 

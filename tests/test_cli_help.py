@@ -13,7 +13,7 @@ import cifar  # noqa: E402
 def test_help_file_is_the_parsers_own_text():
     assert cifar.HELP.read_text() == cifar.help_text(), "run: python experiments/cifar.py --write-help"
     text = cifar.HELP.read_text()
-    assert "(default: 30)" in text and "kp-vf" in text and "holomorphic" in text  # defaults, estimators
+    assert "(default: 250)" in text and "kp-vf" in text and "holomorphic" in text  # defaults, estimators
 
 
 def test_help_does_not_import_torch():

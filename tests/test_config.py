@@ -1,6 +1,5 @@
 """Bad input gets a clear error naming the bad value."""
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,7 @@ from conftest import small_cfg
 
 from ep_compile import gradcheck
 from ep_compile.estimators import Phases, get_estimator, symmetric
-from ep_compile.model import PRESETS, ConfigError, EPNet, ModelConfig, model_config
+from ep_compile.model import ARCHITECTURES, ConfigError, EPNet, ModelConfig, model_config
 
 
 @pytest.mark.parametrize(
@@ -22,7 +21,7 @@ from ep_compile.model import PRESETS, ConfigError, EPNet, ModelConfig, model_con
         (dict(loss="hinge"), "unknown loss 'hinge'"),
         (dict(in_shape=(1, 3, 3), paddings=[0, 0]), "leaves no pixels"),
         (dict(dropout=[0.1]), "dropout has 1 entries for 2 hidden"),
-        (dict(dropout=[1.0, 0.0]), r"dropout probabilities must lie in \[0, 1\)"),
+        (dict(dropout=[1.0, 0.0]), r"--dropout 1.0 0.0: expected probabilities in \[0, 1\)"),
     ],
 )
 def test_bad_model_config(kw, match):
@@ -31,7 +30,7 @@ def test_bad_model_config(kw, match):
 
 
 @pytest.mark.parametrize(
-    "kw,match", [(dict(T=0), "T must be an integer >= 1, got 0"), (dict(K=-2), "K must be an integer >= 1, got -2")]
+    "kw,match", [(dict(T=0), "--T 0: expected an integer >= 1"), (dict(K=-2), "--K -2: expected an integer >= 1")]
 )
 def test_bad_phases(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -67,7 +66,7 @@ def test_presets_build_and_paper_net_shapes():
     assert cfg.state_shapes() == [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 1, 1)]
     mse = model_config("cifar10", loss="mse")
     assert mse.state_shapes()[-1] == (10,)
-    for name in PRESETS:
+    for name in ARCHITECTURES:
         EPNet(model_config(name))
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -157,7 +156,7 @@ def test_run_config_presets_flags_and_stored_configs():
     stored config with an unknown key is refused by name."""
     import argparse
 
-    from ep_compile.config import RunConfig
+    from ep_compile.config import RunConfig, flag_fields
     from ep_compile.presets import PRESETS
 
     for name, preset in PRESETS.items():
@@ -165,12 +164,13 @@ def test_run_config_presets_flags_and_stored_configs():
     parser = argparse.ArgumentParser()
     RunConfig.add_args(parser)
     flags = {a.dest for a in parser._actions}
-    fields = {f.name for f in dataclasses.fields(RunConfig) if f.metadata["flag"] is not None}
+    fields = {f.name if name != "spike" else f"spike_{f.name}" for name, f in flag_fields()}
     assert fields <= flags and {"compile", "augment"} <= flags
     with pytest.raises(ConfigError, match="bogus"):
         RunConfig.from_dict({"bogus": 1})
-    cfg = RunConfig()
-    assert cfg["T"] == cfg.T and "T" in cfg and cfg.get("nothing") is None
+    cfg = RunConfig()  # typed sections, no dict emulation; the flat stored form round-trips
+    assert cfg.phases.T == 250 and not hasattr(cfg, "__getitem__") and not hasattr(cfg, "T")
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_config_and_registry_sit_low_and_nothing_imports_the_trainer():

@@ -8,9 +8,10 @@ import torch
 from conftest import small_cfg, train
 
 from ep_compile import gradcheck
+from ep_compile.config import OptimConfig
 from ep_compile.estimators import ESTIMATORS, Phases, kp_vf, one_sided, set_grads, symmetric
 from ep_compile.model import ConfigError, EPNet
-from ep_compile.training import PhaseAdamW, make_optimizer, wd_compensate
+from ep_compile.optim import PhaseAdamW, make_optimizer, wd_compensate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,7 @@ def run_continual(model, name, x, y, ph, lr, wd=0.0, compensate=False, optimizer
     """Drive a continual estimator through a real torch optimizer, as experiments/cifar.py does;
     returns the weights before and after."""
     n_groups = len(model.layers) + (model.readout is not None)
-    opt = make_optimizer(model, {"lrs": [lr] * n_groups, "momentum": 0.0, "weight_decay": wd, "optimizer": optimizer})
+    opt = make_optimizer(model, OptimConfig(lrs=[lr] * n_groups, momentum=0.0, weight_decay=wd, optimizer=optimizer))
     before = flat(model.parameters()).clone()
     group_of = [i for i, grp in enumerate(opt.param_groups) for _ in grp["params"]]
 
@@ -110,7 +111,7 @@ def test_phase_adam_time_local_steps_telescope_to_the_ep_step(f64):
     torch.manual_seed(0)
     model = EPNet(small_cfg(fc=[5]))
     before = flat(model.parameters()).clone()
-    opt = make_optimizer(model, {"lrs": [lr] * 4, "momentum": 0.0, "weight_decay": 0.0, "optimizer": "adam-phase"})
+    opt = make_optimizer(model, OptimConfig(lrs=[lr] * 4, momentum=0.0, weight_decay=0.0, optimizer="adam-phase"))
     set_grads(model, symmetric(model, x, y, ph).grads)
     opt.step(), opt.end_iteration()
     ep = flat(model.parameters()) - before

@@ -17,17 +17,16 @@ its numbers come from."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.overrides import TorchFunctionMode
 
 from ep_compile import registry, trainer
+from ep_compile.checkpoint import checkpoint_payload
 from ep_compile.config import RunConfig
 from ep_compile.data import Dataset, Splits
-from ep_compile.training import checkpoint_payload
+from ep_compile.presets import PRESETS
 
 HOST_OK = (torch.uint8, torch.int64, torch.bool)  # the host data pipeline: raw images, labels, indices
 SYNCS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__}
@@ -106,7 +105,7 @@ class FakeAccelerator:
 
 def run_config(name: str) -> RunConfig:
     e = registry.entry(name)
-    d = dict(channels=[4, 6], kernels=[3, 3], paddings=[1, 1], in_shape=[1, 8, 8], n_classes=4, T=3, K=2, beta=0.5)
+    d = dict(PRESETS["digits-ce-symmetric"], channels=[4, 6], n_classes=4, T=3, K=2, beta=0.5)
     d.update(batch_size=8, eval_batch_size=8, estimator=name, lrs=[0.1, 0.1, 0.1], epochs=1, mean=[0.5], std=[0.2])
     d["dropout"] = [0.2, 0.1]
     if e.needs_asymmetric:
@@ -197,7 +196,7 @@ def test_phases_on_fake_cuda(over, monkeypatch):
     """The free and nudged phases of symmetric EP, and an evaluation, with fake CUDA tensors."""
     from ep_compile.estimators import free_phase, nudged_states, phase_autocast
 
-    cfg = dataclasses.replace(run_config("symmetric"), **over)
+    cfg = RunConfig.from_dict({**run_config("symmetric").to_dict(), **over})
     guard = DeviceGuard(stand_in_generators(monkeypatch, "cuda"), "cuda")
     guarded_host_pipeline(monkeypatch, guard)
 

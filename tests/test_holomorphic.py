@@ -100,7 +100,7 @@ def test_beats_symmetric_at_large_beta_on_the_papers_net_kind():
 
 def test_refusals():
     model, x, y = setup()
-    with pytest.raises(ConfigError, match="hep_points"):
+    with pytest.raises(ConfigError, match="--hep-points 1"):
         Phases(hep_points=1)
     with pytest.raises(ConfigError, match="fused"):
         holomorphic(model, x, y, Phases(T=5, K=2, fused=True))

@@ -114,7 +114,7 @@ def test_export_weights_flag(tmp_path):
     with pytest.raises(ConfigError, match="--weights 'int4'"):
         export_checkpoint(ck, str(tmp_path / "m.onnx"), weights="int4")
     assert not (tmp_path / "m.onnx").exists()
-    from ep_compile.training import CHECKPOINT_VERSION
+    from ep_compile.checkpoint import CHECKPOINT_VERSION
 
     torch.save({**ck, "format": "ep_compile-checkpoint", "version": CHECKPOINT_VERSION}, tmp_path / "ck.pt")
     script = str(ROOT / "export" / "to_onnx.py")

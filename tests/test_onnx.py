@@ -106,8 +106,9 @@ def test_trained_digits_model_same_accuracy_in_onnxruntime(tmp_path):
         text=True,
     )
     assert p.returncode == 0, p.stderr
+    from ep_compile.checkpoint import load_checkpoint
+    from ep_compile.config import model_from_config
     from ep_compile.data import make_splits, preprocess
-    from ep_compile.training import load_checkpoint, model_from_config
 
     ck = load_checkpoint(run)
     cfg = ck["config"]

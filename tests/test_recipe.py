@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import small_cfg, train
 
-from ep_compile.config import RunConfig
+from ep_compile.config import OptimConfig, RunConfig
 from ep_compile.model import ConfigError, EPNet
-from ep_compile.training import lr_at, make_optimizer
+from ep_compile.optim import lr_at, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -29,10 +29,10 @@ def test_lr_schedule_warmup_then_cosine():
 def test_adam_optimizer_and_bad_name():
     torch.manual_seed(0)
     m = EPNet(small_cfg())
-    opt = make_optimizer(m, {"lrs": [1e-3] * 3, "momentum": 0.9, "weight_decay": 0.0, "optimizer": "adam"})
+    opt = make_optimizer(m, OptimConfig(lrs=[1e-3] * 3, momentum=0.9, weight_decay=0.0, optimizer="adam"))
     assert isinstance(opt, torch.optim.AdamW) and [g["lr"] for g in opt.param_groups] == [1e-3] * 3
     with pytest.raises(ConfigError, match="unknown optimizer 'lbfgs'"):
-        make_optimizer(m, {"lrs": [1e-3] * 3, "momentum": 0.9, "weight_decay": 0.0, "optimizer": "lbfgs"})
+        make_optimizer(m, OptimConfig(lrs=[1e-3] * 3, momentum=0.9, weight_decay=0.0, optimizer="lbfgs"))
 
 
 def test_init_gain_scales_every_synapse_weight():
@@ -44,7 +44,7 @@ def test_init_gain_scales_every_synapse_weight():
         torch.testing.assert_close(lb.weight_f, 2.5 * la.weight_f)
         if la.weight_b is not None:
             torch.testing.assert_close(lb.weight_b, 2.5 * la.weight_b)
-    with pytest.raises(ConfigError, match="init_gain"):
+    with pytest.raises(ConfigError, match="--init-gain"):
         small_cfg(init_gain=-1.0)
 
 
@@ -109,13 +109,13 @@ def test_every_preset_is_listed_and_builds(capsys, monkeypatch, tmp_path):
     assert listed == list(cifar.PRESETS)
     assert [line[2:].split()[0] for line in out if line.startswith("* ")][0] == "digits-ce-symmetric"  # marked
     built = {}
-    monkeypatch.setattr(cifar, "training_function", lambda config, args: built.setdefault(config["preset"], config))
+    monkeypatch.setattr(cifar, "training_function", lambda config, args: built.setdefault(config.run.preset, config))
     for name in cifar.PRESETS:
         assert cifar.main(["--preset", name, "--out", str(tmp_path / name)]) == 0, name
-        assert built[name]["estimator"]
+        assert built[name].estimator
     full = {n: RunConfig.from_dict(p) for n, p in cifar.PRESETS.items()}
-    bptt_rows = [n for n, c in full.items() if c.estimator == "bptt" and c.T == 250]
-    assert bptt_rows and all(full[n].bptt_steps == full[n].K for n in bptt_rows)
+    bptt_rows = [n for n, c in full.items() if c.estimator == "bptt" and c.phases.T == 250]
+    assert bptt_rows and all(full[n].phases.bptt_steps == full[n].phases.K for n in bptt_rows)
 
 
 def test_fresh_run_refuses_an_existing_run_folder(tmp_path):

@@ -115,19 +115,19 @@ def test_resume_refuses_an_edited_config(old_run, capsys):
 
 def test_checkpoint_write_failure_leaves_no_temp_file(tmp_path, monkeypatch):
     """A write that fails mid-file (a full disk) removes its temp file; the old checkpoint stays."""
-    from ep_compile import training
+    from ep_compile import checkpoint
 
     target = tmp_path / "last.pt"
-    training.atomic_save({"a": 1}, target)
+    checkpoint.atomic_save({"a": 1}, target)
     before = target.read_bytes()
 
     def full(obj, f):
         f.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(training.torch, "save", full)
+    monkeypatch.setattr(checkpoint.torch, "save", full)
     with pytest.raises(OSError):
-        training.atomic_save({"a": 2}, target)
+        checkpoint.atomic_save({"a": 2}, target)
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 

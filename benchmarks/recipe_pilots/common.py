@@ -3,8 +3,9 @@ float64, and the cosine per weight between two gradient estimates."""
 
 import torch
 
+from ep_compile.checkpoint import load_checkpoint
+from ep_compile.config import model_from_config
 from ep_compile.data import make_splits
-from ep_compile.training import load_checkpoint, model_from_config
 
 
 def cifar_splits():

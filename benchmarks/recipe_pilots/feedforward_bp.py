@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ep_compile.checkpoint import step_generator
 from ep_compile.data import augment, make_splits, normalize
-from ep_compile.training import step_generator
 
 torch.set_num_threads(1)
 torch.manual_seed(0)

@@ -12,12 +12,12 @@ import time
 
 import torch
 
+from ep_compile.checkpoint import step_generator
 from ep_compile.data import augment, make_splits, normalize
 from ep_compile.dynamics import make_step, relax
 from ep_compile.estimators import Phases, get_estimator, set_grads
 from ep_compile.model import EPNet, model_config
 from ep_compile.registry import entry
-from ep_compile.training import step_generator
 
 p = argparse.ArgumentParser()
 p.add_argument("--ch", type=int, nargs="+", default=[32, 64, 128, 256])

@@ -10,17 +10,16 @@ import sys
 import torch
 from common import cifar_splits, load_float64, weight_cosines
 
-from ep_compile.config import RunConfig
+from ep_compile.config import RunConfig, model_from_config
 from ep_compile.data import preprocess
 from ep_compile.dynamics import relax_until, step_evenodd
 from ep_compile.estimators import Phases, bptt, symmetric
 from ep_compile.presets import PRESETS
-from ep_compile.training import model_from_config
 
 torch.set_num_threads(1)
 s = cifar_splits()
 if sys.argv[1] == "init":
-    cfg = RunConfig.from_dict({**PRESETS["cifar10-cpu"], "mean": s.mean, "std": s.std})
+    cfg = RunConfig.from_dict({**PRESETS["cifar10-cpu"], "mean": s.mean, "std": s.std}).to_dict()
     torch.manual_seed(0)
     ck = {"epoch": 0, "step": 0}
     m = model_from_config(cfg)

@@ -25,6 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from ep_compile.config import DataConfig  # noqa: E402
 from ep_compile.data import load_digits_set, normalize, preprocessing_meta  # noqa: E402
 from ep_compile.dynamics import SCHEDULES, relax_until  # noqa: E402
 from ep_compile.estimators import Phases, get_estimator, set_grads  # noqa: E402
@@ -96,14 +97,15 @@ def cifar_images(path, n=8):
 def trained_digits_model(train, asymmetric=False, iters=150):
     """Symmetric EP / KP-VF on real digits with the digits preset's recipe: a model whose fixed
     points are those of a trained network, not of random weights."""
-    from ep_compile.training import make_optimizer
+    from ep_compile.config import OptimConfig
+    from ep_compile.optim import make_optimizer
 
     torch.manual_seed(0)
     cfg = ModelConfig(
         in_shape=(1, 8, 8), channels=[8, 16], paddings=[1, 1], pools=["max", "max"], asymmetric=asymmetric
     )
     model = EPNet(cfg)
-    opt = make_optimizer(model, {"lrs": [0.2, 0.1, 0.05], "momentum": 0.9, "weight_decay": 3e-4})
+    opt = make_optimizer(model, OptimConfig(lrs=[0.2, 0.1, 0.05], momentum=0.9, weight_decay=3e-4))
     est = get_estimator("kp-vf" if asymmetric else "symmetric")
     x_all = normalize(train.x, [0.3], [0.37], 3.0)
     gen = torch.Generator().manual_seed(0)
@@ -253,7 +255,7 @@ def main(argv=None):
         x = inputs[data]
         meta = {"default_T": "40"}
         if data == "digits":  # the preprocessing contract, for ep_infer --raw
-            meta["preprocessing"] = preprocessing_meta({"mean": [0.3], "std": [0.37], "std_scale": 3.0}, (1, 8, 8))
+            meta["preprocessing"] = preprocessing_meta(DataConfig(mean=[0.3], std=[0.37]), (1, 8, 8))
         base, schedule = kind(name)
         int8 = base.endswith("_int8")
         source = models[base[: -len("_int8")]][1] if int8 else model  # int8: export the float weights
