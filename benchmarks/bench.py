@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ep_compile.config import add_flags  # noqa: E402
 from ep_compile.dynamics import make_step, relax, step_autograd  # noqa: E402
 from ep_compile.estimators import ENTRIES, ESTIMATORS, Phases  # noqa: E402
 from ep_compile.machine import describe  # noqa: E402
@@ -249,8 +250,7 @@ def main(argv=None):
     p.add_argument("--arch", default="cifar10", help="preset or JSON architecture (default: the paper's CIFAR-10 net)")
     p.add_argument("--loss", default=None, help="ce or mse (default: the preset's)")
     p.add_argument("--batch", type=int, default=16, help="batch size")
-    p.add_argument("--T", type=int, default=250, help="free-phase steps of a training iteration")
-    p.add_argument("--K", type=int, default=25, help="nudged-phase steps")
+    add_flags(p, Phases, ("T", "K"))  # the phases section's defaults: the paper's T=250, K=25
     p.add_argument("--steps", type=int, default=20, help="steps timed for ms per step")
     p.add_argument("--repeats", type=int, default=3, help="timings per number (median)")
     p.add_argument("--rounds", type=int, default=3, help="turns of the reference table (variants timed in turn)")

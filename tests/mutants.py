@@ -180,6 +180,20 @@ MUTANTS = {
         '(1 - group["lr"] * group["weight_decay"]) ** (K - k)',
         CONT,
     ),
+    # how an iteration applies an estimate (registry.Entry.iterate, which the trainer calls): a
+    # time-local rule applied once at the end, a one-shot estimate never applied
+    "iterate-time-local-applied-once": (
+        "registry.py",
+        "if self.time_local:\n            return self.fn(model, x, y, phases, apply_update=apply_update, **kw)",
+        "if False:\n            return self.fn(model, x, y, phases, apply_update=apply_update, **kw)",
+        ["tests/test_continual.py"],
+    ),
+    "iterate-one-shot-estimate-not-applied": (
+        "registry.py",
+        "        apply_update(est.grads, 0, 1)\n",
+        "",
+        ["tests/test_continual.py"],
+    ),
     # randomness on the device (tests/test_fake_cuda.py): a draw from the host generator, a host draw
     "dropout-masks-from-the-host-generator": (
         "trainer.py",
@@ -244,7 +258,8 @@ def run_mutant(name: str, timeout: int) -> dict:
             return {"mutant": name, "status": "stale", "detail": f"{old!r} found {text.count(old)} times in {file}"}
         src.write_text(text.replace(old, new))
         env = {**os.environ, "PYTHONPATH": str(tmp), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+        # the copy has no pyproject.toml: its addopts (the default set, not the slow one) are given here
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", *tests]
         t0 = time.time()
         try:
             p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)

@@ -201,19 +201,58 @@ def test_mismatched_models_error():
         ESTIMATORS["c-ep"](EPNet(small_cfg(asymmetric=True)), x, y, Phases(T=2, K=2, beta=0.1))
 
 
+HALF = ("--epochs", "15", "--decay-epochs", "15")  # the ConvNet presets' recipe on a cosine of half the length
+
+
 @pytest.mark.parametrize(
-    "preset,threshold",
+    "preset,threshold,more",
     [
-        ("digits-cep-mlp", 0.85),
-        ("digits-cvf-mlp", 0.75),
-        pytest.param("digits-cep-conv", 0.95, marks=pytest.mark.slow),  # 30-epoch ConvNet runs: minutes
-        pytest.param("digits-cvf-conv", 0.90, marks=pytest.mark.slow),
+        ("digits-cep-mlp", 0.85, ()),
+        ("digits-cvf-mlp", 0.75, ()),
+        pytest.param("digits-cep-conv", 0.92, HALF, marks=pytest.mark.slow),  # ConvNet runs: minutes
+        pytest.param("digits-cvf-conv", 0.89, HALF, marks=pytest.mark.slow),
     ],
 )
-def test_continual_rules_learn_digits(tmp_path, preset, threshold):
+def test_continual_rules_learn_digits(tmp_path, preset, threshold, more):
     """A broken increment (wrong sign, missing 1/beta, weights not used by the next step) stays near
     the 10% of chance. The ConvNet (two-sided C-EP, AdamW at every nudged step, 30 epochs): 96.4%
     measured; one-sided C-EP with the same recipe stays at chance. Two-sided C-VF on the ConvNet
-    (half the conv rates, beta=0.5, weight decay 0.1): 93.0 / 96.1 / 92.5% over seeds 0 / 1 / 2."""
-    last = train(tmp_path / preset, "--preset", preset)[-1]
+    (half the conv rates, beta=0.5, weight decay 0.1): 93.0 / 96.1 / 92.5% over seeds 0 / 1 / 2.
+    Here on a cosine of 15 epochs (half the CI time): 94.15% (C-EP) and 91.92% (C-VF) measured on an
+    AMD EPYC Zen 3, seed 0."""
+    last = train(tmp_path / preset, "--preset", preset, *more)[-1]
     assert 1 - last["test_error"] >= threshold, last
+
+
+@pytest.mark.parametrize("name", ["symmetric", "one-sided", "bptt", "c-ep", "c-ep-symmetric", "c-vf"])
+def test_trainer_applies_time_local_increments_at_every_nudged_step(name, monkeypatch):
+    """Trainer.iteration through the registry (Entry.iterate): a time-local rule updates the weights
+    at each of its K nudged steps (2K when two-sided), each increment k of K; every other estimator
+    once, with the whole estimate (k=0, K=1)."""
+    from accelerate import Accelerator
+
+    from ep_compile import registry
+    from ep_compile.config import RunConfig
+    from ep_compile.data import Dataset, Splits
+    from ep_compile.presets import PRESETS
+    from ep_compile.trainer import Trainer
+
+    e = registry.entry(name)
+    d = dict(PRESETS["digits-ce-symmetric"], channels=[4, 6], T=4, K=3, batch_size=4, estimator=name, epochs=1)
+    d.update(asymmetric=e.needs_asymmetric, mean=[0.5], std=[0.2], optimizer="adam-phase" if e.time_local else "sgd")
+    cfg = RunConfig.from_dict(d)
+    cfg.validate()
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset(
+        torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(8) % 10, list("0123456789")
+    )
+    t = Trainer(cfg, Accelerator(cpu=True), Splits(ds, ds, ds, [0.5], [0.2]), log=lambda *a: None)
+    calls, real = [], t.update
+    monkeypatch.setattr(t, "update", lambda grads: (calls.append(len(grads)), real(grads)))
+    seen = []
+    monkeypatch.setattr(t, "apply", lambda grads, k, K, apply=t.apply: (seen.append((k, K)), apply(grads, k, K)))
+    x, y, masks, gen = t.batch(0, 0, torch.arange(8))
+    t.iteration(x, y, masks, gen)
+    K = cfg.phases.K
+    want = [(k, K) for _ in range(2 if e.two_sided else 1) for k in range(K)] if e.time_local else [(0, 1)]
+    assert seen == want and len(calls) == len(want), (seen, calls)
