@@ -1,6 +1,6 @@
 """The gradient check of the paper (Eq. 6, Fig. 2, App. G): EP step by step vs truncated BPTT.
 
-    python -m ep_compile.gradcheck --arch digits --data digits --T 200 --K 30 \\
+    python -m ep_compile.gradcheck --arch digits-small --data digits --T 200 --K 30 \\
         --betas 0.1 0.01 0.001 --estimators one-sided symmetric --dtype float64 --json gc.json
 
 For t = 1..K, the EP estimate after t nudged steps (Eq. 6) is compared with BPTT truncated to the last
@@ -288,7 +288,9 @@ def plot(model: EPNet, curves: dict, beta: float, path: str, seed: int, per_laye
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ep_compile.gradcheck", description=__doc__.split("\n")[0])
-    p.add_argument("--arch", default="digits", help="preset name (digits, mnist, cifar10), JSON file or JSON string")
+    p.add_argument(
+        "--arch", default="digits-small", help="architecture name (model.ARCHITECTURES), JSON file or JSON string"
+    )
     p.add_argument("--loss", choices=("ce", "mse"), default=None, help="override the output mode of the architecture")
     p.add_argument("--asymmetric", action="store_true", help="separate backward weights (for vf, kp-vf)")
     p.add_argument(

@@ -184,8 +184,10 @@ ARCHITECTURES = {  # name -> overrides of ModelConfig's defaults, which are the 
     "cifar10-cpu": dict(channels=[32, 64, 128, 256], activation="hard-sigmoid-1"),
     # MNIST-size net (Ernoult et al. 2019 style), 28x28 grey input
     "mnist": dict(in_shape=(1, 28, 28), channels=[32, 64], paddings=[1, 1], pools=["max"] * 2),
-    # scikit-learn digits: 8x8 grey input; small enough for tests and seconds-long runs
+    # scikit-learn digits: 8x8 grey input; the net of the digits presets (presets.DIGITS)
     "digits": dict(in_shape=(1, 8, 8), channels=[32, 64], paddings=[1, 1], pools=["max"] * 2),
+    # the same, narrowed to 16-32: the quick start's and the gradient checks' net (seconds)
+    "digits-small": dict(in_shape=(1, 8, 8), channels=[16, 32], paddings=[1, 1], pools=["max"] * 2),
 }
 
 

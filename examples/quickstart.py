@@ -9,7 +9,7 @@ mean = train.x.float().div(255).mean(dim=(0, 2, 3)).tolist()  # per channel, fro
 std = train.x.float().div(255).std(dim=(0, 2, 3)).tolist()
 x_train, x_test = (ep.normalize(d.x, mean, std, std_scale=3.0) for d in (train, test))  # (N, 1, 8, 8) floats
 
-model = ep.EPNet(ep.model_config("digits"))  # conv 16-32 + max-pool, softmax read-out
+model = ep.EPNet(ep.model_config("digits-small"))  # conv 16-32 + max-pool, softmax read-out
 phases = ep.Phases(T=30, K=10, beta=0.5)  # free steps, nudged steps, nudging strength
 x, y = x_train[:64], train.y[:64]
 

@@ -181,7 +181,7 @@ def test_gradcheck_accepts_asymmetric_models(tmp_path, capsys):
 
     rows = {(r["estimator"], r["layer"]): r["rel_error"] for r in json.loads(text)["results"]}
     torch.manual_seed(0)
-    model = EPNet(model_config("digits", asymmetric=True)).double()
+    model = EPNet(model_config("digits-small", asymmetric=True)).double()
     x, y = gradcheck.load_batch("random", model.cfg.in_shape, 3, 10, torch.float64, torch.Generator().manual_seed(0))
     ref = bptt(model, x, y, Phases(T=60, K=15, bptt_steps=15)).grads
     for name, fn in (("vf", vf), ("kp-vf", kp_vf), ("kp-vf-one-sided", kp_vf_one_sided)):

@@ -10,7 +10,7 @@ def test_gradcheck_cli_json_and_plot(tmp_path):
     rc = gradcheck.main(
         [
             "--arch",
-            "digits",
+            "digits-small",
             "--data",
             "digits",
             "--batch",
