@@ -325,7 +325,7 @@ class RunConfig:
                     flag, dest=_dest(name, f), action="store_true", default=None, help=f.metadata["help"]
                 )
                 continue
-            typ = f.metadata["type"] or {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
+            typ = _flag_type(f)
             nargs = "+" if f.metadata["many"] else None
             hlp = f.metadata["help"] + (": " + ", ".join(registry.ENTRIES) if f.name == "estimator" else "")
             group.add_argument(
@@ -469,6 +469,11 @@ def _group(parser, section: str):
     return groups[GROUPS.get(section, section)]
 
 
+def _flag_type(f):
+    """The argparse type of a setting's flag: the field's declared item type, else from its annotation."""
+    return f.metadata["type"] or {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
+
+
 def _shown(f) -> str:
     """'(default: X)' for --help: the section's default, which a preset may override."""
     d = default_of(f)
@@ -483,7 +488,7 @@ def add_flags(parser, section, names, **help_more) -> None:
     fields = {f.name: f for f in dataclasses.fields(section)}
     for name in names:
         f = fields[name]
-        typ = f.metadata["type"] or {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
+        typ = _flag_type(f)
         hlp = f.metadata["help"] + help_more.get(name, "")
         parser.add_argument(flag_of(f), dest=name, type=typ, default=default_of(f), help=f"{hlp} {_shown(f)}")
 
