@@ -499,10 +499,17 @@ def model_from_config(config) -> EPNet:
 
 
 def check_spiking(model: EPNet) -> None:
-    """Spiking nets run every layer kind of the rate network (conv with max, average or no pooling,
-    dense); nothing to refuse. Kept as the one place for such checks."""
+    """Spiking nets run every interaction of the rate network (conv with max, average or no pooling,
+    strided, dense, skips); binary spikes decode rates in [0, 1], so every state's activation must
+    be a hard sigmoid."""
     if not model.layers:
         raise ConfigError("a spiking network needs at least one layer")
+    bad = sorted({a for a, (_, lo, hi) in zip(model.cfg.state_activations(), model.acts) if (lo, hi) != (0.0, 1.0)})
+    if bad:
+        raise ConfigError(
+            f"activation {bad[0]!r}: binary spikes decode rates in [0, 1]; a spiking net needs "
+            "hard-sigmoid or hard-sigmoid-1 on every state"
+        )
 
 
 def cautions(cfg: RunConfig) -> list[str]:

@@ -14,6 +14,8 @@ enter Phi or the loss, so the dropped units' drive is zero.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .model import ConfigError, EPNet
@@ -23,46 +25,57 @@ def preactivations(model: EPNet, x, states, masks=None, y=None, beta=None, parit
     """u_n = dPhi/ds^n - beta dl/ds^n for every layer (explicit form) and the pooling contexts.
 
     x: (B, C, H, W); states: [(B, *shape_n)]; beta: None (free phase), a float, a 0-d tensor, or a
-    (B,) tensor (one beta per example: the +beta and -beta phases run as one batch). parity 0 / 1
-    computes only the layers with even / odd list index (the others come back as None).
-    Returns ([u_n (B, *shape_n)], [ctx_n]) where ctx_n holds layer n's max-pool indices.
+    (B,) tensor (one beta per example: the +beta and -beta phases run as one batch). parity c
+    computes only the states of colour class c (model.colours: the even / odd layers of a chain; the
+    others come back as None). u_n sums the forward term of every interaction into s^n and the
+    feedback of every interaction out of it (the next chain layer, then the skips).
+    Returns ([u_n (B, *shape_n)], [ctx_i]) where ctx_i holds interaction i's max-pool indices.
     """
     dropped = model.apply_masks(states, masks)
     layers = [x] + dropped
     outs = [layer(layers[n]) for n, layer in enumerate(model.layers)]  # [(P(w_n * s^{n-1}), ctx)]
+    skip_outs = [sk(layers[sk.src]) for sk in model.skips]
     n_states = len(states)
+    only = None if parity is None else model.colours[parity]
     us = []
     for n in range(n_states):
-        if parity is not None and n % 2 != parity:
+        if only is not None and n not in only:
             us.append(None)
             continue
         u = outs[n][0]  # bottom-up drive
         if n + 1 < n_states:  # top-down drive through the next layer's adjoint (w^b if it has one)
             nxt = model.layers[n + 1]
             u = u + nxt.feedback(dropped[n + 1], nxt.feedback_ctx(dropped[n], outs[n + 1][1]))
+        for sk, (v, ctx) in zip(model.skips, skip_outs):
+            if sk.dst == n + 1:  # a skip's forward term into s^n
+                u = u + v
+            elif sk.src == n + 1:  # a skip's feedback from the state it drives
+                u = u + sk.feedback(dropped[sk.dst - 1], sk.feedback_ctx(dropped[n], ctx))
         if beta is not None and n == n_states - 1:
             b = beta.view(-1, *[1] * (u.dim() - 1)) if isinstance(beta, torch.Tensor) and beta.dim() == 1 else beta
             u = u - b * model.dloss_ds(states, y, masks)
         if masks is not None and masks[n] is not None:
             u = u * masks[n]
         us.append(u)
-    return us, [o[1] for o in outs]
+    return us, [o[1] for o in outs + skip_outs]
 
 
 def step(model: EPNet, x, states, masks=None, y=None, beta=None) -> list[torch.Tensor]:
     """One synchronous step of the explicit dynamics (no autograd needed)."""
     us, _ = preactivations(model, x, states, masks, y, beta)
-    return [model.sigma(u) for u in us]
+    return [model.sigma(u, n) for n, u in enumerate(us)]
 
 
 def step_evenodd(model: EPNet, x, states, masks=None, y=None, beta=None) -> list[torch.Tensor]:
-    """Asynchronous step: layers with even list index (s^1, s^3, ...) from s_t, then the odd ones
-    from the fresh even layers (as in Scellier et al. 2023). Same fixed points as `step`; it
-    usually gets there in fewer steps, each costing two partial sweeps."""
-    us, _ = preactivations(model, x, states, masks, y, beta, parity=0)
-    states = [s if u is None else model.sigma(u) for u, s in zip(us, states)]
-    us, _ = preactivations(model, x, states, masks, y, beta, parity=1)
-    return [s if u is None else model.sigma(u) for u, s in zip(us, states)]
+    """Asynchronous step: the colour classes of the state graph in turn, each from the freshest
+    states (as in Scellier et al. 2023). On a chain: the layers with even list index (s^1, s^3, ...)
+    from s_t, then the odd ones from the fresh even layers. A skip between two states of the same
+    parity adds a class (model.colours, a greedy colouring): states of one class share no
+    interaction. Same fixed points as `step`; it usually gets there in fewer steps."""
+    for c in range(len(model.colours)):
+        us, _ = preactivations(model, x, states, masks, y, beta, parity=c)
+        states = [s if u is None else model.sigma(u, n) for n, (u, s) in enumerate(zip(us, states))]
+    return states
 
 
 SCHEDULES = {"sync": step, "evenodd": step_evenodd}
@@ -81,7 +94,7 @@ def drive_autograd(model: EPNet, x, states, masks=None, y=None, beta=None) -> li
 
 def step_autograd(model: EPNet, x, states, masks=None, y=None, beta=None) -> list[torch.Tensor]:
     """One step of the reference dynamics: s_{t+1} = sigma(drive_autograd(s_t))."""
-    return [model.sigma(g) for g in drive_autograd(model, x, states, masks, y, beta)]
+    return [model.sigma(g, n) for n, g in enumerate(drive_autograd(model, x, states, masks, y, beta))]
 
 
 def relax(model: EPNet, x, states, steps: int, masks=None, y=None, beta=None, step_fn=step, callback=None):
@@ -154,8 +167,15 @@ def regions(model: EPNet, x, states, masks=None, y=None, beta=None):
 
 
 def pieces(model: EPNet, us) -> list[torch.Tensor]:
-    """The piece of the hard sigmoid each unit of the drives `us` sits on: -1 (0), 0 (slope * u), 1 (1)."""
-    return [torch.where(u <= 0, -1, torch.where(u * model.slope >= 1, 1, 0)) for u in us]
+    """The piece of its clamp each unit of the drives `us` sits on: -1 (lo), 0 (slope * u), 1 (hi)."""
+    out = []
+    for (slope, lo, hi), u in zip(model.acts, us):
+        out.append(
+            torch.zeros_like(u, dtype=torch.long)
+            if lo == -math.inf
+            else torch.where(u <= 0, -1, torch.where(u * slope >= hi, 1, 0))
+        )
+    return out
 
 
 def count_changes(model: EPNet, x, s_a, s_b, masks=None, y=None, beta_a=None, beta_b=None) -> dict:

@@ -78,17 +78,13 @@ def kp_vf_gradient(model: EPNet, x, y, s_a, beta_a: float, s_b, beta_b: float, m
     pooling indices of its own convolution, and both receive their average. Biases, the first conv
     and the read-out get the plain estimate. With w^b = w^f this is exactly the symmetric EP estimate."""
     params = list(model.parameters())
-    backs = [layer for layer in model.layers if layer.weight_b is not None]
+    backs = [layer for layer in model.interactions() if layer.weight_b is not None]
     with torch.enable_grad():
         g = param_grads(_F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, model.phi, loss), params)
 
-        def phi_b(x_, s, m):  # sum over layers of s^n . P(w^b * s^{n-1}), per example (B,)
+        def phi_b(x_, s, m):  # sum over interactions of s^dst . P(w^b * s^src), per example (B,)
             layers = [x_] + model.apply_masks(s, m)
-            return sum(
-                layer.phi_b(layers[n], layers[n + 1])
-                for n, layer in enumerate(model.layers)
-                if layer.weight_b is not None
-            )
+            return sum(layer.phi_b(layers[layer.src], layers[layer.dst]) for layer in backs)
 
         gb = param_grads(
             _F_diff(model, x, y, s_a, beta_a, s_b, beta_b, masks, phi_b, loss=False),
@@ -123,16 +119,17 @@ def vf_gradient(
     layers = [x] + star
     with torch.enable_grad():
         g = 0
-        for n, layer in enumerate(model.layers):
-            g = g + layer.phi(layers[n], delta[n]).sum()  # forward: delta s^n . P(w^f * s*^{n-1})
+        for layer in model.interactions():  # each links s^a = s^src to s^b = s^dst
+            a, b = layer.src, layer.dst
+            g = g + layer.phi(layers[a], delta[b - 1]).sum()  # forward: delta s^b . P(w^f * s*^a)
             if layer.weight_b is None:
                 continue
-            if form == "paper-code":  # [s*^n . P(w^b * s_b^{n-1}) - s*^n . P(w^b * s_a^{n-1})] / dbeta
-                diff = layer.phi_b(pre_b[n - 1], layers[n + 1]) - layer.phi_b(pre_a[n - 1], layers[n + 1])
+            if form == "paper-code":  # [s*^b . P(w^b * s_+^a) - s*^b . P(w^b * s_-^a)] / dbeta
+                diff = layer.phi_b(pre_b[a - 1], layers[b]) - layer.phi_b(pre_a[a - 1], layers[b])
                 g = g + diff.sum() / (beta_b - beta_a)
-            else:  # <w~^b * P^-1(s*^n), delta s^{n-1}>, indices of w^b * s*^{n-1}
-                ctx = layer.feedback_ctx(layers[n], layer(layers[n])[1])
-                g = g + (layer.feedback(layers[n + 1], ctx) * delta[n - 1]).sum()
+            else:  # <w~^b * P^-1(s*^b), delta s^a>, indices of w^b * s*^a
+                ctx = layer.feedback_ctx(layers[a], layer(layers[a])[1])
+                g = g + (layer.feedback(layers[b], ctx) * delta[a - 1]).sum()
         f = -g / x.shape[0]
         if loss:
             lb = model.loss([t.detach() for t in s_b], y, masks).mean() * beta_b

@@ -92,36 +92,52 @@ def _dloss_ds(model: EPNet, states, y, masks) -> torch.Tensor:
     return real_linear(lambda t: t @ model.readout.weight, err).view_as(states[-1])
 
 
-def _sigma(model: EPNet, u: torch.Tensor, piece) -> torch.Tensor:
+def _sigma(model: EPNet, u: torch.Tensor, piece, n: int) -> torch.Tensor:
+    """State n's activation continued to complex u: its linear piece where s* sat on it, else the
+    constant of the piece (lo or hi)."""
     if piece is None:
-        return model.sigma(u)  # holo-sigmoid
-    return torch.where(piece == 0, model.slope * u, (piece > 0).to(u.dtype))
+        return model.sigma(u, n)  # holo-sigmoid
+    slope, lo, hi = model.acts[n]
+    if lo == -math.inf:  # the identity: one piece
+        return slope * u
+    if (lo, hi) == (0.0, 1.0):
+        return torch.where(piece == 0, slope * u, (piece > 0).to(u.dtype))
+    return torch.where(piece == 0, slope * u, torch.where(piece > 0, hi, lo).to(u.dtype))
 
 
 def complex_step(model: EPNet, x, states, frozen: Frozen, masks, y, beta, parity=None):
     """One step of the continued dynamics for complex states (M B, *shape_n) and a complex beta
-    per example (M B,): the layers of the given parity (None: all) updated from `states`."""
+    per example (M B,): the states of colour class `parity` (None: all) updated from `states`."""
     dropped = model.apply_masks(states, masks)
     layers = [x] + dropped
     n_states, out = len(states), list(states)
+    n_chain = len(model.layers)
+    only = None if parity is None else model.colours[parity]
     for n in range(n_states):
-        if parity is not None and n % 2 != parity:
+        if only is not None and n not in only:
             continue
         u = model.layers[n](layers[n], winners=frozen.idx[n])[0]
         if n + 1 < n_states:
             u = u + model.layers[n + 1].feedback(dropped[n + 1], frozen.idx[n + 1])
+        for j, sk in enumerate(model.skips):
+            if sk.dst == n + 1:
+                u = u + sk(layers[sk.src], winners=frozen.idx[n_chain + j])[0]
+            elif sk.src == n + 1:
+                u = u + sk.feedback(dropped[sk.dst - 1], frozen.idx[n_chain + j])
         if n == n_states - 1:
             u = u - beta.view(-1, *[1] * (u.dim() - 1)) * _dloss_ds(model, states, y, masks)
         if masks is not None and masks[n] is not None:
             u = u * masks[n]
-        out[n] = _sigma(model, u, None if frozen.pieces is None else frozen.pieces[n])
+        out[n] = _sigma(model, u, None if frozen.pieces is None else frozen.pieces[n], n)
     return out
 
 
 def _phi(model: EPNet, x, states, frozen: Frozen, masks) -> torch.Tensor:
     """Phi(x, s) per example (M B,) with the fixed pooling: sum_n s^n . P(w_n * s^{n-1})."""
     layers = [x] + model.apply_masks(states, masks)
-    return sum(layer.phi(layers[n], layers[n + 1], frozen.idx[n]) for n, layer in enumerate(model.layers))
+    return sum(
+        layer.phi(layers[layer.src], layers[layer.dst], frozen.idx[i]) for i, layer in enumerate(model.interactions())
+    )
 
 
 def nudged_phases(model: EPNet, x, y, s_free, K: int, points: list[complex], masks=None, evenodd=False):
@@ -140,9 +156,9 @@ def nudged_phases(model: EPNet, x, y, s_free, K: int, points: list[complex], mas
     s = [rep(t).to(cdt) for t in s_free]
     with torch.no_grad():
         for _ in range(K):
-            if evenodd:
-                s = complex_step(model, xs, s, frozen, ms, ys, beta, parity=0)
-                s = complex_step(model, xs, s, frozen, ms, ys, beta, parity=1)
+            if evenodd:  # the colour classes in turn, as dynamics.step_evenodd
+                for c in range(len(model.colours)):
+                    s = complex_step(model, xs, s, frozen, ms, ys, beta, parity=c)
             else:
                 s = complex_step(model, xs, s, frozen, ms, ys, beta)
     return s, frozen, xs, ys, ms, beta

@@ -209,6 +209,11 @@ def build_onnx(
             f"activation {model.cfg.activation!r} has no ONNX / C++ runtime form (HardSigmoid only); "
             "train with --activation hard-sigmoid or hard-sigmoid-1 to export"
         )
+    if model.skips or model.cfg.activations or any(sp.stride > 1 for sp in model.specs):
+        raise ConfigError(
+            "skip interactions, strided convs and per-state activations have no ONNX / C++ runtime form yet; "
+            "export a chain net (conv + pool, dense) with one hard sigmoid"
+        )
     model = copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype and mode
     L = len(model.state_shapes)
     inits, dequantize = [], []

@@ -14,8 +14,11 @@ from .model import ConfigError, EPNet
 
 
 def param_groups(model: EPNet) -> list[list[torch.nn.Parameter]]:
-    """One group per synapse layer, bottom to top; the read-out is the last group."""
+    """One group per chain layer, bottom to top (a skip interaction joins the group of the chain
+    layer into the state it drives: one rate per state); the read-out is the last group."""
     groups = [list(layer.parameters()) for layer in model.layers]
+    for sk in model.skips:
+        groups[sk.dst - 1] += list(sk.parameters())
     if model.readout is not None:
         groups.append(list(model.readout.parameters()))
     return groups

@@ -52,6 +52,31 @@ FASHION_CONV = dict(DIGITS, dataset="fashion-mnist", in_shape=[1, 28, 28], batch
 SPIKING = dict(neuron="spiking", estimator="spiking-symmetric", T=60, K=20, lrs=[0.5, 0.25, 0.1], std_scale=1.0)
 CONV_CONTINUAL = dict(optimizer="adam", lrs=[3e-4, 3e-4, 3e-3], beta=1.0, epochs=30, decay_epochs=30)
 BPTT_K = dict(estimator="bptt", bptt_steps=25)  # the paper's BPTT: through the last K=25 steps (Table 3)
+HOPFIELD_SGD = dict(  # the 2025 repository's optimizer and schedule (dhcnresnet.py defaults)
+    loss="mse", schedule="evenodd", beta=0.1, lr_min=2e-6, weight_decay=2.5e-4, epochs=300, decay_epochs=300
+)
+HOPFIELD_RESNET13 = dict(
+    HOPFIELD_SGD,
+    channels=[128, 128, 256, 256, 512, 512, 512, 512],
+    paddings=[1] * 8,
+    pools=["none", "stride"] * 4,
+    skips=["0:2:k1:stride", "2:4:k1:stride", "4:6:k1:stride", "6:8:k1:stride"],
+    activations=["relu6"] * 8 + ["identity"],
+    init_gains=[0.6] * 8 + [0.8] + [0.7] * 4,  # chain bottom to top, then the four skips
+    T=120,
+    K=50,
+    lrs=[3e-2] * 9,
+)
+HOPFIELD_VGG5 = dict(
+    HOPFIELD_SGD,
+    paddings=[1] * 4,
+    activations=["hard-sigmoid-1"] * 4 + ["identity"],
+    init_gains=[0.4, 0.7, 0.6, 0.3, 0.6],
+    T=60,
+    K=20,
+    lrs=[3e-2] * 5,
+)
+CIFAR100_HOPFIELD = dict(dataset="cifar100", beta=0.15, weight_decay=3.5e-4)
 PRESETS = {  # name -> overrides of the sections' defaults (the paper's ce-symmetric)
     # Table 1, squared error (output layer inside the dynamics)
     "mse-one-sided": {**PAPER, **SQUARED, "estimator": "one-sided"},
@@ -90,6 +115,24 @@ PRESETS = {  # name -> overrides of the sections' defaults (the paper's ce-symme
         "val_size": 0,
         "checkpoint_every": 200,
     },
+    # Hopfield-ResNet13 (Elayedam & Srinivasan 2025, github.com/BrainSeek-Lab/Scaling-Equilibrium-
+    # Propagation-to-Deeper-Neural-Network-Architectures, EquiProp/dhcnresnet.py and
+    # model/hopfield/network.py ConvHopfieldResEnergy32): 8 conv states 128-128-256-256-512-512-512-512,
+    # 3x3 convs, every second one of stride 2, 1x1 stride-2 skips 0->2, 2->4, 4->6, 6->8, ReLU6,
+    # a linear output in the dynamics with squared error, centered (symmetric) EP with beta 0.1,
+    # 120 free / 50 nudged asynchronous steps, SGD lr 3e-2 momentum 0.9 (theirs is Nesterov),
+    # weight decay 2.5e-4, batch 128, cosine to 2e-6 over 300 epochs (93.92% on CIFAR-10). Their
+    # weight gains, one per weight, here multiply PyTorch's default init (not their own init).
+    "cifar10-hopfield-resnet13": HOPFIELD_RESNET13,
+    # VGG-5 convolutional Hopfield net (Scellier et al. 2023, github.com/rain-neuromorphics/energy-
+    # based-learning; the gains of the 2025 repository's vgg5 option): 128-256-512-512, 3x3 convs
+    # with padding 1 and 2x2 max pooling, slope-1 hard sigmoid, linear output with squared error,
+    # centered EP, 60 free / 20 nudged asynchronous steps; the optimizer of the 2025 repository
+    "cifar10-hopfield-vgg5": HOPFIELD_VGG5,
+    # the same three recipes on CIFAR-100 (the 2025 repository's CIFAR-100 settings: beta 0.15,
+    # weight decay 3.5e-4)
+    "cifar100-hopfield-resnet13": {**HOPFIELD_RESNET13, **CIFAR100_HOPFIELD},
+    "cifar100-hopfield-vgg5": {**HOPFIELD_VGG5, **CIFAR100_HOPFIELD},
     # CIFAR-100 with the paper's ce-symmetric recipe (Laborieux & Zenke 2022 trained this net family
     # on CIFAR-100 with holomorphic EP; here the 2021 recipe as it stands, a GPU-sized baseline)
     "cifar100-ce-symmetric": {**PAPER, **CROSS_ENT, "dataset": "cifar100"},
@@ -163,6 +206,10 @@ DEFAULT = "digits-ce-symmetric"  # the script's embedded preset (a run without -
 
 DESCRIPTIONS = {  # name -> one line for --list-presets
     "mse-one-sided": "Table 1: one-sided EP, squared error, the paper's CIFAR-10 net and recipe",
+    "cifar10-hopfield-resnet13": "Hopfield-ResNet13 (2025): skip interactions, ReLU6, centered EP, 120/50 steps (GPU-sized)",
+    "cifar10-hopfield-vgg5": "VGG-5 convolutional Hopfield net (Scellier et al. 2023), centered EP, 60/20 steps (GPU-sized)",
+    "cifar100-hopfield-resnet13": "Hopfield-ResNet13 on CIFAR-100 (beta 0.15, weight decay 3.5e-4; GPU-sized)",
+    "cifar100-hopfield-vgg5": "VGG-5 convolutional Hopfield net on CIFAR-100 (GPU-sized)",
     "cifar100-ce-symmetric": "the paper's ce-symmetric net and recipe on CIFAR-100 (100 classes; GPU-sized)",
     "mse-random-sign": "Table 1: random-sign EP, squared error",
     "mse-symmetric": "Table 1: symmetric EP, squared error",

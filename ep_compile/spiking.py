@@ -54,8 +54,8 @@ def spiking_step(
     us, _ = preactivations(model, x, st.rates, masks, y, beta)
     lam = cfg.step_size(t, t0)
     rates, phi, spikes = [], [], []
-    for u, r, p, n in zip(us, st.rates, st.phi, st.spikes):
-        s = model.sigma(u)
+    for k, (u, r, p, n) in enumerate(zip(us, st.rates, st.phi, st.spikes)):
+        s = model.sigma(u, k)
         if cfg.quantizer == "sigma-delta":
             p = p + s
             q = (p >= 0.5).to(s.dtype)
@@ -91,25 +91,20 @@ def spiking_phase(
 
 
 def fanout(model: EPNet) -> list[int]:
-    """Synapses leaving one neuron of each state layer: forward into the next layer, backward into
-    the previous one (an event-driven chip does one accumulate per spike and synapse)."""
-    out = []
-    for n in range(len(model.state_shapes)):
-        f = 0
-        if n + 1 < len(model.layers):
-            nxt = model.layers[n + 1]
-            f += (
-                nxt.conv.out_channels * nxt.conv.kernel_size[0] ** 2
-                if isinstance(nxt, ConvPool)
-                else nxt.lin.out_features
-            )
-        layer = model.layers[n]
-        if n > 0:  # feedback to the previous state layer (layer 1 feeds back to the static input: none)
-            if isinstance(layer, ConvPool):
-                f += layer.conv.in_channels * layer.conv.kernel_size[0] ** 2 * (4 if layer.pool == "avg" else 1)
+    """Synapses leaving one neuron of each state layer: forward through every interaction it feeds,
+    backward through every interaction into it that reads a state (an event-driven chip does one
+    accumulate per spike and synapse; what reads the static input feeds back to no state)."""
+    out = [0] * len(model.state_shapes)
+    for layer in model.interactions():
+        conv = isinstance(layer, ConvPool)
+        if layer.src > 0:  # forward, from a neuron of s^src
+            k2 = layer.conv.kernel_size[0] ** 2 if conv else 1
+            out[layer.src - 1] += layer.conv.out_channels * k2 if conv else layer.lin.out_features
+            # backward, from a neuron of s^dst into s^src
+            if conv:
+                out[layer.dst - 1] += layer.conv.in_channels * k2 * (layer.factor**2 if layer.pool == "avg" else 1)
             else:
-                f += layer.lin.in_features
-        out.append(f)
+                out[layer.dst - 1] += layer.lin.in_features
     return out
 
 

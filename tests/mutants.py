@@ -28,8 +28,47 @@ CORE = ["tests/test_independent.py", "tests/test_estimators.py", "tests/test_dyn
 ASYM = ["tests/test_independent.py", "tests/test_asymmetric.py", "tests/test_vf_forms.py"]
 CONT = ["tests/test_independent.py", "tests/test_continual.py"]
 
+SKIP = ["tests/test_interactions.py"] + CORE
+
 # name -> (file, old text, new text, test files that should catch it)
 MUTANTS = {
+    "skip-feedback-dropped": (
+        "dynamics.py",
+        "u = u + sk.feedback(dropped[sk.dst - 1], sk.feedback_ctx(dropped[n], ctx))",
+        "u = u + 0 * sk.feedback(dropped[sk.dst - 1], sk.feedback_ctx(dropped[n], ctx))",
+        SKIP,
+    ),
+    "skip-forward-dropped": ("dynamics.py", "                u = u + v\n", "                u = u + 0 * v\n", SKIP),
+    "skip-feedback-forward-winners": (
+        "dynamics.py",
+        "u = u + sk.feedback(dropped[sk.dst - 1], sk.feedback_ctx(dropped[n], ctx))",
+        "u = u + sk.feedback(dropped[sk.dst - 1], ctx)",
+        SKIP,
+    ),
+    "strided-transpose-wrong-padding": (
+        "layers.py",
+        "t, self.w_back, stride=self.stride, padding=self.padding, output_padding=self.out_pad",
+        "t, self.w_back, stride=self.stride, padding=0, output_padding=self.out_pad",
+        SKIP,
+    ),
+    "skip-missing-from-phi": (
+        "model.py",
+        "return sum(layer.phi(layers[layer.src], layers[layer.dst]) for layer in self.interactions())",
+        "return sum(layer.phi(layers[layer.src], layers[layer.dst]) for layer in self.layers)",
+        SKIP,
+    ),
+    "colouring-ignores-skips": (
+        "model.py",
+        "        if a > 0:  # the input",
+        "        if a > 0 and b == a + 1:  # the input",
+        SKIP,
+    ),
+    "skip-transpose-wrong-pool-factor": (
+        "layers.py",
+        "post = F.max_unpool2d(post, ctx, f, f, output_size=self.conv_hw)",
+        "post = F.max_unpool2d(post, ctx, 2, 1, output_size=self.conv_hw)",
+        SKIP,
+    ),
     "kp-vf-forward-only": (
         "estimators.py",
         "avg = 0.5 * (g[i_f] + gbk)",
@@ -38,26 +77,26 @@ MUTANTS = {
     ),
     "kp-vf-backward-with-forward-weight": (
         "estimators.py",
-        "layer.phi_b(layers[n], layers[n + 1])\n",
-        "layer.phi(layers[n], layers[n + 1])\n",
+        "layer.phi_b(layers[layer.src], layers[layer.dst]) for layer in backs)",
+        "layer.phi(layers[layer.src], layers[layer.dst]) for layer in backs)",
         ASYM,
     ),
     "vf-backward-zero": (
         "estimators.py",
-        "g = g + (layer.feedback(layers[n + 1], ctx) * delta[n - 1]).sum()",
-        "g = g + 0 * (layer.feedback(layers[n + 1], ctx) * delta[n - 1]).sum()",
+        "g = g + (layer.feedback(layers[b], ctx) * delta[a - 1]).sum()",
+        "g = g + 0 * (layer.feedback(layers[b], ctx) * delta[a - 1]).sum()",
         ASYM,
     ),
     "vf-backward-forward-indices": (
         "estimators.py",
-        "ctx = layer.feedback_ctx(layers[n], layer(layers[n])[1])",
-        "ctx = layer(layers[n])[1]",
+        "ctx = layer.feedback_ctx(layers[a], layer(layers[a])[1])",
+        "ctx = layer(layers[a])[1]",
         ASYM,
     ),
     "vf-paper-code-one-phase": (
         "estimators.py",
-        "layer.phi_b(pre_b[n - 1], layers[n + 1]) - layer.phi_b(pre_a[n - 1], layers[n + 1])",
-        "layer.phi_b(pre_b[n - 1], layers[n + 1]) - layer.phi_b(pre_b[n - 1], layers[n + 1])",
+        "layer.phi_b(pre_b[a - 1], layers[b]) - layer.phi_b(pre_a[a - 1], layers[b])",
+        "layer.phi_b(pre_b[a - 1], layers[b]) - layer.phi_b(pre_b[a - 1], layers[b])",
         ASYM,
     ),
     "vf-all-on-forward": (
@@ -128,14 +167,14 @@ MUTANTS = {
     ),
     "slope-one": (
         "model.py",
-        'ACTIVATIONS = {"hard-sigmoid": 0.5,',
-        'ACTIVATIONS = {"hard-sigmoid": 1.0,',
+        '"hard-sigmoid": (0.5, 0.0, 1.0),',
+        '"hard-sigmoid": (1.0, 0.0, 1.0),',
         CORE + ["tests/test_config.py"],
     ),
     "avg-unpool-no-quarter": (
         "layers.py",
-        'up = repeat(post, "b c h w -> b c (h i) (w j)", i=2, j=2) / 4',
-        'up = repeat(post, "b c h w -> b c (h i) (w j)", i=2, j=2)',
+        'up = repeat(post, "b c h w -> b c (h i) (w j)", i=f, j=f) / (f * f)',
+        'up = repeat(post, "b c h w -> b c (h i) (w j)", i=f, j=f)',
         CORE,
     ),
     "random-sign-always-positive": (

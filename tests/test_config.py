@@ -17,7 +17,7 @@ from ep_compile.model import ARCHITECTURES, ConfigError, EPNet, ModelConfig, mod
         (dict(paddings=[1]), "paddings has 1 entries for 2 conv layers"),
         (dict(pools=["max", "max", "max"]), "pools has 3 entries for 2 conv layers"),
         (dict(pools=["max", "median"]), "unknown pool 'median'; valid: max, avg, none"),
-        (dict(activation="relu"), "unknown activation 'relu'; valid: hard-sigmoid, hard-sigmoid-1"),
+        (dict(activation="relu"), "unknown activation 'relu'; did you mean 'relu6'"),
         (dict(loss="hinge"), "unknown loss 'hinge'"),
         (dict(in_shape=(1, 3, 3), paddings=[0, 0]), "leaves no pixels"),
         (dict(dropout=[0.1]), "dropout has 1 entries for 2 hidden"),
