@@ -285,3 +285,23 @@ def test_field_presets_parse_and_run_two_iterations(preset):
         opt.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize(
+    "cont,shot,asym",
+    [
+        ("c-ep", "one-sided", False),
+        ("c-ep-symmetric", "symmetric", False),
+        ("c-kpvf", "kp-vf-one-sided", True),
+        ("c-kpvf-symmetric", "kp-vf", True),
+    ],
+)
+def test_time_local_rules_on_a_skip_net_telescope_to_their_one_shot_forms(cont, shot, asym):
+    """At a tiny continual rate the weights stay put, so the time-local increments of C-EP and
+    C-KPVF add up exactly to the one-shot estimate, skips' weights included."""
+    model = skip_model(asymmetric=asym)
+    x, y = batch(model)
+    ph = ep.Phases(T=40, K=10, beta=0.05, lr=1e-12)
+    a = torch.cat([t.flatten() for t in ep.get_estimator(cont)(model, x, y, ph).grads])
+    b = torch.cat([t.flatten() for t in ep.get_estimator(shot)(model, x, y, ph).grads])
+    assert (a - b).norm() < 1e-6 * b.norm(), (cont, ((a - b).norm() / b.norm()).item())
