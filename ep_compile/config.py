@@ -583,7 +583,7 @@ def memory_estimate(cfg) -> int:
     mc = cfg.model
     specs = mc.layer_specs()
     weights = 0
-    for sp in specs:
+    for sp in mc.interaction_specs():
         n = (
             sp.in_shape[0] * sp.out_shape[0] * sp.kernel**2
             if sp.kind == "conv"

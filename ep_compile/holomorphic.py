@@ -100,8 +100,6 @@ def _sigma(model: EPNet, u: torch.Tensor, piece, n: int) -> torch.Tensor:
     slope, lo, hi = model.acts[n]
     if lo == -math.inf:  # the identity: one piece
         return slope * u
-    if (lo, hi) == (0.0, 1.0):
-        return torch.where(piece == 0, slope * u, (piece > 0).to(u.dtype))
     return torch.where(piece == 0, slope * u, torch.where(piece > 0, hi, lo).to(u.dtype))
 
 

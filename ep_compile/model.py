@@ -121,10 +121,6 @@ class LayerSpec:
             return math.prod(self.conv_shape) * self.in_shape[0] * self.kernel**2
         return math.prod(self.in_shape) * math.prod(self.out_shape)
 
-    @property
-    def is_skip(self) -> bool:
-        return self.dst != self.src + 1
-
 
 @dataclass
 class ModelConfig:
@@ -514,23 +510,23 @@ def layer_groups(model: EPNet) -> list[tuple[str, list[int]]]:
     the indices of their parameters in list(model.parameters()); the weight comes first."""
     index = {id(p): i for i, p in enumerate(model.parameters())}
     groups, nconv = [], len(model.cfg.channels)
-    for n, layer in enumerate(model.layers):
-        if n < nconv:
-            name = f"conv{n + 1}"
-        elif model.readout is None and n == len(model.layers) - 1:
-            name = "out"
-        else:
-            name = f"fc{n - nconv + 1}"
+
+    def add(name: str, layer: Synapse):
         groups.append((name, [index[id(p)] for p in layer.parameters() if p is not layer.weight_b]))
         if layer.weight_b is not None:
             groups.append((f"{name}_b", [index[id(layer.weight_b)]]))
+
+    for n, layer in enumerate(model.layers):
+        if n < nconv:
+            add(f"conv{n + 1}", layer)
+        elif model.readout is None and n == len(model.layers) - 1:
+            add("out", layer)
+        else:
+            add(f"fc{n - nconv + 1}", layer)
     if model.readout is not None:
         groups.append(("readout", [index[id(p)] for p in model.readout.parameters()]))
     for layer in model.skips:
-        name = f"skip{layer.src}_{layer.dst}"
-        groups.append((name, [index[id(p)] for p in layer.parameters() if p is not layer.weight_b]))
-        if layer.weight_b is not None:
-            groups.append((f"{name}_b", [index[id(layer.weight_b)]]))
+        add(f"skip{layer.src}_{layer.dst}", layer)
     return groups
 
 

@@ -305,3 +305,13 @@ def test_time_local_rules_on_a_skip_net_telescope_to_their_one_shot_forms(cont, 
     a = torch.cat([t.flatten() for t in ep.get_estimator(cont)(model, x, y, ph).grads])
     b = torch.cat([t.flatten() for t in ep.get_estimator(shot)(model, x, y, ph).grads])
     assert (a - b).norm() < 1e-6 * b.norm(), (cont, ((a - b).norm() / b.norm()).item())
+
+
+def test_memory_estimate_counts_the_skip_weights():
+    """The estimate made before anything is allocated reads every interaction, skips included."""
+    from ep_compile.config import RunConfig, memory_estimate
+
+    chain = RunConfig.from_dict({**SKIP_NET, "skips": [], "n_classes": 3})
+    skips = RunConfig.from_dict({**SKIP_NET, "n_classes": 3})
+    extra = sum(p.numel() for p in skip_model().skips.parameters())
+    assert memory_estimate(skips) - memory_estimate(chain) == 4 * 6 * extra
