@@ -211,13 +211,13 @@ def reference_vs_explicit(args):
     return rows
 
 
-def epoch_time(args):
+def epoch_time(args, mode=None):
     """One CIFAR-10 epoch at the paper's settings (ce-symmetric: batch 128, T=250, K=25), measured over
     a few training iterations with the fast options and projected to 50,000 / 128 iterations plus
     the test pass (10,000 images x T free steps). Labelled a projection."""
     args_b = argparse.Namespace(**{**vars(args), "batch": 128})
     model, x, y = build(args_b, "symmetric", channels_last=True)
-    fn = make_step(True, mode=args.compile_mode)
+    fn = make_step(True, mode=mode)
     ph = Phases(T=250, K=25, beta=1.0, fused=True)
     ESTIMATORS["symmetric"](model, x, y, Phases(T=2, K=2, beta=1.0, fused=True), step_fn=fn)
     it = timed(lambda: ESTIMATORS["symmetric"](model, x, y, ph, step_fn=fn), args.device, args.repeats)
@@ -228,6 +228,7 @@ def epoch_time(args):
         "s_per_iteration_b128": it,
         "s_eval_batch_b128": ev,
         "projected_epoch_s": total,
+        "compile_mode": mode or "default",
         "note": "projected from measured iterations: 390 training iterations + 79 evaluation batches",
     }
 
@@ -243,6 +244,12 @@ def fmt(v):
     if isinstance(v, float):
         return f"{v:.4g}"
     return "n/a" if v is None else str(v)
+
+
+def write_json(args, results):
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 def main(argv=None):
@@ -264,7 +271,10 @@ def main(argv=None):
     p.add_argument("--estimators", nargs="+", default=BENCH_ESTIMATORS, help="estimators of the first table")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
-        "--compile-mode", default=None, help="torch.compile mode of the epoch section (reduce-overhead on a GPU)"
+        "--compile-modes",
+        nargs="+",
+        default=["default"],
+        help="torch.compile modes of the epoch section, side by side (reduce-overhead: CUDA graphs on a GPU)",
     )
     p.add_argument("--channels-last", action="store_true", help="channels_last in the estimator table")
     p.add_argument(
@@ -291,16 +301,19 @@ def main(argv=None):
     }
     if "estimators" in args.sections:
         rows = []
-        for name in args.estimators:
-            compiles = not args.eager_only and (args.compiled_estimators is None or name in args.compiled_estimators)
-            for compiled in (False, True) if compiles else (False,):
-                for precision in args.precisions:
-                    r = bench_estimator(args, name, compiled, precision)
-                    if r is None:
-                        continue
-                    if not compiled and precision == "fp32":  # one iteration at T in a fresh process (eager)
-                        r["peak_mb"] = memory_point(args, name, args.T)
-                    rows.append(r)
+        compiles = [] if args.eager_only else [n for n in args.estimators if n in (args.compiled_estimators or [n])]
+        # every eager row first, then the compiled ones: a run cut at its limit loses compiles, not rows
+        runs = [(False, n, p) for n in args.estimators for p in args.precisions]
+        for compiled, name, precision in runs + [(True, n, p) for n in compiles for p in args.precisions]:
+            r = bench_estimator(args, name, compiled, precision)
+            if r is None:
+                continue
+            if not compiled and precision == "fp32":  # one iteration at T in a fresh process (eager)
+                r["peak_mb"] = memory_point(args, name, args.T)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+            results["estimators"] = rows  # written row by row: a run cut at its time limit keeps its rows
+            write_json(args, results)
         print(f"\n== estimators ({args.arch}, batch {args.batch}, T={args.T}, K={args.K}, {args.device})")
         table(
             rows,
@@ -328,6 +341,9 @@ def main(argv=None):
                     "bptt_mb": memory_point(args, "bptt", T),
                 }
             )
+            print(json.dumps(rows[-1]), flush=True)
+            results["memory"] = {"rows": rows}  # row by row, as above
+            write_json(args, results)
         print(f"\n== peak memory of one iteration (MiB above the model and data), batch {args.batch}")
         table(rows, ["T", "ep_symmetric_mb", "bptt_mb"])
         ep = [r["ep_symmetric_mb"] for r in rows]
@@ -350,11 +366,15 @@ def main(argv=None):
         )
         results["reference"] = rows
     if "epoch" in args.sections:
-        results["epoch"] = epoch_time(args)
-        print(f"\n== one CIFAR-10 epoch at the paper's settings (projected): {results['epoch']}")
+        rows = []
+        for mode in args.compile_modes:
+            rows.append(epoch_time(args, None if mode == "default" else mode))
+            results["epoch"] = rows
+            write_json(args, results)
+        print("\n== one CIFAR-10 epoch at the paper's settings (projected)")
+        table(rows, ["compile_mode", "s_per_iteration_b128", "s_eval_batch_b128", "projected_epoch_s"])
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        write_json(args, results)
         print(f"\nwrote {args.json}")
 
 

@@ -52,6 +52,8 @@ def main(argv=None) -> int:
         "memory": (read(out / "gpu_memory.json") or {}).get("memory"),
         "epoch_ce_symmetric": run_summary(out / "run-ce-symmetric"),
         "epoch_cifar10_cpu": run_summary(out / "run-cifar10-cpu"),
+        "graphs": (read(out / "gpu_graphs.json") or {}).get("epoch"),
+        "resnet13": run_summary(out / "run-resnet13"),
         "ddp": read(out / "gpu_ddp.json"),
     }
     (out / "gpu.json").write_text(json.dumps(report, indent=1))
@@ -66,8 +68,13 @@ def main(argv=None) -> int:
         )
     for r in (report["memory"] or {}).get("rows", []):
         print(f"  T={r['T']:<4} EP {r['ep_symmetric_mb']:9.1f} MiB   BPTT {r['bptt_mb']:9.1f} MiB")
-    for key in ("epoch_ce_symmetric", "epoch_cifar10_cpu"):
+    for key in ("epoch_ce_symmetric", "epoch_cifar10_cpu", "resnet13"):
         print(f"  {key}: {report[key]}")
+    for r in report["graphs"] or []:
+        print(
+            f"  projected ce-symmetric epoch, compile mode {r['compile_mode']:<15} {r['projected_epoch_s']:8.1f} s "
+            f"({r['s_per_iteration_b128']:.3f} s/iteration)"
+        )
     print(f"  ddp: {report['ddp']}")
     print(f"wrote {out / 'gpu.json'}")
     failed = [s["step"] for s in steps if s["rc"] != 0]

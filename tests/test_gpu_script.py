@@ -20,12 +20,14 @@ def test_gpu_script_dry_run(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert report["dry_run"] is True
-    assert [s["step"] for s in report["steps"]] == ["env", "bench", "memory", "epoch", "recipe", "ddp"]
+    steps = ["env", "bench", "memory", "epoch", "recipe", "graphs", "resnet13", "ddp"]
+    assert [s["step"] for s in report["steps"]] == steps
     assert all(s["rc"] == 0 for s in report["steps"]), report["steps"]
     precisions = {(r["estimator"], r["precision"]) for r in report["estimators"]}
     assert {("symmetric", "fp32"), ("symmetric", "bf16"), ("bptt", "fp32")} <= precisions
     assert [r["T"] for r in report["memory"]["rows"]] == [5, 10]
-    for key in ("epoch_ce_symmetric", "epoch_cifar10_cpu"):
+    assert [r["compile_mode"] for r in report["graphs"]] == ["default", "reduce-overhead"]
+    for key in ("epoch_ce_symmetric", "epoch_cifar10_cpu", "resnet13"):
         assert report[key]["epoch_seconds"] > 0 and report[key]["first_step_seconds"] > 0
     assert report["ddp"] == {"processes": 2, "max_abs_weight_diff": 0.0}
     assert "cpu_model" in report["env"]
