@@ -307,6 +307,24 @@ def test_time_local_rules_on_a_skip_net_telescope_to_their_one_shot_forms(cont, 
     assert (a - b).norm() < 1e-6 * b.norm(), (cont, ((a - b).norm() / b.norm()).item())
 
 
+@pytest.mark.parametrize("cont,shot", [("c-vf", "vf-one-sided"), ("c-vf-symmetric", "vf")])
+def test_continual_vf_on_a_skip_net_follows_its_one_shot_form(cont, shot):
+    """C-VF's increments pair each post-synaptic change with the pre-synaptic state of the same step,
+    so at a tiny rate they reach the one-shot VF estimate up to the pre-synaptic state's change along
+    the phase, O(beta): the gap shrinks with beta, skips' forward and backward weights included."""
+    model = skip_model(asymmetric=True)
+    x, y = batch(model)
+    errs = []
+    for beta in (0.02, 0.01):
+        ph = ep.Phases(T=80, K=25, beta=beta, lr=1e-10)
+        a = torch.cat([t.flatten() for t in ep.get_estimator(cont)(model, x, y, ph).grads])
+        b = torch.cat([t.flatten() for t in ep.get_estimator(shot)(model, x, y, ph).grads])
+        errs.append(((a - b).norm() / b.norm()).item())
+    assert errs[1] < 2e-3 and errs[1] < 0.7 * errs[0], (cont, errs)
+    skip_grads = ep.get_estimator(cont)(model, x, y, ph).grads[-sum(1 for _ in model.skips.parameters()) :]
+    assert all(g.abs().sum() > 0 for g in skip_grads)  # the skips' weights get increments
+
+
 def test_memory_estimate_counts_the_skip_weights():
     """The estimate made before anything is allocated reads every interaction, skips included."""
     from ep_compile.config import RunConfig, memory_estimate
