@@ -10,18 +10,21 @@ Graph outputs: scores (N x n_classes: read-out logits for 'ce', the output layer
                steps (int64 scalar: steps run), residual (float32 scalar: max |s_t - s_{t-1}| of the
                last step; +inf if no step ran)
 The loop stops after the first step whose largest state change is below tol (tol = 0: max_steps).
-A step is the training run's schedule: synchronous, or even/odd (dynamics.step_evenodd).
+A step is the training run's schedule: synchronous, or even/odd (dynamics.step_evenodd: the colour
+classes of the state graph in turn), over every interaction (_Step); graph nets (skips, strided
+convs, clipped or per-state activations) add Clip, Mul, strided Conv / ConvTranspose and f x f pools.
 
 Initializers: layer{n}.weight, layer{n}.bias (n = 1..L), layer{n}.weight_b (backward weights of an
-asymmetric layer), readout.weight, readout.bias ('ce'). With int8 weights (weights="int8", see
+asymmetric layer), skip{m}.weight[_b] (skip interactions, no bias), readout.weight, readout.bias ('ce'). With int8 weights (weights="int8", see
 quantize.py) each weight W is instead the initializers W_int8 (int8, W's shape) and W_scale (float32,
 one per output channel) and a DequantizeLinear node (axis 0) of the main graph whose output is named
 W, so the step reads W exactly as before. Metadata (metadata_props):
-  ep_compile.format_version  1, or 2 for int8 weights or the even/odd schedule (the lowest version
-                             that describes the file: every reader of version 1 still reads the rest)
+  ep_compile.format_version  1, or 2 for int8 weights or the even/odd schedule, or 3 for graph nets
+                             (the lowest version that describes the file: older readers read the rest)
   ep_compile.architecture    JSON: layers (kind, in/out/conv shapes, kernel, padding, pool, has
                              weight_b), activation slope, loss, n_classes, state shapes, weights
-                             ("float32" or "int8"), schedule ("sync" or "evenodd": the training's)
+                             ("float32" or "int8"), schedule ("sync" or "evenodd": the training's);
+                             version 3 adds skips, activations, colours (docs/onnx.md)
   ep_compile.preprocessing   JSON: mean, std, std_scale, input_shape: x = (img/255 - mean) / (std_scale*std)
   ep_compile.classes         JSON list of class names
   ep_compile.training_config JSON of the run's config
@@ -43,7 +46,8 @@ from .dynamics import SCHEDULES
 from .model import ConfigError, EPNet
 from .quantize import is_quantized_weight, quantize_int8
 
-FORMAT_VERSION = 2  # the newest contract (2: int8 weights, the even/odd schedule); see format_version
+FORMAT_VERSION = 3  # the newest contract (2: int8 weights, even/odd; 3: graph nets); see format_version
+HARD_SIGMOIDS = ("hard-sigmoid", "hard-sigmoid-1")  # the clamps to [0, 1] of versions 1-2 (HardSigmoid)
 WEIGHT_FORMATS = ("float32", "int8")
 OPSET = 17
 
@@ -69,28 +73,56 @@ class _Graph:
         return name
 
 
+def _spec_info(sp, layer, graph: bool) -> dict:
+    """What the C++ runtime and the ONNX builder need to know of one interaction (its LayerSpec); a
+    graph net's entries (format version 3) also say which states it links, its stride and window."""
+    d = {"in_shape": list(sp.in_shape), "out_shape": list(sp.out_shape), "has_weight_b": layer.weight_b is not None}
+    if sp.kind == "conv":
+        d.update(kind="conv", kernel=sp.kernel, padding=sp.padding, pool=sp.pool, conv_shape=list(sp.conv_shape))
+        if graph:
+            d.update(stride=sp.stride, factor=sp.factor)
+    else:
+        d.update(kind="dense")
+    if graph:
+        d.update(src=sp.src, dst=sp.dst, bias=sp.bias)
+    return d
+
+
+def is_graph_net(model: EPNet) -> bool:
+    """Beyond the chain of one hard sigmoid (versions 1-2): skip interactions, strided convs, per-state
+    or clipped activations."""
+    return (
+        bool(model.skips)
+        or bool(model.cfg.activations)
+        or model.cfg.activation not in HARD_SIGMOIDS
+        or any(sp.stride > 1 for sp in model.specs)
+    )
+
+
 def layer_info(model: EPNet) -> list[dict]:
-    """Per layer: what the C++ runtime and the ONNX builder need to know (the model's LayerSpecs)."""
-    info = []
-    for n, (sp, layer) in enumerate(zip(model.specs, model.layers)):
-        d = {"index": n + 1, "in_shape": list(sp.in_shape), "out_shape": list(sp.out_shape)}
-        d["has_weight_b"] = layer.weight_b is not None
-        if sp.kind == "conv":
-            d.update(kind="conv", kernel=sp.kernel, padding=sp.padding, pool=sp.pool, conv_shape=list(sp.conv_shape))
-        else:
-            d.update(kind="dense")
-        info.append(d)
-    return info
+    """Per chain layer n = 1..L: its index and _spec_info."""
+    graph = is_graph_net(model)
+    return [
+        {"index": n + 1, **_spec_info(sp, layer, graph)} for n, (sp, layer) in enumerate(zip(model.specs, model.layers))
+    ]
 
 
-def format_version(weights: str, schedule: str) -> int:
+def skip_info(model: EPNet) -> list[dict]:
+    """Per skip interaction m = 1..: its index and _spec_info (initializers skip{m}.weight[_b])."""
+    return [
+        {"index": m + 1, **_spec_info(sp, sk, True)} for m, (sp, sk) in enumerate(zip(model.skip_specs, model.skips))
+    ]
+
+
+def format_version(weights: str, schedule: str, graph: bool = False) -> int:
     """The lowest format version that describes the file: 1 unless it needs what 2 added (int8
-    weights, the even/odd schedule), so every version-1 reader still reads plain float32 files."""
-    return 2 if weights == "int8" or schedule != "sync" else 1
+    weights, the even/odd schedule) or 3 (graph nets: skips, strides, per-state activations), so
+    every older reader still reads the files it can run."""
+    return 3 if graph else 2 if weights == "int8" or schedule != "sync" else 1
 
 
 def architecture(model: EPNet, weights: str = "float32", schedule: str = "sync") -> dict:
-    return {
+    arch = {
         "layers": layer_info(model),
         "slope": model.slope,
         "activation": model.cfg.activation,
@@ -103,95 +135,122 @@ def architecture(model: EPNet, weights: str = "float32", schedule: str = "sync")
         "weights": weights,
         "schedule": schedule,
     }
+    if is_graph_net(model):  # version 3: every state's clamp (null: unbounded) and the update classes
+        arch["skips"] = skip_info(model)
+        arch["activations"] = [[a, None if abs(lo) == float("inf") else lo, None if hi == float("inf") else hi]
+                               for a, lo, hi in model.acts]  # fmt: skip
+        arch["colours"] = [list(c) for c in model.colours] if schedule == "evenodd" else [list(range(len(model.acts)))]
+    return arch
 
 
-def _forward_nodes(g: _Graph, model: EPNet, pre: list[str], only=None, reuse=None):
-    """Per layer n, P(w_n * pre[n]): its value, its max-pool indices (None without) and its conv
-    output; layers outside `only` take their entry of `reuse` (their input did not change)."""
-    fwd, ctx, conv_out = [], [], []
-    for n, d in enumerate(layer_info(model)):
-        if only is not None and n not in only:
-            for out, old in zip((fwd, ctx, conv_out), reuse):
-                out.append(old[n])
-            continue
-        w, b = f"layer{n + 1}.weight", f"layer{n + 1}.bias"
-        if d["kind"] == "conv":
-            k, p = d["kernel"], d["padding"]
-            u = g.op("Conv", [pre[n], w, b], f"conv{n + 1}", kernel_shape=[k, k], pads=[p] * 4)
-            conv_out.append(u)
-            if d["pool"] == "max":
-                y, idx = g.op("MaxPool", [u], f"pool{n + 1}", n_out=2, kernel_shape=[2, 2], strides=[2, 2])
-                fwd.append(y)
-                ctx.append(idx)
-            elif d["pool"] == "avg":
-                fwd.append(g.op("AveragePool", [u], f"pool{n + 1}", kernel_shape=[2, 2], strides=[2, 2]))
-                ctx.append(None)
-            else:
-                fwd.append(u)
-                ctx.append(None)
-        else:
-            flat = g.op("Flatten", [pre[n]], axis=1)
-            fwd.append(g.op("Gemm", [flat, w, b], f"fc{n + 1}", transB=1))
-            ctx.append(None)
-            conv_out.append(None)
-    return fwd, ctx, conv_out
+def _weight_names(model: EPNet) -> list[tuple[str, str]]:
+    """(forward, feedback) initializer names of every interaction, in the order of model.all_specs."""
+    names = [f"layer{n + 1}" for n in range(len(model.layers))] + [f"skip{m + 1}" for m in range(len(model.skips))]
+    return [(f"{p}.weight", f"{p}.weight_b" if i.weight_b is not None else f"{p}.weight")
+            for p, i in zip(names, model.interactions())]  # fmt: skip
 
 
-def _update_nodes(g: _Graph, model: EPNet, pre: list[str], states: list[str], forward, layers) -> list[str]:
-    """New states of `layers` (the others unchanged): sigma(drive + feedback of the layer above)."""
-    info, (fwd, ctx, conv_out) = layer_info(model), forward
-    new = list(states)
-    for n in layers:
-        u = fwd[n]
-        if n + 1 < len(states):
-            fb = _feedback(g, model, info[n + 1], n + 1, pre[n + 1], states[n + 1], ctx[n + 1], conv_out[n + 1])
-            u = g.op("Add", [u, fb])
-        new[n] = g.op("HardSigmoid", [u], f"s{n + 1}", alpha=model.slope, beta=0.0)
-    return new
+class _Step:
+    """The nodes of one step of the explicit dynamics over every interaction (inference: no nudge, no
+    dropout), as dynamics.SCHEDULES: the colour classes in turn (one class of every state: the
+    synchronous step). At the start of each class the forward term of every interaction whose source
+    state changed is recomputed; the others, and their max-pool indices, are reused."""
 
+    def __init__(self, g: _Graph, model: EPNet, x: str, states: list[str]):
+        self.g, self.model, self.specs, self.names = g, model, model.all_specs, _weight_names(model)
+        self.cur = [x] + list(states)  # state names, 0 = the input
+        self.fwd = {}  # interaction -> (source name, P(w * s^src), max-pool indices, conv output)
 
-def _step_nodes(g: _Graph, model: EPNet, x: str, states: list[str], schedule: str = "sync") -> list[str]:
-    """Nodes of one step of the explicit dynamics (inference: no nudge, no dropout), as
-    dynamics.SCHEDULES[schedule]; returns the names of the new states. 'evenodd' updates the layers
-    of even index from s_t, then the odd ones from the fresh even layers; the second half recomputes
-    only the forward terms of the layers whose input changed (the odd ones), the max-pool indices of
-    the others are those of the first half."""
-    L = len(states)
-    pre = [x] + states
-    forward = _forward_nodes(g, model, pre)
-    if schedule == "sync":
-        return _update_nodes(g, model, pre, states, forward, range(L))
-    half = _update_nodes(g, model, pre, states, forward, range(0, L, 2))
-    pre = [x] + half
-    odd = set(range(1, L, 2))
-    return _update_nodes(g, model, pre, half, _forward_nodes(g, model, pre, odd, forward), sorted(odd))
+    def forward(self, i: int):
+        sp, (w, _) = self.specs[i], self.names[i]
+        pre, g = self.cur[sp.src], self.g
+        if sp.kind == "dense":
+            flat = g.op("Flatten", [pre], axis=1)
+            ins = [flat, w] + ([w.replace(".weight", ".bias")] if sp.bias else [])
+            return g.op("Gemm", ins, "fc", transB=1), None, None
+        k, p, f = sp.kernel, sp.padding, sp.factor
+        ins = [pre, w] + ([w.replace(".weight", ".bias")] if sp.bias else [])
+        strided = {"strides": [sp.stride] * 2} if sp.stride > 1 else {}
+        u = g.op("Conv", ins, "conv", kernel_shape=[k, k], pads=[p] * 4, **strided)
+        if sp.pool == "max":
+            y, idx = g.op("MaxPool", [u], "pool", n_out=2, kernel_shape=[f, f], strides=[f, f])
+            return y, idx, u
+        if sp.pool == "avg":
+            return g.op("AveragePool", [u], "pool", kernel_shape=[f, f], strides=[f, f]), None, u
+        return u, None, u
 
+    def refresh(self):
+        for i, sp in enumerate(self.specs):
+            if i not in self.fwd or self.fwd[i][0] != self.cur[sp.src]:
+                self.fwd[i] = (self.cur[sp.src], *self.forward(i))
 
-def _feedback(g: _Graph, model, d: dict, n: int, pre: str, post: str, fwd_idx, fwd_conv) -> str:
-    """Adjoint of layer n (0-based) applied to its post-synaptic state, into its pre-synaptic shape."""
-    w = f"layer{n + 1}.weight_b" if d["has_weight_b"] else f"layer{n + 1}.weight"
-    if d["kind"] == "dense":
-        back = g.op("MatMul", [post, w])  # (N, in)
-        if len(d["in_shape"]) > 1:
-            back = g.op("Reshape", [back, g.const([-1, *d["in_shape"]], np.int64)])
-        return back
-    k, p = d["kernel"], d["padding"]
-    if d["pool"] == "max":
-        idx, conv_shape = fwd_idx, fwd_conv
-        if d["has_weight_b"]:  # each weight unpools with the indices of its own convolution (Eq. 45-47)
-            conv_shape = g.op("Conv", [pre, w], f"convb{n + 1}", kernel_shape=[k, k], pads=[p] * 4)
-            idx = g.op("MaxPool", [conv_shape], n_out=2, kernel_shape=[2, 2], strides=[2, 2])[1]
-        post = g.op(
-            "MaxUnpool", [post, idx, g.op("Shape", [conv_shape])], f"unpool{n + 1}", kernel_shape=[2, 2], strides=[2, 2]
-        )
-    elif d["pool"] == "avg":
-        c, hc, wc = d["conv_shape"]
-        spread = g.const(np.full((c, 1, 2, 2), 0.25), hint="avg_adjoint")
-        post = g.op("ConvTranspose", [post, spread], f"unavg{n + 1}", kernel_shape=[2, 2], strides=[2, 2], group=c)
-        h2, w2 = d["out_shape"][1] * 2, d["out_shape"][2] * 2
-        if (hc, wc) != (h2, w2):  # odd conv output: the last row / column got no pooling window
-            post = g.op("Pad", [post, g.const([0, 0, 0, 0, 0, 0, hc - h2, wc - w2], np.int64)])
-    return g.op("ConvTranspose", [post, w], f"convT{n + 1}", kernel_shape=[k, k], pads=[p] * 4)
+    def feedback(self, i: int) -> str:
+        """Adjoint of interaction i applied to its target state, into its source state's shape."""
+        sp, (w, wb), g = self.specs[i], self.names[i], self.g
+        post = self.cur[sp.dst]
+        if sp.kind == "dense":
+            back = g.op("MatMul", [post, wb])  # (N, in)
+            if len(sp.in_shape) > 1:
+                back = g.op("Reshape", [back, g.const([-1, *sp.in_shape], np.int64)])
+            return back
+        k, p, f = sp.kernel, sp.padding, sp.factor
+        strided = {"strides": [sp.stride] * 2} if sp.stride > 1 else {}
+        _, _, idx, conv_out = self.fwd[i]
+        if sp.pool == "max":
+            if wb != w:  # each weight unpools with the indices of its own convolution (Eq. 45-47)
+                conv_out = g.op("Conv", [self.cur[sp.src], wb], "convb", kernel_shape=[k, k], pads=[p] * 4, **strided)
+                idx = g.op("MaxPool", [conv_out], n_out=2, kernel_shape=[f, f], strides=[f, f])[1]
+            post = g.op(
+                "MaxUnpool", [post, idx, g.op("Shape", [conv_out])], "unpool", kernel_shape=[f, f], strides=[f, f]
+            )
+        elif sp.pool == "avg":
+            c, hc, wc = sp.conv_shape
+            spread = g.const(np.full((c, 1, f, f), 1.0 / (f * f)), hint="avg_adjoint")
+            post = g.op("ConvTranspose", [post, spread], "unavg", kernel_shape=[f, f], strides=[f, f], group=c)
+            h2, w2 = sp.out_shape[1] * f, sp.out_shape[2] * f
+            if (hc, wc) != (h2, w2):  # odd conv output: the last rows / columns got no pooling window
+                post = g.op("Pad", [post, g.const([0, 0, 0, 0, 0, 0, hc - h2, wc - w2], np.int64)])
+        if sp.stride > 1:  # the rows / columns the strided conv dropped come back as output_padding
+            op = [h - ((c - 1) * sp.stride - 2 * p + k) for h, c in zip(sp.in_shape[1:], sp.conv_shape[1:])]
+            strided["output_padding"] = op
+        return g.op("ConvTranspose", [post, wb], "convT", kernel_shape=[k, k], pads=[p] * 4, **strided)
+
+    def sigma(self, u: str, n: int) -> str:
+        """State n's (0-based) activation: HardSigmoid for the [0, 1] clamps, else Mul and Clip."""
+        slope, lo, hi = self.model.acts[n]
+        if (lo, hi) == (0.0, 1.0):
+            return self.g.op("HardSigmoid", [u], f"s{n + 1}", alpha=slope, beta=0.0)
+        if slope != 1.0:
+            u = self.g.op("Mul", [u, self.g.const(slope)])
+        if lo == -np.inf:
+            return self.g.op("Identity", [u], f"s{n + 1}")
+        return self.g.op("Clip", [u, self.g.const(lo), self.g.const(hi)], f"s{n + 1}")
+
+    def update(self, states: list[int]) -> dict[int, str]:
+        """New values of `states` (0-based; sharing no interaction) from the current ones: the
+        forward term of every interaction into each, then the feedback of every one out of it, in
+        dynamics.preactivations' order (the chain first, then the skips)."""
+        self.refresh()
+        new = {}
+        for n in states:
+            terms = []
+            for i, sp in enumerate(self.specs):
+                if sp.dst == n + 1:
+                    terms.append(self.fwd[i][1])
+                elif sp.src == n + 1:
+                    terms.append(self.feedback(i))
+            u = terms[0]
+            for t in terms[1:]:
+                u = self.g.op("Add", [u, t])
+            new[n] = self.sigma(u, n)
+        return new
+
+    def run(self, schedule: str) -> list[str]:
+        classes = [list(range(len(self.cur) - 1))] if schedule == "sync" else self.model.colours
+        for c in classes:
+            for n, v in self.update(list(c)).items():
+                self.cur[n + 1] = v
+        return self.cur[1:]
 
 
 def build_onnx(
@@ -204,15 +263,10 @@ def build_onnx(
         raise ConfigError(f"--weights {weights!r}: expected one of {', '.join(WEIGHT_FORMATS)}")
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
-    if model.cfg.activation not in ("hard-sigmoid", "hard-sigmoid-1"):
+    if model.cfg.activation == "holo-sigmoid":
         raise ConfigError(
-            f"activation {model.cfg.activation!r} has no ONNX / C++ runtime form (HardSigmoid only); "
-            "train with --activation hard-sigmoid or hard-sigmoid-1 to export"
-        )
-    if model.skips or model.cfg.activations or any(sp.stride > 1 for sp in model.specs):
-        raise ConfigError(
-            "skip interactions, strided convs and per-state activations have no ONNX / C++ runtime form yet; "
-            "export a chain net (conv + pool, dense) with one hard sigmoid"
+            "activation 'holo-sigmoid' (holomorphic EP's smooth sigmoid) has no ONNX / C++ runtime form; "
+            "train with --activation hard-sigmoid, hard-sigmoid-1, relu6 or clipped-relu-C to export"
         )
     model = copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype and mode
     L = len(model.state_shapes)
@@ -233,7 +287,7 @@ def build_onnx(
     # --- the loop body: (iter, cond, s_1..s_L, residual, count) -> (cond, s'_1..s'_L, residual', count')
     body = _Graph("body/")
     s_in = [f"s{n + 1}_in" for n in range(L)]
-    new = _step_nodes(body, model, "x", s_in, schedule)
+    new = _Step(body, model, "x", s_in).run(schedule)
     changes = [body.op("ReduceMax", [body.op("Abs", [body.op("Sub", [a, b])])], keepdims=0) for a, b in zip(new, s_in)]
     res = body.op("Max", changes, "residual") if len(changes) > 1 else changes[0]
     cond = body.op("Not", [body.op("Less", [res, "tol"])], "cond")
@@ -307,7 +361,7 @@ def build_onnx(
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ep_compile")
     m.ir_version = 8
     meta = {
-        "ep_compile.format_version": str(format_version(weights, schedule)),
+        "ep_compile.format_version": str(format_version(weights, schedule, is_graph_net(model))),
         "ep_compile.architecture": json.dumps(architecture(model, weights, schedule)),
     }
     for k, v in (metadata or {}).items():
@@ -319,12 +373,12 @@ def build_onnx(
 
 def _init_name(state_key: str) -> str:
     """state_dict key -> contract name: layers.0.conv.weight -> layer1.weight, layers.1.weight_b ->
-    layer2.weight_b, readout.weight stays."""
+    layer2.weight_b, skips.0.conv.weight -> skip1.weight, readout.weight stays."""
     if state_key.startswith("readout."):
         return state_key
     parts = state_key.split(".")
     n = int(parts[1]) + 1
-    return f"layer{n}.{parts[-1]}"
+    return f"{'skip' if parts[0] == 'skips' else 'layer'}{n}.{parts[-1]}"
 
 
 def export_checkpoint(

@@ -183,8 +183,10 @@ def test_init_gains_scale_each_interaction():
 def test_export_and_spiking_refuse_what_they_cannot_run_in_one_line():
     from ep_compile.config import check_spiking
 
-    with pytest.raises(ConfigError, match="no ONNX / C\\+\\+ runtime form yet"):
-        ep.build_onnx(skip_model())
+    meta = {p.key: p.value for p in ep.build_onnx(skip_model()).metadata_props}
+    assert meta["ep_compile.format_version"] == "3"  # a graph net exports (onnxruntime: tests/test_onnx.py)
+    with pytest.raises(ConfigError, match="'holo-sigmoid' .* has no ONNX / C\\+\\+ runtime form"):
+        ep.build_onnx(skip_model(activation="holo-sigmoid"))
     with pytest.raises(ConfigError, match="binary spikes decode rates in"):
         check_spiking(skip_model(activation="relu6"))
     check_spiking(skip_model())  # hard sigmoid on every state: the spiking form applies

@@ -61,6 +61,60 @@ def test_onnxruntime_equals_pytorch(kind, schedule):
             assert abs(float(res_ort) - res) < 1e-5
 
 
+# graph nets (format version 3): states 1 (4,8,8) 2 (6,4,4) 3 (5,4,4) 4 (7,); skips 0->2 (stride),
+# 1->3 (3x3 conv, max pooling), 1->4 and 2->4 (dense)
+GRAPH = dict(in_shape=(2, 8, 8), channels=[4, 6, 5], paddings=[1, 1, 1], pools=["none", "stride", "none"], fc=[7])
+GRAPH_KINDS = {
+    "skips-ce": dict(GRAPH, skips=["0:2", "1:3:k3:max", "1:4", "2:4"]),
+    "skips-asym-relu6": dict(GRAPH, skips=["0:2", "1:3:k3:max", "2:4"], asymmetric=True, activation="relu6"),
+    "skips-mse-per-state": dict(
+        GRAPH,
+        skips=["0:2:k3:avg", "1:3:k1:max", "2:4"],
+        loss="mse",
+        n_classes=3,
+        activations=["hard-sigmoid", "relu6", "clipped-relu-2", "hard-sigmoid-1", "identity"],
+    ),
+    "resnet-like-odd": dict(  # 10x10 input: strided convs drop a row (output_padding), avg pooling an edge
+        in_shape=(1, 10, 10),
+        channels=[3, 4, 4],
+        paddings=[1, 1, 1],
+        pools=["none", "stride", "avg"],
+        skips=["0:2:k3:stride", "1:3:k1:avg", "1:4"],
+        fc=[6],
+        activation="relu6",
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("kind", list(GRAPH_KINDS))
+def test_onnxruntime_equals_pytorch_on_graph_nets(kind, schedule):
+    """Skip interactions (pooled, strided, dense), strided chain convs, clipped and per-state
+    activations: onnxruntime runs the same iteration as PyTorch, the colour classes for even/odd."""
+    torch.manual_seed(0)
+    model = EPNet(small_cfg(**GRAPH_KINDS[kind]))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # states away from the clamps' flat parts
+    m = build_onnx(model, schedule=schedule)
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["ep_compile.format_version"] == "3"
+    arch = json.loads(meta["ep_compile.architecture"])
+    assert len(arch["skips"]) == len(model.skips) and len(arch["activations"]) == len(model.state_shapes)
+    assert arch["colours"] == ([list(range(len(model.state_shapes)))] if schedule == "sync" else model.colours)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    for B in (1, 5):
+        x = torch.rand(B, *model.cfg.in_shape, generator=torch.Generator().manual_seed(B))
+        for steps, tol in ((30, 0.0), (300, 1e-4)):
+            with torch.no_grad():
+                s, n, res = relax_until(model, x, model.init_states(B, x), steps, tol, 1, step_fn=SCHEDULES[schedule])
+                ref = model.logits(s).numpy()
+            scores, n_ort, res_ort = run_ort(sess, x, steps, tol)
+            assert np.abs(scores - ref).max() < 1e-5, np.abs(scores - ref).max()
+            assert int(n_ort) == n
+            assert abs(float(res_ort) - res) < 1e-5
+
+
 def test_contract_names_and_metadata(tmp_path):
     torch.manual_seed(0)
     m = build_onnx(EPNet(small_cfg(asymmetric=True, fc=[5])), {"classes": ["a", "b", "c", "d"], "default_T": "30"})

@@ -202,9 +202,14 @@ def test_ep_infer_cli(build, golden, tmp_path):
     assert np.abs(np.load(tmp_path / "s.npy") - want).max() < 1e-4
     assert f"steps used: {case[5]} " in p.stdout
     bad = subprocess.run(
-        [str(build / "ep_infer"), str(golden / "bad_version_3.onnx"), str(x)], capture_output=True, text=True
+        [str(build / "ep_infer"), str(golden / "bad_version_4.onnx"), str(x)], capture_output=True, text=True
     )
     assert bad.returncode == 1 and "format version" in bad.stderr and "export/to_onnx.py" in bad.stderr
+    graph = subprocess.run(
+        [str(build / "ep_infer"), str(golden / "graph_net_v3.onnx"), str(x)], capture_output=True, text=True
+    )
+    assert graph.returncode == 1 and len(graph.stderr.strip().splitlines()) == 1, graph.stderr
+    assert "format version 3: a graph net" in graph.stderr and "onnxruntime" in graph.stderr
 
 
 def test_ep_infer_raw_images_and_bad_arguments(build, golden, tmp_path):

@@ -22,8 +22,9 @@
 
 namespace ep {
 
-constexpr int FORMAT_VERSION = 2;      // the newest ep_compile.format_version this runtime reads
-constexpr int MIN_FORMAT_VERSION = 1;  // 1: float32 weights; 2: float32 or int8 weights
+constexpr int FORMAT_VERSION = 2;        // the newest ep_compile.format_version this runtime reads
+constexpr int MIN_FORMAT_VERSION = 1;    // 1: float32 weights; 2: float32 or int8 weights
+constexpr int GRAPH_FORMAT_VERSION = 3;  // graph nets (skips, strides, clipped activations): refused, said so
 constexpr int MAX_LAYERS = 16;
 constexpr int MAX_CLASSES = 1000;
 constexpr std::int64_t MAX_ELEMENTS = std::int64_t(1) << 28;  // per tensor; larger files are rejected

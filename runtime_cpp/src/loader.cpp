@@ -140,6 +140,12 @@ Status parse_architecture(Found& f, Model* m) {
   char v[16] = {0};
   std::memcpy(v, f.meta_version.p, f.meta_version.n < 15 ? f.meta_version.n : 15);
   const int version = std::atoi(v);
+  if (version == GRAPH_FORMAT_VERSION && f.meta_version.n == 1)
+    return fail(m, ERR_UNSUPPORTED,
+                "file has format version 3: a graph net (skip interactions, strided convs or clipped / per-state "
+                "activations), which this runtime does not run yet (chain nets only, versions %d to %d); run it in "
+                "onnxruntime",
+                MIN_FORMAT_VERSION, FORMAT_VERSION);
   if (version < MIN_FORMAT_VERSION || version > FORMAT_VERSION || f.meta_version.n > 15)
     return fail(m, ERR_VERSION,
                 "file has format version '%s', this runtime reads %d to %d; %s (or rebuild the runtime from the same "

@@ -204,7 +204,7 @@ def int8_crafted(out: Path, put):
     edit("bad_int8_swapped_scales.onnx", swap_scales, "shape mismatch")
     edit("bad_int8_second_reader.onnx", second_reader, "shape mismatch")
     edit("bad_int8_version1.onnx", meta("ep_compile.format_version", lambda v: "1"), "format version mismatch")
-    edit("bad_int8_version3.onnx", meta("ep_compile.format_version", lambda v: "3"), "format version mismatch")
+    edit("bad_int8_version4.onnx", meta("ep_compile.format_version", lambda v: "4"), "format version mismatch")
     edit("bad_int8_weights_int4.onnx", arch(lambda a: a.update(weights="int4")), "unsupported")
     edit("bad_int8_meta_float.onnx", arch(lambda a: a.update(weights="float32")), "shape mismatch")
     good = (out / "digits_sym_mse_avg_fc_evenodd.onnx").read_bytes()  # the even/odd schedule (3 layers)
@@ -331,12 +331,16 @@ def main(argv=None):
     put("bad_empty.onnx", b"", "bad argument")
     for frac in (0.1, 0.5, 0.9, 0.999):
         put(f"bad_truncated_{int(frac * 1000)}.onnx", good[: int(len(good) * frac)], "parse error")
-    for version in ("0", "3"):  # this runtime reads 1 (float32) and 2 (float32 or int8)
+    for version in ("0", "4"):  # this runtime reads 1 (float32) and 2 (float32 or int8); 3: below
         m = onnx.load_from_string(good)
         for prop in m.metadata_props:
             if prop.key == "ep_compile.format_version":
                 prop.value = version
         put(f"bad_version_{version}.onnx", m.SerializeToString(), "format version mismatch")
+    torch.manual_seed(3)  # a graph net (format version 3: skip interactions, ReLU6) is refused as such
+    graph = dict(in_shape=(1, 8, 8), channels=[2, 3], paddings=[1, 1], pools=["max", "max"], skips=["0:2:max"])
+    graph_net = EPNet(ModelConfig(**graph, activation="relu6"))
+    put("graph_net_v3.onnx", build_onnx(graph_net).SerializeToString(), "unsupported")
     m = onnx.load_from_string(good)
     w = next(t for t in m.graph.initializer if t.name == "layer2.weight")
     w.dims[0] = 1 << 40
