@@ -115,6 +115,25 @@ def test_onnxruntime_equals_pytorch_on_graph_nets(kind, schedule):
             assert abs(float(res_ort) - res) < 1e-5
 
 
+def test_int8_graph_net_runs_its_dequantized_network_in_onnxruntime():
+    """int8 export quantizes the skips' forward and backward weights like every other weight."""
+    from ep_compile.dynamics import relax
+    from ep_compile.quantize import dequantized_model
+
+    torch.manual_seed(0)
+    model = EPNet(small_cfg(**GRAPH_KINDS["skips-asym-relu6"]))
+    m = build_onnx(model, weights="int8", schedule="evenodd")
+    names = {i.name for i in m.graph.initializer}
+    assert {"skip2.weight_int8", "skip2.weight_scale", "skip2.weight_b_int8", "skip2.weight_b_scale"} <= names
+    assert not any(n.startswith("skip") and n.endswith(("weight", "weight_b")) for n in names)
+    x = torch.rand(3, *model.cfg.in_shape, generator=torch.Generator().manual_seed(0))
+    scores = run_ort(ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]), x, 30, 0.0)[0]
+    deq = dequantized_model(model)
+    with torch.no_grad():
+        ref = deq.logits(relax(deq, x, deq.init_states(3, x), 30, step_fn=SCHEDULES["evenodd"])).numpy()
+    assert np.abs(scores - ref).max() < 1e-5
+
+
 def test_contract_names_and_metadata(tmp_path):
     torch.manual_seed(0)
     m = build_onnx(EPNet(small_cfg(asymmetric=True, fc=[5])), {"classes": ["a", "b", "c", "d"], "default_T": "30"})
