@@ -1,13 +1,16 @@
 """Milliseconds per dynamics step of the cifar10-cpu net (32-64-128-256, even/odd, batch 64): float32,
 bf16 autocast (the `--amp bf16` path: bf16 convolutions, float32 weights and estimate), and the bare
 convolutions of one step (each layer's forward conv and the feedback's transposed conv, nothing
-else: the floor), side by side in one process, eager and compiled; plus the cosine between the bf16
-and float32 estimates of symmetric EP on the same batch. Prints a table, writes JSON with the machine.
+else: the floor), side by side in one process, eager and compiled; then one symmetric-EP iteration
+(T=20, K=8) in float32, --amp bf16 and --amp bf16-free (the free phase in bf16, the nudged phases in
+float32), each estimate's cosine with the float32 one on the same batch. Prints tables, writes JSON
+with the machine.
 
     python benchmarks/bf16_steps.py --threads 2
-    python benchmarks/bf16_steps.py --checkpoint runs/cifar10-cpu/last.pt   # the cosine on trained weights
+    python benchmarks/bf16_steps.py --checkpoint runs/cifar10-cpu/last.pt --data-root cifar10-jpeg.tar.gz
 
-Without --checkpoint the net is at its initialisation, and the JSON says so.
+Without --checkpoint the net is at its initialisation, without --data-root the batch is noise; the
+JSON says which.
 """
 
 import argparse
@@ -25,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ep_compile.checkpoint import load_checkpoint  # noqa: E402
 from ep_compile.config import RunConfig, model_from_config  # noqa: E402
+from ep_compile.data import make_splits, preprocess, preprocessing_meta  # noqa: E402
 from ep_compile.dynamics import make_step, relax  # noqa: E402
 from ep_compile.estimators import Phases, get_estimator  # noqa: E402
 from ep_compile.machine import describe, native_bf16  # noqa: E402
@@ -61,17 +65,22 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-compile", action="store_true", help="eager rows only")
+    p.add_argument("--data-root", default=None, help="CIFAR-10: the batch is its first test images (default: noise)")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "bf16_steps.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = RunConfig.from_dict(PRESETS["cifar10-cpu"])
+    ck = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    cfg = RunConfig.from_dict(ck["config"] if ck else PRESETS["cifar10-cpu"])  # the run's preprocessing too
     model = model_from_config(cfg)
-    if args.checkpoint:
-        model.load_state_dict(load_checkpoint(args.checkpoint)["model"])
+    if ck:
+        model.load_state_dict(ck["model"])
     model = model.to(memory_format=torch.channels_last)
-    x = (torch.randn(args.batch, 3, 32, 32) * 0.3).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (args.batch,))
+    x, y = torch.randn(args.batch, 3, 32, 32) * 0.3, torch.randint(0, 10, (args.batch,))
+    if args.data_root:
+        test = make_splits("cifar10", data_root=args.data_root, val_size=0, seed=cfg.run.seed).test
+        x, y = preprocess(test.x[: args.batch], preprocessing_meta(cfg.data, cfg.model.in_shape)), test.y[: args.batch]
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         s = relax(model, x, model.init_states(args.batch, x), 20, step_fn=make_step(False, "evenodd"))
     rows = []
@@ -95,12 +104,26 @@ def main(argv=None) -> int:
                 "ms_per_step": 1e3 * t / args.steps,
             }
         )
-    est = get_estimator("symmetric")
+    est, iters = get_estimator("symmetric"), []
     ph = dict(T=cfg.phases.T, K=cfg.phases.K, beta=cfg.phases.beta)
-    g32 = est(model, x, y, Phases(**ph), step_fn=make_step(False, "evenodd")).grads
-    g16 = est(model, x, y, Phases(**ph, amp="bf16"), step_fn=make_step(False, "evenodd")).grads
-    a, b = torch.cat([g.flatten() for g in g32]), torch.cat([g.flatten() for g in g16])
-    cosine = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+    fn = make_step(not args.no_compile, "evenodd")
+    grads = {}
+    for amp in (None, "bf16", "bf16-free"):
+        est(model, x, y, Phases(T=2, K=2, beta=ph["beta"], amp=amp), step_fn=fn)  # warm up / compile
+        t = timed(lambda amp=amp: grads.update({amp: est(model, x, y, Phases(**ph, amp=amp), step_fn=fn).grads}), 3)
+        iters.append({"amp": amp or "fp32", "s_per_iteration": t})
+    ref = torch.cat([g.flatten() for g in grads[None]])
+    # the gradient of the T-step network's loss (BPTT through all T steps, float32): how far each
+    # estimate is from what it estimates, next to how far bf16 moves it
+    bp = get_estimator("bptt")(model, x, y, Phases(T=ph["T"], K=ph["K"]), step_fn=make_step(False, "evenodd"))
+    true = torch.cat([g.flatten() for g in bp.grads])
+    for r, amp in zip(iters, (None, "bf16", "bf16-free")):
+        low = torch.cat([g.flatten() for g in grads[amp]])
+        r["cosine_vs_bptt"] = torch.nn.functional.cosine_similarity(true, low, dim=0).item()
+        r["cosine_vs_fp32"] = torch.nn.functional.cosine_similarity(ref, low, dim=0).item()
+        r["rel_error_vs_fp32"] = ((low - ref).norm() / ref.norm()).item()
+        r["speedup_vs_fp32"] = iters[0]["s_per_iteration"] / r["s_per_iteration"]
+    cosine = iters[1]["cosine_vs_fp32"]
     print(
         f"== ms per step, cifar10-cpu net, batch {args.batch}, {args.threads} thread(s); native bf16: {native_bf16()}"
     )
@@ -108,11 +131,16 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['path']:<18} {str(r['compiled']):<9} {r['precision']:<9} {r['ms_per_step']:>9.2f}")
     weights = args.checkpoint or "initialisation (no --checkpoint)"
-    print(
-        f"cosine(bf16 estimate, fp32 estimate), symmetric EP T={cfg.phases.T} K={cfg.phases.K}, weights {weights}: {cosine:.5f}"
-    )
+    batch = f"the first {args.batch} CIFAR-10 test images" if args.data_root else "noise (no --data-root)"
+    print(f"== one symmetric-EP iteration, T={ph['T']} K={ph['K']}, weights {weights}, batch: {batch}")
+    print(f"{'amp':<10} {'s/iteration':>11} {'speed-up':>9} {'cosine vs fp32':>15} {'rel. error':>11} {'vs BPTT':>8}")
+    for r in iters:
+        print(
+            f"{r['amp']:<10} {r['s_per_iteration']:>11.3f} {r['speedup_vs_fp32']:>8.2f}x "
+            f"{r['cosine_vs_fp32']:>15.6f} {r['rel_error_vs_fp32']:>11.2e} {r['cosine_vs_bptt']:>8.4f}"
+        )
     out = {"machine": describe(), "native_bf16": native_bf16(), "threads": args.threads, "batch": args.batch}
-    out.update(rows=rows, cosine_bf16_fp32=cosine, weights=weights)
+    out.update(rows=rows, iterations=iters, cosine_bf16_fp32=cosine, weights=weights, data=batch)
     Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.json}")
     return 0

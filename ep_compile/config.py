@@ -53,6 +53,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}  # --dtype: the pa
 QUANTIZERS = ("sigma-delta", "stochastic")  # spiking.py: how a unit encodes its activation into spikes
 SPIKE_SCHEDULES = ("harmonic", "constant", "power")  # the decoders' step size lambda_t
 VF_FORMS = ("linearized", "paper-code")  # estimators.vf_gradient: which backward weights VF uses
+# --amp: bf16 runs every phase under bfloat16 autocast; bf16-free only the free phase, the nudged
+# phases (whose difference is the estimate) and BPTT's unrolled steps staying in float32
+AMP_MODES = ("bf16", "bf16-free")
 NEURONS = ("rate", "spiking")
 UNIT = (lambda v: finite(v) and 0 < v <= 1, "a number in (0, 1]")
 FRACTION = (lambda v: finite(v) and 0 <= v <= 1, "a fraction in [0, 1] (0: off)")
@@ -77,7 +80,11 @@ class Phases:
     )
     check_every: int = setting(10, "measure the state change every N steps (fewer host syncs)", check=INT_GE1)
     fused: bool = setting(False, "run the +beta and -beta phases as one batch of 2B")
-    amp: str | None = setting(None, "bf16: run the phases under bfloat16 autocast (estimate taken in float32)")
+    amp: str | None = setting(
+        None,
+        "bf16: every phase under bfloat16 autocast; bf16-free: the free phase only, the nudged phases in "
+        "float32 (the estimate is always taken in float32)",
+    )
     vf_form: str = setting(
         "linearized", "vf backward weights: linearized (Eq. 41-42) or paper-code (each phase's own pool winners)"
     )
@@ -93,8 +100,8 @@ class Phases:
         check_fields(self)
         check_name("schedule", self.schedule, STEP_SCHEDULES)
         check_name("vf_form", self.vf_form, VF_FORMS)
-        if self.amp not in (None, "bf16"):
-            raise ConfigError(f"--amp {self.amp}: expected bf16 (or no --amp)")
+        if self.amp is not None:
+            check_name("amp", self.amp, AMP_MODES)
         if self.bptt_steps is not None and self.bptt_steps > self.T:
             raise ConfigError(f"--bptt-steps {self.bptt_steps}: expected an integer in [1, T={self.T}]")
         self.beta = float(self.beta)

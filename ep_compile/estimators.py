@@ -141,9 +141,10 @@ def vf_gradient(
 RULES = {"ep": ep_gradient, "vf": vf_gradient, "kp-vf": kp_vf_gradient}
 
 
-def phase_autocast(phases: Phases, x):
-    """bfloat16 autocast for the phases when phases.amp == 'bf16', else nothing."""
-    if phases.amp == "bf16":
+def phase_autocast(phases: Phases, x, nudged: bool = False):
+    """bfloat16 autocast for a phase: every phase with --amp bf16, the free phase alone with
+    bf16-free (the nudged phases, and BPTT's unrolled steps, carry the estimate: float32)."""
+    if phases.amp == "bf16" or (phases.amp == "bf16-free" and not nudged):
         return torch.autocast(x.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -224,7 +225,7 @@ def _make(name: str):
             sign = 1.0 if torch.randint(0, 2, (1,), generator=generator, device=dev).item() else -1.0
         beta = sign * phases.beta
         s_free, steps = free_phase(model, x, phases, masks, step_fn)
-        with phase_autocast(phases, x):
+        with phase_autocast(phases, x, nudged=True):
             s_pos, s_neg = nudged_states(
                 model, x, y, s_free, phases.K, beta, two_sided, masks, step_fn, fused=phases.fused
             )
@@ -259,8 +260,9 @@ def bptt(model: EPNet, x, y, phases: Phases, *, masks=None, generator=None, step
     params = list(model.parameters())
     with torch.no_grad(), phase_autocast(phases, x):
         s = relax(model, x, model.init_states(x.shape[0], x), phases.T - k, masks, step_fn=step_fn)
+    s = [t.to(x.dtype) for t in s]
     with torch.enable_grad():
-        with phase_autocast(phases, x):
+        with phase_autocast(phases, x, nudged=True):
             s_T = relax(model, x, s, k, masks, step_fn=step_fn)
         s_T = [t.to(x.dtype) for t in s_T]
         loss = model.loss(s_T, y, masks)

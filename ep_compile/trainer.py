@@ -11,6 +11,7 @@ checkpoint's history: a kill at any instant loses only the work since the last c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ from .data import augment, preprocess, preprocessing_meta
 from .dynamics import make_step, settle
 from .estimators import set_grads
 from .faults import crash_after, kill_point
-from .machine import describe
+from .machine import describe, native_bf16
 from .model import ConfigError, EPNet
 from .optim import end_of_iteration, make_optimizer, set_epoch_lr, wd_compensate
 from .registry import entry
@@ -164,6 +165,9 @@ class Trainer:
         self.infer = self.entry.infer or settle
         self.end_iteration = end_of_iteration(self.optimizer)
         self.phases = cfg.make_phases()
+        if self.phases.amp and self.device.type == "cpu" and not native_bf16():  # no gain, only rounding
+            self.log(f"--amp {self.phases.amp}: this CPU has no native bf16 (AVX512_BF16 / AMX); running float32")
+            self.phases = dataclasses.replace(self.phases, amp=None)
         self.prep_meta = preprocessing_meta(cfg.data, cfg.model.in_shape)  # the contract export writes
         self.step_fn = make_step(cfg.run.compile, cfg.phases.schedule, cfg.run.compile_mode)
         self.group_of = [i for i, g in enumerate(self.optimizer.param_groups) for _ in g["params"]]

@@ -233,6 +233,13 @@ MUTANTS = {
         "",
         ["tests/test_continual.py"],
     ),
+    # --amp bf16-free: the nudged phases, whose difference is the estimate, must stay in float32
+    "bf16-free-nudged-phases-in-bf16": (
+        "estimators.py",
+        'phases.amp == "bf16" or (phases.amp == "bf16-free" and not nudged)',
+        'phases.amp in ("bf16", "bf16-free")',
+        ["tests/test_compile.py"],
+    ),
     # randomness on the device (tests/test_fake_cuda.py): a draw from the host generator, a host draw
     "dropout-masks-from-the-host-generator": (
         "trainer.py",

@@ -153,6 +153,7 @@ FLAGS = {  # flag argv -> predicate(two, local, bptt, vf, spiking, holomorphic):
     "--schedule evenodd": lambda two, local, bp, vf, spk, holo: not spk,
     "--tol 1e-3": lambda two, local, bp, vf, spk, holo: not spk and not bp,
     "--amp bf16": lambda two, local, bp, vf, spk, holo: not spk and not local and not holo,
+    "--amp bf16-free": lambda two, local, bp, vf, spk, holo: not spk and not local and not holo,
     "--fused": lambda two, local, bp, vf, spk, holo: two and not spk,
     "--hep-points 8": lambda two, local, bp, vf, spk, holo: holo,
     "--vf-form paper-code": lambda two, local, bp, vf, spk, holo: vf,
