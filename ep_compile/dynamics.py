@@ -21,20 +21,25 @@ import torch
 from .model import ConfigError, EPNet
 
 
-def preactivations(model: EPNet, x, states, masks=None, y=None, beta=None, parity=None):
+def preactivations(model: EPNet, x, states, masks=None, y=None, beta=None, parity=None, fwd=None):
     """u_n = dPhi/ds^n - beta dl/ds^n for every layer (explicit form) and the pooling contexts.
 
     x: (B, C, H, W); states: [(B, *shape_n)]; beta: None (free phase), a float, a 0-d tensor, or a
     (B,) tensor (one beta per example: the +beta and -beta phases run as one batch). parity c
     computes only the states of colour class c (model.colours: the even / odd layers of a chain; the
     others come back as None). u_n sums the forward term of every interaction into s^n and the
-    feedback of every interaction out of it (the next chain layer, then the skips).
+    feedback of every interaction out of it (the next chain layer, then the skips). fwd: a list with
+    one entry per interaction (model.interactions()), None or its (P(w * s^src), ctx) from the same
+    source state; the entries computed here are written into it, for the next colour class.
     Returns ([u_n (B, *shape_n)], [ctx_i]) where ctx_i holds interaction i's max-pool indices.
     """
     dropped = model.apply_masks(states, masks)
     layers = [x] + dropped
-    outs = [layer(layers[n]) for n, layer in enumerate(model.layers)]  # [(P(w_n * s^{n-1}), ctx)]
-    skip_outs = [sk(layers[sk.src]) for sk in model.skips]
+    fwd = [None] * len(model.all_specs) if fwd is None else fwd
+    for i, syn in enumerate(model.interactions()):  # [(P(w_i * s^src), ctx)]
+        if fwd[i] is None:
+            fwd[i] = syn(layers[syn.src])
+    outs, skip_outs = fwd[: len(model.layers)], fwd[len(model.layers) :]
     n_states = len(states)
     only = None if parity is None else model.colours[parity]
     us = []
@@ -71,10 +76,14 @@ def step_evenodd(model: EPNet, x, states, masks=None, y=None, beta=None) -> list
     states (as in Scellier et al. 2023). On a chain: the layers with even list index (s^1, s^3, ...)
     from s_t, then the odd ones from the fresh even layers. A skip between two states of the same
     parity adds a class (model.colours, a greedy colouring): states of one class share no
-    interaction. Same fixed points as `step`; it usually gets there in fewer steps."""
-    for c in range(len(model.colours)):
-        us, _ = preactivations(model, x, states, masks, y, beta, parity=c)
+    interaction. Same fixed points as `step`; it usually gets there in fewer steps. A class
+    recomputes only the forward terms whose source state an earlier class of the step changed (a
+    chain: the odd layers' in the second half), bit for bit what recomputing all of them gives."""
+    fwd = [None] * len(model.all_specs)  # forward terms, reused while their source is unchanged
+    for c, cls in enumerate(model.colours):
+        us, _ = preactivations(model, x, states, masks, y, beta, parity=c, fwd=fwd)
         states = [s if u is None else model.sigma(u, n) for n, (u, s) in enumerate(zip(us, states))]
+        fwd = [None if syn.src - 1 in cls else f for syn, f in zip(model.interactions(), fwd)]
     return states
 
 

@@ -233,6 +233,13 @@ MUTANTS = {
         "",
         ["tests/test_continual.py"],
     ),
+    # the even/odd step reuses forward terms across its colour classes: a stale one must be caught
+    "evenodd-reuses-stale-forward-terms": (
+        "dynamics.py",
+        "fwd = [None if syn.src - 1 in cls else f for syn, f in zip(model.interactions(), fwd)]",
+        "fwd = [f for syn, f in zip(model.interactions(), fwd)]",
+        SKIP,
+    ),
     # --amp bf16-free: the nudged phases, whose difference is the estimate, must stay in float32
     "bf16-free-nudged-phases-in-bf16": (
         "estimators.py",

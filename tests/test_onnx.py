@@ -45,16 +45,21 @@ def test_onnxruntime_equals_pytorch(kind, schedule):
     if schedule == "evenodd":  # three state layers: the even/odd halves differ from a synchronous step
         cfg = {**cfg, "channels": [4, 6, 6], "paddings": [1, 1, 1], "pools": [*cfg.get("pools", ["max"] * 2), "none"]}
     model = EPNet(small_cfg(**cfg))
-    sess = session(model, schedule)
-    for B in (1, 7):
+    assert_runs_as_pytorch(model, session(model, schedule), schedule, (1, 7), ((40, 0.0), (300, 1e-4)))
+
+
+def assert_runs_as_pytorch(model, sess, schedule, batches, runs):
+    """onnxruntime's scores, steps and residual equal PyTorch's free phase, per batch size and
+    (max_steps, tol): 1e-5, the same stopping step."""
+    for B in batches:
         x = torch.rand(B, *model.cfg.in_shape, generator=torch.Generator().manual_seed(B))
-        for steps, tol in ((40, 0.0), (300, 1e-4)):
+        for steps, tol in runs:
             with torch.no_grad():
                 s, n, res = relax_until(model, x, model.init_states(B, x), steps, tol, 1, step_fn=SCHEDULES[schedule])
                 ref = model.logits(s).numpy()
             scores, n_ort, res_ort = run_ort(sess, x, steps, tol)
             assert scores.shape == (B, model.cfg.n_classes)
-            assert np.abs(scores - ref).max() < 1e-5
+            assert np.abs(scores - ref).max() < 1e-5, np.abs(scores - ref).max()
             assert int(n_ort) == n  # the same stopping step
             if tol > 0:
                 assert n < steps and res_ort < tol
@@ -103,16 +108,7 @@ def test_onnxruntime_equals_pytorch_on_graph_nets(kind, schedule):
     assert len(arch["skips"]) == len(model.skips) and len(arch["activations"]) == len(model.state_shapes)
     assert arch["colours"] == ([list(range(len(model.state_shapes)))] if schedule == "sync" else model.colours)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    for B in (1, 5):
-        x = torch.rand(B, *model.cfg.in_shape, generator=torch.Generator().manual_seed(B))
-        for steps, tol in ((30, 0.0), (300, 1e-4)):
-            with torch.no_grad():
-                s, n, res = relax_until(model, x, model.init_states(B, x), steps, tol, 1, step_fn=SCHEDULES[schedule])
-                ref = model.logits(s).numpy()
-            scores, n_ort, res_ort = run_ort(sess, x, steps, tol)
-            assert np.abs(scores - ref).max() < 1e-5, np.abs(scores - ref).max()
-            assert int(n_ort) == n
-            assert abs(float(res_ort) - res) < 1e-5
+    assert_runs_as_pytorch(model, sess, schedule, (1, 5), ((30, 0.0), (300, 1e-4)))
 
 
 def test_int8_graph_net_runs_its_dequantized_network_in_onnxruntime():
