@@ -100,8 +100,8 @@ class Phases:
         check_fields(self)
         check_name("schedule", self.schedule, STEP_SCHEDULES)
         check_name("vf_form", self.vf_form, VF_FORMS)
-        if self.amp is not None:
-            check_name("amp", self.amp, AMP_MODES)
+        if self.amp is not None and self.amp not in AMP_MODES:
+            raise ConfigError(f"--amp {self.amp}: expected one of {', '.join(AMP_MODES)} (or no --amp)")
         if self.bptt_steps is not None and self.bptt_steps > self.T:
             raise ConfigError(f"--bptt-steps {self.bptt_steps}: expected an integer in [1, T={self.T}]")
         self.beta = float(self.beta)

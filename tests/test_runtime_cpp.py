@@ -68,7 +68,12 @@ def test_ctest_kernels_errors_and_golden_cases(build, golden):
         assert bad[f"{crafted}.onnx"] == "5"  # metadata edited, graph not: shape mismatch, checked by ctest
     assert bad["bad_meta_huge.onnx"] == bad["bad_default_T.onnx"] == bad["bad_duplicate.onnx"] == "3"
     int8 = [c for c in cases if c[0].endswith("_int8.onnx")]  # int8 files: ORT and C++ against PyTorch
-    assert len(int8) >= 8 and {c[1] for c in int8} >= {"digits.npy"} and all(float(c[5]) <= 1e-4 for c in int8)
+    cifar = (ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz").exists()
+    assert (
+        len(int8) >= (8 if cifar else 6)
+        and {c[1] for c in int8} >= {"digits.npy"}
+        and all(float(c[5]) <= 1e-4 for c in int8)
+    )
     evenodd = [c for c in cases if c[0].endswith("_evenodd.onnx")]  # the even/odd schedule, float32 and int8
     assert len(evenodd) >= 8 and any("_int8_" in c[0] for c in evenodd) and all(float(c[5]) <= 1e-4 for c in evenodd)
     assert bad["bad_evenodd_version1.onnx"] == "4" and bad["bad_evenodd_schedule_async.onnx"] == "6"
@@ -630,6 +635,8 @@ def test_loader_refuses_every_graph_edit(build, golden, tmp_path, model, how, ne
     metadata says: the C++ loader refuses it with a named error."""
     import onnxruntime as ort
 
+    if not (golden / model).exists():  # the cifar_* golden files come from ../shared/data
+        pytest.skip(f"{model}: written only when the CIFAR-10 archive is present")
     path = _edit(golden / model, tmp_path / f"{how}.onnx", how)
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # still a valid ONNX model
     x = np.zeros((1, *np.load(golden / "digits.npy").shape[1:]), np.float32) if "digits" in model else None
