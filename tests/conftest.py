@@ -36,3 +36,30 @@ def train(out, *args) -> list[dict]:
     cmd = [sys.executable, str(root / "experiments" / "cifar.py"), "--no-compile", "--cpu", "--out", str(out), *args]
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def digits_predictions(checkpoint, onnx_file):
+    """A trained digits checkpoint (a run folder or .pt) and its exported file, on the digits test set
+    with the training's T steps of its schedule from s = 0: (labels, PyTorch's predictions,
+    onnxruntime's scores, onnxruntime's steps, the run's config)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ep_compile.checkpoint import load_checkpoint
+    from ep_compile.config import model_from_config
+    from ep_compile.data import make_splits, preprocess
+    from ep_compile.dynamics import SCHEDULES, relax
+
+    ck = load_checkpoint(checkpoint)
+    cfg = ck["config"]
+    model = model_from_config(cfg)
+    model.load_state_dict(ck["model"])
+    test = make_splits("digits", val_size=cfg["val_size"], seed=cfg["seed"]).test
+    x = preprocess(test.x, cfg)
+    with torch.no_grad():
+        s = relax(model, x, model.init_states(len(x), x), cfg["T"], step_fn=SCHEDULES[cfg["schedule"]])
+        pred = model.logits(s).argmax(1).numpy()
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    feeds = {"x": x.numpy(), "max_steps": np.array(cfg["T"], np.int64), "tol": np.array(0.0, np.float32)}
+    scores, steps, _ = sess.run(None, feeds)
+    return test.y.numpy(), pred, scores, int(steps), cfg

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import small_cfg
+from conftest import digits_predictions, small_cfg
 
 from ep_compile.dynamics import SCHEDULES, relax_until
 from ep_compile.model import EPNet
@@ -175,24 +175,10 @@ def test_trained_digits_model_same_accuracy_in_onnxruntime(tmp_path):
         text=True,
     )
     assert p.returncode == 0, p.stderr
-    from ep_compile.checkpoint import load_checkpoint
-    from ep_compile.config import model_from_config
-    from ep_compile.data import make_splits, preprocess
-
-    ck = load_checkpoint(run)
-    cfg = ck["config"]
-    model = model_from_config(cfg)
-    model.load_state_dict(ck["model"])
-    test = make_splits("digits", val_size=cfg["val_size"], seed=cfg["seed"]).test
-    x = preprocess(test.x, cfg)
-    with torch.no_grad():
-        s, _, _ = relax_until(model, x, model.init_states(len(x), x), cfg["T"], 0.0)
-        pred_torch = model.logits(s).argmax(1).numpy()
-    sess = ort.InferenceSession(str(onx), providers=["CPUExecutionProvider"])
-    scores, steps, _ = run_ort(sess, x, cfg["T"], 0.0)
-    acc_torch = (pred_torch == test.y.numpy()).mean()
-    acc_ort = (scores.argmax(1) == test.y.numpy()).mean()
-    assert acc_ort == acc_torch and acc_torch > 0.8 and int(steps) == cfg["T"]
+    y, pred_torch, scores, steps, cfg = digits_predictions(run, onx)
+    acc_torch = (pred_torch == y).mean()
+    acc_ort = (scores.argmax(1) == y).mean()
+    assert acc_ort == acc_torch and acc_torch > 0.8 and steps == cfg["T"]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert abs((1 - metrics[-1]["test_error"]) - acc_torch) < 1e-6  # the script's own test accuracy
     meta = {p.key: p.value for p in onnx.load(str(onx)).metadata_props}

@@ -145,14 +145,8 @@ SKIP_RECIPE = ["--skips", "0:2:k3:max", "--epochs", "25", "--decay-epochs", "25"
 def test_symmetric_ep_learns_digits_with_a_skip_interaction_and_exports_it(tmp_path):
     """Symmetric EP on a net with a skip interaction, real digits: >= 97% test accuracy; the trained
     net exports as a graph net (format version 3) and onnxruntime predicts as PyTorch does."""
-    import numpy as np
     import onnx
-    import onnxruntime as ort
-
-    from ep_compile.checkpoint import load_checkpoint
-    from ep_compile.config import model_from_config
-    from ep_compile.data import make_splits, preprocess
-    from ep_compile.dynamics import SCHEDULES, relax
+    from conftest import digits_predictions
 
     out = tmp_path / "skip"
     run_script(["--no-compile", "--cpu", *SKIP_RECIPE, "--out", str(out)])
@@ -168,20 +162,9 @@ def test_symmetric_ep_learns_digits_with_a_skip_interaction_and_exports_it(tmp_p
     assert exported.returncode == 0, exported.stderr
     meta = {p.key: p.value for p in onnx.load(str(onx)).metadata_props}
     assert meta["ep_compile.format_version"] == "3" and "skips" in json.loads(meta["ep_compile.architecture"])
-    ck = load_checkpoint(out / "last.pt")
-    cfg = ck["config"]
-    model = model_from_config(cfg)
-    model.load_state_dict(ck["model"])
-    test = make_splits("digits", val_size=cfg["val_size"], seed=cfg["seed"]).test
-    x = preprocess(test.x, cfg)
-    with torch.no_grad():
-        s = relax(model, x, model.init_states(len(x), x), cfg["T"], step_fn=SCHEDULES[cfg["schedule"]])
-        torch_pred = model.logits(s).argmax(1).numpy()
-    sess = ort.InferenceSession(str(onx), providers=["CPUExecutionProvider"])
-    feeds = {"x": x.numpy(), "max_steps": np.array(cfg["T"], np.int64), "tol": np.array(0.0, np.float32)}
-    ort_pred = sess.run(None, feeds)[0].argmax(1)
-    assert (ort_pred == torch_pred).all()
-    assert abs((torch_pred == test.y.numpy()).mean() - (1 - rows[-1]["test_error"])) < 1e-6
+    y, torch_pred, scores, _, _ = digits_predictions(out / "last.pt", onx)
+    assert (scores.argmax(1) == torch_pred).all()
+    assert abs((torch_pred == y).mean() - (1 - rows[-1]["test_error"])) < 1e-6
 
 
 def test_without_a_validation_split_the_log_names_the_train_error(tmp_path):
