@@ -84,18 +84,26 @@ class ConvPool(Synapse):
     pooling (the paper's) or stride-2 convs; skip interactions downsample by pooling or stride."""
 
     def __init__(
-        self, c_in, c_out, kernel, padding, pool, conv_hw, asymmetric=False, stride=1, factor=2, bias=True, in_hw=None
+        self,
+        c_in,
+        c_out,
+        kernel,
+        padding,
+        pool,
+        conv_hw,
+        asymmetric=False,
+        stride=1,
+        factor=2,
+        bias=True,
+        out_pad=(0, 0),
     ):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=bias)
         self.padding, self.pool, self.conv_hw = padding, pool, tuple(conv_hw)
         self.stride, self.factor = stride, factor
         # the transposed conv's output_padding: strided convs drop up to stride - 1 rows / columns
-        self.out_pad = (0, 0) if in_hw is None else self._out_pad(tuple(in_hw), kernel)
+        self.out_pad = tuple(out_pad)  # LayerSpec.out_padding
         self._init_backward(asymmetric)
-
-    def _out_pad(self, in_hw, kernel):
-        return tuple(h - ((c - 1) * self.stride - 2 * self.padding + kernel) for h, c in zip(in_hw, self.conv_hw))
 
     @property
     def weight_f(self) -> torch.Tensor:

@@ -115,6 +115,15 @@ class LayerSpec:
     bias: bool = True  # skip interactions have none: each state's bias sits on its chain layer
 
     @property
+    def out_padding(self) -> tuple[int, int]:
+        """Rows and columns of the input a strided conv leaves out (its transpose's output_padding):
+        the one formula, read by ConvPool and the ONNX export."""
+        if self.kind != "conv":
+            return (0, 0)
+        k, p, s = self.kernel, self.padding, self.stride
+        return tuple(h - ((c - 1) * s - 2 * p + k) for h, c in zip(self.in_shape[1:], self.conv_shape[1:]))
+
+    @property
     def macs(self) -> int:
         """Multiply-accumulates of the forward op per example (its transpose, the feedback, costs the same)."""
         if self.kind == "conv":
@@ -397,7 +406,7 @@ class EPNet(nn.Module):
             c_in, c_out = sp.in_shape[0], sp.out_shape[0]
             layer = ConvPool(
                 c_in, c_out, sp.kernel, sp.padding, sp.pool, sp.conv_shape[1:], asym, sp.stride, sp.factor, sp.bias,
-                in_hw=sp.in_shape[1:],
+                out_pad=sp.out_padding,
             )  # fmt: skip
         else:
             layer = Dense(sp.in_shape, sp.out_shape[0], asym, sp.bias)

@@ -164,12 +164,11 @@ class _Step:
     def forward(self, i: int):
         sp, (w, _) = self.specs[i], self.names[i]
         pre, g = self.cur[sp.src], self.g
+        bias = [w.replace(".weight", ".bias")] if sp.bias else []
         if sp.kind == "dense":
-            flat = g.op("Flatten", [pre], axis=1)
-            ins = [flat, w] + ([w.replace(".weight", ".bias")] if sp.bias else [])
-            return g.op("Gemm", ins, "fc", transB=1), None, None
+            return g.op("Gemm", [g.op("Flatten", [pre], axis=1), w, *bias], "fc", transB=1), None, None
         k, p, f = sp.kernel, sp.padding, sp.factor
-        ins = [pre, w] + ([w.replace(".weight", ".bias")] if sp.bias else [])
+        ins = [pre, w, *bias]
         strided = {"strides": [sp.stride] * 2} if sp.stride > 1 else {}
         u = g.op("Conv", ins, "conv", kernel_shape=[k, k], pads=[p] * 4, **strided)
         if sp.pool == "max":
@@ -211,8 +210,7 @@ class _Step:
             if (hc, wc) != (h2, w2):  # odd conv output: the last rows / columns got no pooling window
                 post = g.op("Pad", [post, g.const([0, 0, 0, 0, 0, 0, hc - h2, wc - w2], np.int64)])
         if sp.stride > 1:  # the rows / columns the strided conv dropped come back as output_padding
-            op = [h - ((c - 1) * sp.stride - 2 * p + k) for h, c in zip(sp.in_shape[1:], sp.conv_shape[1:])]
-            strided["output_padding"] = op
+            strided["output_padding"] = list(sp.out_padding)
         return g.op("ConvTranspose", [post, wb], "convT", kernel_shape=[k, k], pads=[p] * 4, **strided)
 
     def sigma(self, u: str, n: int) -> str:
