@@ -1,6 +1,8 @@
 """Per-image latency of the C++ runtime vs onnxruntime (both single thread) on the same .onnx file:
 float32 and int8 weights, batch 1 and 4, at the paper's CIFAR-10 net, the cifar10-cpu net (even/odd
-steps) and a small net. Prints a table with the ratios, writes JSON with the CPU model.
+steps), the same net with the skip interactions of the cifar10-cpu skip run (a graph net, format
+version 3: three colour classes) and a small net. Prints a table with the ratios, writes JSON with
+the CPU model.
 
 Two C++ builds side by side, both -ffp-contract=off and bit for bit the same scores: the portable
 default (the target's baseline ISA; on x86-64 its GEMM picks AVX-512 or AVX2 at run time) and
@@ -9,6 +11,7 @@ same int8 file (DequantizeLinear once per run, then float convolutions) and agai
 
     python benchmarks/runtime_latency.py                     # builds runtime_cpp in build/runtime_cpp
     python benchmarks/runtime_latency.py --repeats 5 --json benchmarks/runtime_latency.json
+    python benchmarks/runtime_latency.py --nets cifar10-cpu,skip --json /tmp/graph.json   # some rows only
 """
 
 import argparse
@@ -33,6 +36,7 @@ from ep_compile.onnx_export import build_onnx  # noqa: E402
 CIFAR10_CPU = dict(
     in_shape=(3, 32, 32), channels=[32, 64, 128, 256], paddings=[1, 1, 1, 0], activation="hard-sigmoid-1"
 )
+SKIPS = ["0:2:k3:max", "2:4:k1:max"]  # results/cifar10-cpu-skips: input -> state 2, state 2 -> state 4
 
 
 def time_one(path: Path, xpath: Path, steps: int, builds: dict, repeats: int) -> dict:
@@ -75,6 +79,7 @@ def main(argv=None):
     p.add_argument("--steps-cifar", type=int, default=30, help="free-phase steps timed at the paper's net")
     p.add_argument("--steps-small", type=int, default=250, help="free-phase steps timed at the small net")
     p.add_argument("--repeats", type=int, default=7, help="rounds per number (median)")
+    p.add_argument("--nets", default="", help="comma-separated first words of the rows to time (default: all)")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "runtime_latency.json"), help="write results here")
     args = p.parse_args(argv)
     b = Path(args.build_dir)
@@ -101,9 +106,13 @@ def main(argv=None):
     nets = (
         ("paper CIFAR-10 net", model_config("cifar10"), "sync", args.steps_cifar),
         ("cifar10-cpu net", model_config(CIFAR10_CPU), "evenodd", 20),
+        ("skip cifar10-cpu net", model_config({**CIFAR10_CPU, "skips": SKIPS}), "evenodd", 20),
         ("small digits net", model_config("digits"), "sync", args.steps_small),
     )
+    only = [w for w in args.nets.split(",") if w]
     for name, cfg, schedule, steps in nets:
+        if only and name.split()[0] not in only:
+            continue
         torch.manual_seed(0)
         model = EPNet(cfg)
         for weights in ("float32", "int8"):

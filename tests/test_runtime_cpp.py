@@ -78,6 +78,11 @@ def test_ctest_kernels_errors_and_golden_cases(build, golden):
     assert len(evenodd) >= 8 and any("_int8_" in c[0] for c in evenodd) and all(float(c[5]) <= 1e-4 for c in evenodd)
     assert bad["bad_evenodd_version1.onnx"] == "4" and bad["bad_evenodd_schedule_async.onnx"] == "6"
     assert bad["bad_evenodd_meta_sync.onnx"] == "5"  # an even/odd graph under sync metadata: the census differs
+    graph = [c for c in cases if c[0].startswith("graph_")]  # graph nets: skips, strides, clamps, colours
+    assert len(graph) >= 12 and any("_int8" in c[0] for c in graph) and all(float(c[5]) <= 1e-4 for c in graph)
+    assert {c[0] for c in graph} >= {"graph_skips_relu6_asym_evenodd.onnx", "graph_stride_clip_mse_evenodd.onnx"}
+    crafted = {k: v for k, v in bad.items() if k.startswith("bad_graph_")}  # edited v3 metadata or nodes
+    assert len(crafted) >= 15 and set(crafted.values()) == {"3", "4", "5", "7"}, crafted
     crafted = {k: v for k, v in bad.items() if k.startswith("bad_int8_")}
     assert len(crafted) >= 16 and {"3", "4", "5", "6", "7"} <= set(crafted.values())
     assert all(crafted[f"bad_int8_scale_{k}.onnx"] == "3" for k in ("zero", "nan", "negative", "inf"))
@@ -210,11 +215,14 @@ def test_ep_infer_cli(build, golden, tmp_path):
         [str(build / "ep_infer"), str(golden / "bad_version_4.onnx"), str(x)], capture_output=True, text=True
     )
     assert bad.returncode == 1 and "format version" in bad.stderr and "export/to_onnx.py" in bad.stderr
-    graph = subprocess.run(
-        [str(build / "ep_infer"), str(golden / "graph_net_v3.onnx"), str(x)], capture_output=True, text=True
-    )
-    assert graph.returncode == 1 and len(graph.stderr.strip().splitlines()) == 1, graph.stderr
-    assert "format version 3: a graph net" in graph.stderr and "onnxruntime" in graph.stderr
+    # a graph net (format version 3: skips, per-state clamps, three colour classes) runs as well
+    graph = sh(
+        [str(build / "ep_infer"), str(golden / "graph_skips_relu6_asym_evenodd.onnx"), str(x), "--max-steps", "40",
+         "--tol", "0", "--out", str(tmp_path / "g.npy")]
+    )  # fmt: skip
+    want = np.load(golden / "graph_skips_relu6_asym_evenodd_40.expected.npy")
+    assert [int(v) for v in re.findall(r"image \d+: class (\d+)", graph.stdout)] == want.argmax(1).tolist()
+    assert np.abs(np.load(tmp_path / "g.npy") - want).max() < 1e-4
 
 
 def test_ep_infer_raw_images_and_bad_arguments(build, golden, tmp_path):
@@ -394,6 +402,48 @@ def test_cortex_m7_firmware_runs_the_trained_cifar10_net_in_int8(build, tmp_path
             f"\n  Cortex-M7 firmware (cifar10-cpu, int8): {p.stdout.strip()}; "
             f"{statistics.median(ticks) * 1e7:.3g} instructions per inference of {T} steps (qemu -icount)"
         )
+
+
+@pytest.mark.slow
+def test_cortex_m7_firmware_runs_a_cifar100_graph_net_in_int8(build, tmp_path, capsys):
+    """A CIFAR-100-shaped graph net (3x32x32 -> 16-32-64, a 4x4 max-pooled skip 1 -> 3, ReLU6, three
+    colour classes, 100 classes, int8) in the flash of the Cortex-M7 part: the firmware's predictions
+    over the 100 scores are the host build's (the same bits: one FMA order everywhere)."""
+    need("arm-none-eabi-g++", "qemu-system-arm")
+    sys.path.insert(0, str(ROOT))
+    import onnx
+    import torch
+
+    from ep_compile.model import EPNet, ModelConfig
+    from ep_compile.onnx_export import build_onnx
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_shape=(3, 32, 32), channels=[16, 32, 64], paddings=[1, 1, 1], pools=["max"] * 3,
+                      skips=["1:3:k1:max"], activation="relu6", n_classes=100, init_gain=0.5)  # fmt: skip
+    net = EPNet(cfg)
+    model = tmp_path / "cifar100_graph_int8.onnx"
+    onnx.save(build_onnx(net, {"default_T": "8"}, "int8", "evenodd"), model)
+    imgs = tmp_path / "imgs.npy"
+    np.save(imgs, torch.randn(4, 3, 32, 32).numpy())
+    fw = tmp_path / "fw"
+    p = sh(
+        [sys.executable, str(RT / "firmware" / "build_firmware.py"), str(model), str(imgs), str(fw)]
+        + ["--cpu", "m7", "--max-steps", "8", "--ep-infer", str(build / "ep_infer")]
+    )
+    run = subprocess.run(
+        ["qemu-system-arm", "-M", "mps2-an500", "-nographic", "-semihosting-config", "enable=on,target=native"]
+        + ["-kernel", str(fw / "firmware.elf")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = re.findall(r"image (\d+): class (\d+), steps (\d+)", run.stdout)
+    host = sh([str(build / "ep_infer"), str(model), str(imgs), "--max-steps", "8"]).stdout
+    assert [(i, c) for i, c, _ in got] == re.findall(r"image (\d+): class (\d+)", host) and len(got) == 4
+    assert max(int(c) for _, c, _ in got) < 100 and all(s == "8" for *_, s in got)
+    with capsys.disabled():
+        print(f"\n  Cortex-M7 firmware (CIFAR-100 graph net, int8): {p.stdout.strip()}")
 
 
 def qemu_m4(elf):
@@ -619,7 +669,7 @@ def _edit(src: Path, dst: Path, how) -> Path:
 
 
 GRAPH_EDITS = [  # (golden model, edit, what the error names)
-    ("cifar_asym_ce.onnx", "relabel-no-weight-b", "has_weight_b: false"),
+    ("cifar_asym_ce.onnx", "relabel-no-weight-b", "has_weight_b"),
     ("digits_sym_ce_trained.onnx", "hardsigmoid-beta", "beta 0"),
     ("digits_sym_ce_trained.onnx", "hardsigmoid-no-beta", "beta 0"),
     ("digits_sym_ce_trained.onnx", "extra-mul", "Mul"),

@@ -15,6 +15,11 @@
 // then holds only the biases and scales. The kernels dequantize a panel of rows at a time into the
 // workspace and multiply in float32, so an int8 file gives the same bits as a float32 file holding
 // its dequantized weights (what onnxruntime's DequantizeLinear computes).
+//
+// Graph nets (format version 3): beyond the chain of layers, skip interactions between any two
+// states (pooled f x f, strided or dense, no bias), strided chain convs, and a clamp per state
+// (hard sigmoid, ReLU6, clipped ReLU, identity); one step updates the colour classes of the state
+// graph in turn (a class shares no interaction, so it is updated in place from the others).
 #pragma once
 
 #include <cstddef>
@@ -22,10 +27,12 @@
 
 namespace ep {
 
-constexpr int FORMAT_VERSION = 2;        // the newest ep_compile.format_version this runtime reads
-constexpr int MIN_FORMAT_VERSION = 1;    // 1: float32 weights; 2: float32 or int8 weights
-constexpr int GRAPH_FORMAT_VERSION = 3;  // graph nets (skips, strides, clipped activations): refused, said so
-constexpr int MAX_LAYERS = 16;
+constexpr int FORMAT_VERSION = 3;      // the newest ep_compile.format_version this runtime reads
+constexpr int MIN_FORMAT_VERSION = 1;  // 1: float32 weights; 2: int8 weights, even/odd; 3: graph nets
+constexpr int MAX_LAYERS = 16;         // chain layers, one per state
+constexpr int MAX_SKIPS = 16;          // skip interactions
+constexpr int MAX_INTERACTIONS = MAX_LAYERS + MAX_SKIPS;
+constexpr int MAX_FACTOR = 16;  // largest pooling window f and conv stride
 constexpr int MAX_CLASSES = 1000;
 constexpr std::int64_t MAX_ELEMENTS = std::int64_t(1) << 28;  // per tensor; larger files are rejected
 
@@ -57,31 +64,46 @@ struct Weights {
   bool present() const { return f != nullptr || q != nullptr; }
 };
 
+// One interaction (a chain layer or a skip): it reads state src (0: the input) and drives state dst.
 struct Layer {
   Kind kind = Kind::Conv;
   Pool pool = Pool::None;
   int kernel = 0, padding = 0;
+  int stride = 1, factor = 2;              // conv stride; the pooling window f (f x f, stride f)
+  int out_pad_h = 0, out_pad_w = 0;        // input rows / columns a strided conv leaves out
+  int src = 0, dst = 1;                    // states: src 0 is the input, n >= 1 is layer n's state
   int in_c = 0, in_h = 0, in_w = 0;        // pre-synaptic state (or input), dense: in_c = features
   int conv_c = 0, conv_h = 0, conv_w = 0;  // conv output before pooling
   int out_c = 0, out_h = 0, out_w = 0;     // post-synaptic state; dense: out_c = features
   Weights weight;                          // conv: (out, in, k, k); dense: (out, in)
-  const float* bias = nullptr;             // (out)
+  const float* bias = nullptr;             // (out), or none (a skip)
   Weights weight_b;                        // backward weights, same shape as weight, or none
   std::int64_t in_size() const { return std::int64_t(in_c) * in_h * in_w; }
   std::int64_t out_size() const { return std::int64_t(out_c) * out_h * out_w; }
   std::int64_t conv_size() const { return std::int64_t(conv_c) * conv_h * conv_w; }
 };
 
+// A state's activation clamp(slope * u, lo, hi); lo = -inf (and hi = +inf): no clamp.
+struct Activation {
+  float slope = 0.5f, lo = 0.0f, hi = 1.0f;
+};
+
 struct Model {
-  int n_layers = 0;
+  int n_layers = 0;  // chain layers = states
   Layer layers[MAX_LAYERS];
+  int n_skips = 0;  // skip interactions (format version 3)
+  Layer skips[MAX_SKIPS];
   int n_classes = 0;
   int in_c = 0, in_h = 0, in_w = 0;
-  float slope = 0.5f;    // hard sigmoid clamp(slope * u, 0, 1)
-  bool readout = false;  // 'ce': scores = readout_w . s^L + readout_b
-  bool int8 = false;     // the weights are int8 (format version 2)
-  bool evenodd = false;  // the even/odd schedule (format version 2), else synchronous
-  Weights readout_w;     // (n_classes, size of the last state)
+  float slope = 0.5f;                     // versions 1-2: every state's hard sigmoid clamp(slope * u, 0, 1)
+  Activation act[MAX_LAYERS];             // per state (versions 1-2: the hard sigmoid of `slope`)
+  int n_colours = 1;                      // update classes of one step, in order (1: synchronous)
+  std::uint8_t colour[MAX_LAYERS] = {0};  // each state's class
+  bool readout = false;                   // 'ce': scores = readout_w . s^L + readout_b
+  bool int8 = false;                      // the weights are int8 (format version 2)
+  bool evenodd = false;                   // the training's even/odd schedule (format version 2), else synchronous
+  int version = 0;                        // the file's format version
+  Weights readout_w;                      // (n_classes, size of the last state)
   const float* readout_b = nullptr;
   int default_steps = 0;         // ep_compile.default_T
   float mean[4] = {0, 0, 0, 0};  // preprocessing: (img/255 - mean) / (std_scale * std)
@@ -89,6 +111,9 @@ struct Model {
   float std_scale = 1.0f;
   bool has_preprocessing = false;  // mean and std were read for every input channel (<= 4)
   char error[256] = {0};           // why the last call failed
+  int n_interactions() const { return n_layers + n_skips; }
+  // Interaction i: the chain layers first, then the skips (ep_compile's model.all_specs order).
+  const Layer& interaction(int i) const { return i < n_layers ? layers[i] : skips[i - n_layers]; }
 };
 
 // Floats of arena that load() will need for this file (weights, biases and scales; int8 weights
@@ -101,8 +126,9 @@ Status load(const std::uint8_t* buf, std::size_t len, float* arena, std::size_t 
 // Bytes of workspace run() / step() need for `batch` images; 0 when the model is not loaded, batch
 // < 1, or the size overflows size_t (every size is computed with overflow checks).
 std::size_t workspace_bytes(const Model& m, int batch);
-// The free phase: from s = 0, at most max_steps steps of the file's schedule (synchronous, or even/
-// odd: the layers 1, 3, ... from s_t, then 2, 4, ... from them), stopping after the first step
+// The free phase: from s = 0, at most max_steps steps of the file's schedule (synchronous, or its
+// colour classes in turn: even/odd for a chain, the layers 1, 3, ... from s_t, then 2, 4, ... from
+// them), stopping after the first step
 // whose largest state change is below tol (tol = 0: always max_steps). x: (batch, C, H, W)
 // preprocessed; scores: (batch, n_classes). Deterministic, single-threaded, no allocation.
 // A NaN / Inf input (checked first, steps = 0) or a NaN state stops with ERR_NONFINITE and residual
@@ -125,14 +151,18 @@ Status read_scores(const Model& m, int batch, const void* workspace, std::size_t
 // dequantized weights: DEQ_ROWS output channels x DEQ_K taps of the conv (DEQ_ROWS * min(cin * k * k,
 // DEQ_K) floats), or DEQ_ROWS_T taps of its transpose (DEQ_ROWS_T * cout floats: two vectors of 16 per k).
 constexpr int DEQ_ROWS = 24, DEQ_K = 256, DEQ_ROWS_T = 32;
+// A conv of stride s writes (cout, (h + 2 pad - k) / s + 1, ...); its transpose writes the whole
+// (cin, h, wd), so the rows a stride leaves out (ONNX's output_padding) get what reaches them: zeros.
 void conv2d(float* out, const float* in, Weights w, const float* b, int cin, int h, int wd, int cout, int k, int pad,
-            float* col, float* deq = nullptr);
+            float* col, float* deq = nullptr, int stride = 1);
 void conv2d_transpose(float* out, const float* in, Weights w, int cout, int hc, int wc, int cin, int h, int wd, int k,
-                      int pad, float* col, float* deq = nullptr);
-void maxpool2x2(float* out, std::int32_t* idx, const float* in, int c, int h, int w);
-void maxunpool2x2(float* out, const float* in, const std::int32_t* idx, int c, int h, int w);
-void avgpool2x2(float* out, const float* in, int c, int h, int w);
-void avgunpool2x2(float* out, const float* in, int c, int h, int w);
+                      int pad, float* col, float* deq = nullptr, int stride = 1);
+// f x f windows of stride f over (c, h, w) (the last h % f rows and w % f columns in none);
+// idx: each maximum's position in its (h, w) plane, the first in row-major order on ties (torch's).
+void maxpool(float* out, std::int32_t* idx, const float* in, int c, int h, int w, int f);
+void maxunpool(float* out, const float* in, const std::int32_t* idx, int c, int h, int w, int f);
+void avgpool(float* out, const float* in, int c, int h, int w, int f);
+void avgunpool(float* out, const float* in, int c, int h, int w, int f);
 void dense(float* out, const float* in, Weights w, const float* b, int n_in, int n_out);
 void dense_transpose(float* out, const float* in, Weights w, int n_in, int n_out);
 

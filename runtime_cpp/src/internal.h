@@ -110,9 +110,11 @@ bool number(Json v, double* out);
 bool integer(Json v, int lo, int hi, int* out);
 bool is_str(Json v, const char* s);
 bool is_true(Json v);
+bool is_false(Json v);
+bool is_null(Json v);
 bool shape3(Json v, int* c, int* h, int* w);
 
-// ------------------------------------------------------------------------------- graph scan (census.cpp)
+// ------------------------------------------------------------------------------- graph scan (scan.cpp)
 
 // What the loader keeps of one initializer: its data span and shape, not its name (~64 bytes).
 struct Slot {
@@ -128,15 +130,38 @@ struct Slot {
   }
 };
 
-// What the graph's nodes say about each layer, to check the metadata against (the loader runs the
-// architecture of the metadata, so metadata and graph must not disagree silently).
+// The initializers of interaction i sit in slot i (chain layer i: layer{i+1}.*) or SKIP0 + m (skip m:
+// skip{m+1}.*), whatever the file's number of layers.
+constexpr int SKIP0 = MAX_LAYERS;
+inline int slot_of(const Model& m, int i) { return i < m.n_layers ? i : SKIP0 + (i - m.n_layers); }
+
+// A state's activation as the graph's nodes write it (onnx_export._Step.sigma): HardSigmoid(alpha), or
+// Clip / Identity of u or of Mul(u, slope), the node whose output is named body/s<n>_<k>.
+enum SigmaOp : std::uint8_t { SIGMA_NONE, SIGMA_HARDSIGMOID, SIGMA_CLIP, SIGMA_IDENTITY };
+struct Sigma {
+  SigmaOp op = SIGMA_NONE;
+  int count = 0;  // nodes writing state n's activation (one in a well-formed file)
+  float alpha = 0.0f;
+  Span in, lo, hi;  // Clip / Identity inputs: u (or the Mul's output), min, max
+};
+constexpr int MAX_CONSTS = 4 * MAX_LAYERS;
+
+// What the graph's nodes say about each interaction and state, to check the metadata against (the
+// loader runs the architecture of the metadata, so metadata and graph must not disagree silently).
 struct Facts {
-  bool conv[MAX_LAYERS] = {false}, dense[MAX_LAYERS] = {false}, readout = false;
-  int kernel[MAX_LAYERS] = {0}, pad[MAX_LAYERS] = {0};
-  Pool pool[MAX_LAYERS] = {};
-  Span conv_out[MAX_LAYERS];
+  bool conv[MAX_INTERACTIONS] = {false}, dense[MAX_INTERACTIONS] = {false}, readout = false;
+  int kernel[MAX_INTERACTIONS] = {0}, pad[MAX_INTERACTIONS] = {0}, stride[MAX_INTERACTIONS] = {0};
+  Pool pool[MAX_INTERACTIONS] = {};
+  int factor[MAX_INTERACTIONS] = {0};  // the pooling window after the interaction's conv
+  Span conv_out[MAX_INTERACTIONS];
   float slope = -1.0f;  // alpha of the HardSigmoid nodes (-1: none seen)
   bool slopes_agree = true;
+  Sigma sigma[MAX_LAYERS];
+  Span mul_out[MAX_LAYERS], mul_by[MAX_LAYERS];  // Mul(u, c) nodes of the loop body: output, c
+  int n_mul = 0;
+  Span const_name[MAX_CONSTS];  // float32 scalars among the loop body's initializers
+  float const_value[MAX_CONSTS] = {0};
+  int n_const = 0;
 };
 
 // Every node of the graph counted: by op type in the main graph (0) and in the Loop's body (1), each
@@ -168,17 +193,25 @@ enum Op : std::uint8_t {
   OP_CONSTOFSHAPE,
   OP_LOOP,
   OP_DEQUANT,
+  OP_CLIP,
+  OP_MUL,
   OP_OTHER,
   N_OPS
 };
 
+extern const char* const OP_NAMES[N_OPS];  // the op types, as ONNX spells them (scan.cpp)
+
 struct Census {
   std::uint16_t ops[2][N_OPS] = {};
-  std::uint8_t refs_w[MAX_LAYERS] = {0}, refs_wb[MAX_LAYERS] = {0}, refs_b[MAX_LAYERS] = {0}, refs_ro_w = 0,
-               refs_ro_b = 0;
-  int kernel_of[MAX_LAYERS] = {0}, pad_of[MAX_LAYERS] = {0};  // every Conv / ConvTranspose on a layer's weights
-  bool kp_differ[MAX_LAYERS] = {false};
-  char bad[96] = {0};  // the first node that no export writes, said in words
+  std::uint8_t refs_w[MAX_INTERACTIONS] = {0}, refs_wb[MAX_INTERACTIONS] = {0}, refs_b[MAX_INTERACTIONS] = {0},
+               refs_ro_w = 0, refs_ro_b = 0;
+  // every Conv / ConvTranspose on an interaction's weights: kernel, padding, stride, and the
+  // output_padding of its transposes
+  int kernel_of[MAX_INTERACTIONS] = {0}, pad_of[MAX_INTERACTIONS] = {0}, stride_of[MAX_INTERACTIONS] = {0};
+  int out_pad_of[MAX_INTERACTIONS][2] = {};
+  bool kp_differ[MAX_INTERACTIONS] = {false}, seen_t[MAX_INTERACTIONS] = {false};
+  std::uint16_t pools[MAX_FACTOR + 1] = {};  // pooling-window nodes (pools, unpools, avg adjoints) by window f
+  char bad[96] = {0};                        // the first node that no export writes, said in words
 };
 
 // An int8 weight W (format version 2): its initializers W_int8 and W_scale, the DequantizeLinear
@@ -188,22 +221,63 @@ struct Quantized {
   std::uint8_t dequantized = 0, refs = 0;
 };
 
-// Everything scan() finds, kept on the caller's stack (about 9 KB): no static state, so two
-// threads may load at once.
+// Everything scan() finds, kept on the caller's stack (about 20 KB): no static state, so two
+// threads may load at once. Per interaction, indexed by slot_of.
 struct Found {
   Span meta_version, meta_arch, meta_pre, meta_T;
-  Slot weight[MAX_LAYERS], bias[MAX_LAYERS], weight_b[MAX_LAYERS], ro_w, ro_b;
-  Quantized weight_q[MAX_LAYERS], weight_b_q[MAX_LAYERS], ro_w_q;
-  bool want_b[MAX_LAYERS] = {false};  // the architecture says the layer has backward weights
+  Slot weight[MAX_INTERACTIONS], bias[MAX_INTERACTIONS], weight_b[MAX_INTERACTIONS], ro_w, ro_b;
+  Quantized weight_q[MAX_INTERACTIONS], weight_b_q[MAX_INTERACTIONS], ro_w_q;
+  bool want_b[MAX_INTERACTIONS] = {false};  // the architecture says it has backward weights
+  bool want_bias[MAX_INTERACTIONS] = {false};
   bool duplicate = false;
   Facts facts;
   Census census;
 };
 
-// Reads the file once: metadata spans, the initializers of the contract, the facts and the census.
+// Reads the file once (scan.cpp): metadata spans, the initializers of the contract, the facts and the census.
 Status scan(const std::uint8_t* buf, std::size_t len, Found* f, Model* m);
-// The census of the graph the architecture of m_in implies against the census of the file.
+// ------------------------------------------------------------------------------- the contract (architecture.cpp,
+// loader.cpp)
+
+// The metadata's architecture into m, checked against the scan's facts (architecture.cpp).
+Status parse_architecture(Found& f, Model* m);
+// An initializer of dtype float32 (int8: int8), shape `want` and that many elements of data.
+Status check_tensor(const Slot& t, const std::int64_t* want, int ndim, const char* what, Model* m, bool int8 = false);
+// A weight of shape wd: float32 `what`, or in an int8 model what_int8 and what_scale (no float32 `what`).
+Status check_weight(const Slot& w, const Quantized& q, const std::int64_t* wd, int ndim, const char* what, Model* m);
+// Interaction i's weight, bias (when it has one) and backward weight (when the metadata says so).
+Status check_tensors(const Found& f, const Model& mm, int i, const std::int64_t* wd, int ndim, Model* m);
+
+// "layer<n>" or "skip<m>" (1-based): interaction i's initializer prefix, for messages.
+void interaction_name(const Model& m, int i, char* out, std::size_t n);
+// The census of the graph the architecture of m_in implies against the census of the file (census.cpp).
 Status check_graph(const Found& f, const Model* m_in, Model* m);
+
+// ------------------------------------------------------------------------------- the schedule (census.cpp,
+// iteration.cpp)
+
+// One step as onnx_export._Step writes it and the runtime runs it: the colour classes in turn; at
+// the start of each, forward(i) for every interaction i whose source state changed since its forward
+// term was computed (stale[i]); then update(n) for each state n (0-based) of the class; then every
+// interaction reading an updated state is stale. The census counts the nodes this writes; run()
+// executes it, keeping `stale` from one step to the next.
+template <class Forward, class Update>
+void walk_step(const Model& m, bool* stale, Forward&& forward, Update&& update) {
+  const int n_int = m.n_interactions();
+  for (int c = 0; c < m.n_colours; ++c) {
+    for (int i = 0; i < n_int; ++i)
+      if (stale[i]) {
+        forward(i);
+        stale[i] = false;
+      }
+    for (int n = 0; n < m.n_layers; ++n)
+      if (m.colour[n] == c) update(n);
+    for (int i = 0; i < n_int; ++i) {
+      const int src = m.interaction(i).src;
+      if (src > 0 && m.colour[src - 1] == c) stale[i] = true;
+    }
+  }
+}
 
 }  // namespace detail
 }  // namespace ep

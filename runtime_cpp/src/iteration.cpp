@@ -1,9 +1,10 @@
-// The fixed-point iteration: the workspace layout, one synchronous step of the dynamics
-// (dynamics.step of ep_compile with no nudge), the read-out and run().
+// The fixed-point iteration: the workspace layout, one step of the dynamics over every interaction
+// (dynamics.step / step_evenodd of ep_compile with no nudge, walk_step's colour classes), the
+// read-out and run().
 #include <cmath>
 #include <cstring>
 
-#include "ep_runtime.h"
+#include "internal.h"
 
 namespace ep {
 
@@ -12,10 +13,10 @@ namespace {
 struct Work {  // views into the caller's workspace, laid out by carve()
   float* cur[MAX_LAYERS];
   float* next[MAX_LAYERS];
-  float* drive[MAX_LAYERS];
-  std::int32_t* idx[MAX_LAYERS];
-  std::int32_t* idx_b[MAX_LAYERS];
-  float *conv, *col, *unpool, *fb, *deq;  // deq: int8 models only (a panel of dequantized weights)
+  float* drive[MAX_INTERACTIONS];  // each interaction's forward term P(w * s^src) (+ bias), per image
+  std::int32_t* idx[MAX_INTERACTIONS];
+  std::int32_t* idx_b[MAX_INTERACTIONS];        // max-pool indices of the backward weight's own convolution
+  float *conv, *col, *unpool, *fb, *acc, *deq;  // deq: int8 models only (a panel of dequantized weights)
 };
 
 std::size_t col_rows(const Layer& L) { return L.kind == Kind::Conv ? std::size_t(L.in_c) * L.kernel * L.kernel : 0; }
@@ -29,7 +30,7 @@ bool mul(std::size_t a, std::size_t b, std::size_t* out) {
 
 // Lays out the workspace (base == nullptr: only measures); returns its size, 0 on overflow.
 std::size_t carve(const Model& m, int batch, std::uint8_t* base, Work* w) {
-  std::size_t off = 0, conv = 1, col = 1, fb = 1, deq = 0;
+  std::size_t off = 0, conv = 1, col = 1, fb = 1, acc = 1, deq = 0;
   bool ok = true;
   auto take = [&](std::size_t floats) -> std::uint8_t* {  // 4-byte elements, 16-byte aligned blocks
     std::size_t bytes;
@@ -40,14 +41,19 @@ std::size_t carve(const Model& m, int batch, std::uint8_t* base, Work* w) {
     return p;
   };
   for (int n = 0; n < m.n_layers; ++n) {
-    const Layer& L = m.layers[n];
+    std::size_t s = 0;
+    ok = ok && mul(std::size_t(m.layers[n].out_size()), std::size_t(batch), &s);
+    w->cur[n] = reinterpret_cast<float*>(take(s));
+    w->next[n] = reinterpret_cast<float*>(take(m.n_colours == 1 ? s : 0));  // in place with colour classes
+    acc = std::max(acc, std::size_t(m.layers[n].out_size()));
+  }
+  for (int i = 0; i < m.n_interactions(); ++i) {
+    const Layer& L = m.interaction(i);
     std::size_t s = 0, rows_pix = 0;
     ok = ok && mul(std::size_t(L.out_size()), std::size_t(batch), &s);
-    w->cur[n] = reinterpret_cast<float*>(take(s));
-    w->next[n] = reinterpret_cast<float*>(take(s));
-    w->drive[n] = reinterpret_cast<float*>(take(s));
-    w->idx[n] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max ? s : 0));
-    w->idx_b[n] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max && L.weight_b.present() ? s : 0));
+    w->drive[i] = reinterpret_cast<float*>(take(s));
+    w->idx[i] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max ? s : 0));
+    w->idx_b[i] = reinterpret_cast<std::int32_t*>(take(L.pool == Pool::Max && L.weight_b.present() ? s : 0));
     if (L.kind == Kind::Conv) {
       conv = std::max(conv, std::size_t(L.conv_size()));
       ok = ok && mul(col_rows(L), std::size_t(L.conv_size() / L.conv_c), &rows_pix);
@@ -65,6 +71,7 @@ std::size_t carve(const Model& m, int batch, std::uint8_t* base, Work* w) {
   w->deq = reinterpret_cast<float*>(take(deq));
   w->unpool = reinterpret_cast<float*>(take(conv));
   w->fb = reinterpret_cast<float*>(take(fb));
+  w->acc = reinterpret_cast<float*>(take(acc));
   return ok ? off : 0;
 }
 
@@ -76,12 +83,12 @@ void forward(const Layer& L, const float* pre, const Weights& weight, const floa
     return;
   }
   float* u = L.pool == Pool::None ? out : w.conv;
-  conv2d(u, pre, weight, bias, L.in_c, L.in_h, L.in_w, L.conv_c, L.kernel, L.padding, w.col, w.deq);
-  if (L.pool == Pool::Max) maxpool2x2(out, idx, u, L.conv_c, L.conv_h, L.conv_w);
-  if (L.pool == Pool::Avg) avgpool2x2(out, u, L.conv_c, L.conv_h, L.conv_w);
+  conv2d(u, pre, weight, bias, L.in_c, L.in_h, L.in_w, L.conv_c, L.kernel, L.padding, w.col, w.deq, L.stride);
+  if (L.pool == Pool::Max) maxpool(out, idx, u, L.conv_c, L.conv_h, L.conv_w, L.factor);
+  if (L.pool == Pool::Avg) avgpool(out, u, L.conv_c, L.conv_h, L.conv_w, L.factor);
 }
 
-// The adjoint of layer L applied to its post-synaptic state, into w.fb (the pre-synaptic shape).
+// The adjoint of interaction L applied to its target state, into w.fb (the source state's shape).
 void feedback(const Layer& L, const float* post, const std::int32_t* idx, const Work& w) {
   const Weights& wt = L.weight_b.present() ? L.weight_b : L.weight;
   if (L.kind == Kind::Dense) {
@@ -90,14 +97,14 @@ void feedback(const Layer& L, const float* post, const std::int32_t* idx, const 
   }
   const float* g = post;
   if (L.pool == Pool::Max) {
-    maxunpool2x2(w.unpool, post, idx, L.conv_c, L.conv_h, L.conv_w);
+    maxunpool(w.unpool, post, idx, L.conv_c, L.conv_h, L.conv_w, L.factor);
     g = w.unpool;
   } else if (L.pool == Pool::Avg) {
-    avgunpool2x2(w.unpool, post, L.conv_c, L.conv_h, L.conv_w);
+    avgunpool(w.unpool, post, L.conv_c, L.conv_h, L.conv_w, L.factor);
     g = w.unpool;
   }
-  conv2d_transpose(w.fb, g, wt, L.conv_c, L.conv_h, L.conv_w, L.in_c, L.in_h, L.in_w, L.kernel, L.padding, w.col,
-                   w.deq);
+  conv2d_transpose(w.fb, g, wt, L.conv_c, L.conv_h, L.conv_w, L.in_c, L.in_h, L.in_w, L.kernel, L.padding, w.col, w.deq,
+                   L.stride);
 }
 
 }  // namespace
@@ -138,79 +145,85 @@ const float* state(const Model& m, int batch, const void* workspace, std::size_t
 
 namespace {
 
-// The forward terms of layers first, first + stride, ... (drives and pooling indices) from the
-// current states; each stays in the workspace until its input changes.
-void forwards(const Model& m, const float* x, int batch, const Work& w, int first, int stride) {
-  const std::size_t in_size = std::size_t(m.in_c) * m.in_h * m.in_w;
+// The forward term of interaction i for every image (and, for a max-pooled interaction with
+// backward weights, the indices of the backward weight's own convolution: Eq. 45-47).
+void forwards(const Model& m, const float* x, int batch, const Work& w, int i) {
+  const Layer& L = m.interaction(i);
+  const std::size_t in_size = std::size_t(L.in_size()), os = std::size_t(L.out_size());
   for (int b = 0; b < batch; ++b) {
-    for (int n = first; n < m.n_layers; n += stride) {
-      const Layer& Ly = m.layers[n];
-      const std::size_t os = std::size_t(Ly.out_size()) * b, is = std::size_t(Ly.in_size()) * b;
-      const float* pre = n == 0 ? x + in_size * b : w.cur[n - 1] + is;
-      forward(Ly, pre, Ly.weight, Ly.bias, w.drive[n] + os, Ly.pool == Pool::Max ? w.idx[n] + os : nullptr, w);
-      if (Ly.weight_b.present() && Ly.pool == Pool::Max)  // the backward conv's own indices
-        forward(Ly, pre, Ly.weight_b, nullptr, w.unpool, w.idx_b[n] + os, w);
+    const float* pre = (L.src == 0 ? x : w.cur[L.src - 1]) + in_size * b;
+    forward(L, pre, L.weight, L.bias, w.drive[i] + os * b, L.pool == Pool::Max ? w.idx[i] + os * b : nullptr, w);
+    if (L.weight_b.present() && L.pool == Pool::Max)
+      forward(L, pre, L.weight_b, nullptr, w.unpool, w.idx_b[i] + os * b, w);
+  }
+}
+
+// State n's new value for every image: sigma(sum of the forward terms into it and the feedback of
+// every interaction out of it, in interaction order) into dst[n]; the largest change goes into
+// *res, a NaN into *nan.
+void update(const Model& m, int batch, const Work& w, int n, float* const* dst, float* res, bool* nan) {
+  const std::size_t sz = std::size_t(m.layers[n].out_size());
+  const Activation a = m.act[n];
+  for (int b = 0; b < batch; ++b) {
+    const std::size_t os = sz * b;
+    const float* u = nullptr;  // the running sum: a forward term itself, or w.acc
+    for (int i = 0; i < m.n_interactions(); ++i) {
+      const Layer& L = m.interaction(i);
+      const float* t;
+      if (L.dst == n + 1) {
+        t = w.drive[i] + os;
+      } else if (L.src == n + 1) {
+        const std::size_t us = std::size_t(L.out_size()) * b;
+        const std::int32_t* idx = L.pool == Pool::Max ? (L.weight_b.present() ? w.idx_b[i] : w.idx[i]) + us : nullptr;
+        feedback(L, w.cur[L.dst - 1] + us, idx, w);
+        t = w.fb;
+      } else {
+        continue;
+      }
+      if (u == nullptr && t != w.fb) {
+        u = t;
+      } else if (u == nullptr) {
+        std::memcpy(w.acc, t, 4 * sz);
+        u = w.acc;
+      } else if (u != w.acc) {
+        for (std::size_t j = 0; j < sz; ++j) w.acc[j] = u[j] + t[j];
+        u = w.acc;
+      } else {
+        for (std::size_t j = 0; j < sz; ++j) w.acc[j] += t[j];
+      }
+    }
+    const bool clamp = a.lo != -INFINITY;
+    for (std::size_t j = 0; j < sz; ++j) {
+      float s = u[j] * a.slope;
+      if (clamp) s = s < a.lo ? a.lo : (s > a.hi ? a.hi : s);  // +-Inf clamp to hi / lo; NaN passes through
+      const float d = std::fabs(s - w.cur[n][os + j]);
+      if (d != d)
+        *nan = true;
+      else if (d > *res)
+        *res = d;
+      dst[n][os + j] = s;
     }
   }
 }
 
-// New states of layers first, first + stride, ...: sigma(drive + feedback of the layer above), into
-// dst (w.next: a synchronous step; w.cur: in place, when no updated layer reads another); the
-// largest change goes into *res, a NaN into *nan.
-void updates(const Model& m, int batch, const Work& w, int first, int stride, float* const* dst, float* res,
-             bool* nan) {
-  const int L = m.n_layers;
-  for (int b = 0; b < batch; ++b) {
-    for (int n = first; n < L; n += stride) {
-      const Layer& Ly = m.layers[n];
-      const std::size_t sz = std::size_t(Ly.out_size()), os = sz * b;
-      const float* fb = nullptr;
-      if (n + 1 < L) {  // top-down drive through the next layer's adjoint
-        const Layer& up = m.layers[n + 1];
-        const std::size_t us = std::size_t(up.out_size()) * b;
-        const std::int32_t* idx =
-            up.pool == Pool::Max ? (up.weight_b.present() ? w.idx_b[n + 1] : w.idx[n + 1]) + us : nullptr;
-        feedback(up, w.cur[n + 1] + us, idx, w);
-        fb = w.fb;
-      }
-      for (std::size_t i = 0; i < sz; ++i) {
-        float u = w.drive[n][os + i];
-        if (fb != nullptr) u = u + fb[i];
-        float s = u * m.slope;
-        s = s < 0.0f ? 0.0f : (s > 1.0f ? 1.0f : s);  // +-Inf clamp to 1 / 0; NaN passes through
-        const float d = std::fabs(s - w.cur[n][os + i]);
-        if (d != d)
-          *nan = true;
-        else if (d > *res)
-          *res = d;
-        dst[n][os + i] = s;
-      }
-    }
-  }
-}
-
-// One step; first_step: no forward term is in the workspace yet (the first step of a run). Later
-// steps keep the first layer's (a function of x alone) and, with the even/odd schedule, every
-// forward term whose input has not changed since it was computed.
+// One step (walk_step): stale[i] says which forward terms are no longer those of the current
+// states (all of them before a run's first step; after it, every one but those of the input, and with
+// colour classes those whose source has not changed since they were computed are reused).
 Status step_impl(const Model& m, const float* x, int batch, void* workspace, std::size_t workspace_len, float* residual,
-                 bool first_step) {
+                 bool* stale) {
   Work w;
   if (x == nullptr || residual == nullptr) return ERR_ARGUMENT;
   if (!layout(m, batch, workspace, workspace_len, &w))
     return workspace_bytes(m, batch) == 0 && m.n_layers > 0 && batch > 0 ? ERR_TOO_LARGE : ERR_ARGUMENT;
   float res = 0.0f;
   bool nan = false;
-  if (!m.evenodd) {  // every layer from s_t
-    forwards(m, x, batch, w, first_step ? 0 : 1, 1);
-    updates(m, batch, w, 0, 1, w.next, &res, &nan);
+  const bool sync = m.n_colours == 1;  // every state from s_t, into w.next; else each class in place
+  detail::walk_step(
+      m, stale, [&](int i) { forwards(m, x, batch, w, i); },
+      [&](int n) { update(m, batch, w, n, sync ? w.next : w.cur, &res, &nan); });
+  if (sync)
     for (int n = 0; n < m.n_layers; ++n)
       std::memcpy(w.cur[n], w.next[n], 4 * std::size_t(m.layers[n].out_size()) * batch);
-  } else {  // layers 0, 2, ... from s_t, then 1, 3, ... from the fresh even ones (dynamics.step_evenodd)
-    forwards(m, x, batch, w, first_step ? 0 : 2, first_step ? 1 : 2);  // the odd layers' are fresh
-    updates(m, batch, w, 0, 2, w.cur, &res, &nan);
-    forwards(m, x, batch, w, 1, 2);  // inputs changed: the odd layers; the even ones' are still fresh
-    updates(m, batch, w, 1, 2, w.cur, &res, &nan);
-  }
   *residual = nan ? NAN : res;
   return nan ? ERR_NONFINITE : OK;
 }
@@ -218,7 +231,9 @@ Status step_impl(const Model& m, const float* x, int batch, void* workspace, std
 }  // namespace
 
 Status step(const Model& m, const float* x, int batch, void* workspace, std::size_t workspace_len, float* residual) {
-  return step_impl(m, x, batch, workspace, workspace_len, residual, true);
+  bool stale[MAX_INTERACTIONS];
+  for (bool& b : stale) b = true;  // x may differ from the last call's
+  return step_impl(m, x, batch, workspace, workspace_len, residual, stale);
 }
 
 Status read_scores(const Model& m, int batch, const void* workspace, std::size_t workspace_len, float* scores) {
@@ -250,8 +265,10 @@ Status run(const Model& m, const float* x, int batch, int max_steps, float tol, 
       return ERR_NONFINITE;
     }
   }
+  bool stale[MAX_INTERACTIONS];
+  for (bool& b : stale) b = true;
   while (t < max_steps) {
-    Status s = step_impl(m, x, batch, workspace, workspace_len, &res, t == 0);
+    Status s = step_impl(m, x, batch, workspace, workspace_len, &res, stale);
     ++t;
     if (s != OK) {
       *steps = t;

@@ -322,31 +322,34 @@ inline float weight_at(const Weights& w, int o, std::size_t i, int n_in) {
 
 }  // namespace
 
-// The output columns ow whose input column ow + kw - pad lies inside [0, wd): [*lo, *hi).
-void valid_cols(int wc, int wd, int kw, int pad, int* lo, int* hi) {
-  *lo = std::min(wc, std::max(0, pad - kw));
-  *hi = std::max(*lo, std::min(wc, wd + pad - kw));
+// The output columns ow whose input column ow * s + kw - pad lies inside [0, wd): [*lo, *hi).
+void valid_cols(int wc, int wd, int kw, int pad, int s, int* lo, int* hi) {
+  *lo = std::min(wc, std::max(0, (pad - kw + s - 1) / s));  // ceil((pad - kw) / s) where it is > 0
+  *hi = std::max(*lo, std::min(wc, (wd + pad - kw + s - 1) / s));
 }
 
 void conv2d(float* out, const float* in, Weights w, const float* b, int cin, int h, int wd, int cout, int k, int pad,
-            float* col, float* deq) {
-  const int hc = h + 2 * pad - k + 1, wc = wd + 2 * pad - k + 1, npix = hc * wc, rows = cin * k * k;
-  for (int ci = 0; ci < cin; ++ci)  // im2col: col (cin*k*k, hc*wc), rows of contiguous copies
+            float* col, float* deq, int s) {
+  const int hc = (h + 2 * pad - k) / s + 1, wc = (wd + 2 * pad - k) / s + 1, npix = hc * wc, rows = cin * k * k;
+  for (int ci = 0; ci < cin; ++ci)  // im2col: col (cin*k*k, hc*wc), rows of contiguous (or strided) copies
     for (int kh = 0; kh < k; ++kh)
       for (int kw = 0; kw < k; ++kw) {
         float* c = col + std::size_t((ci * k + kh) * k + kw) * npix;
         int lo, hi;
-        valid_cols(wc, wd, kw, pad, &lo, &hi);
+        valid_cols(wc, wd, kw, pad, s, &lo, &hi);
         for (int oh = 0; oh < hc; ++oh) {
           float* cr = c + oh * wc;
-          const int ih = oh + kh - pad;
+          const int ih = oh * s + kh - pad;
           if (ih < 0 || ih >= h) {
             std::fill(cr, cr + wc, 0.0f);
             continue;
           }
-          const float* src = in + (std::size_t(ci) * h + ih) * wd + (lo + kw - pad);  // input column of ow = lo
+          const float* src = in + (std::size_t(ci) * h + ih) * wd + (lo * s + kw - pad);  // input column of ow = lo
           std::fill(cr, cr + lo, 0.0f);
-          std::copy(src, src + (hi - lo), cr + lo);
+          if (s == 1)
+            std::copy(src, src + (hi - lo), cr + lo);
+          else
+            for (int j = 0; j < hi - lo; ++j) cr[lo + j] = src[std::size_t(j) * s];
           std::fill(cr + hi, cr + wc, 0.0f);
         }
       }
@@ -357,7 +360,7 @@ void conv2d(float* out, const float* in, Weights w, const float* b, int cin, int
 }
 
 void conv2d_transpose(float* out, const float* in, Weights w, int cout, int hc, int wc, int cin, int h, int wd, int k,
-                      int pad, float* col, float* deq) {
+                      int pad, float* col, float* deq, int s) {
   const int npix = hc * wc, rows = cin * k * k;
   gemm_w(col, w, true, in, rows, npix, cout, deq);  // col (rows, npix) = w^T (rows, cout) . in
   std::fill(out, out + std::size_t(cin) * h * wd, 0.0f);
@@ -366,72 +369,91 @@ void conv2d_transpose(float* out, const float* in, Weights w, int cout, int hc, 
       for (int kw = 0; kw < k; ++kw) {
         const float* c = col + std::size_t((ci * k + kh) * k + kw) * npix;
         int lo, hi;
-        valid_cols(wc, wd, kw, pad, &lo, &hi);
+        valid_cols(wc, wd, kw, pad, s, &lo, &hi);
         for (int oh = 0; oh < hc; ++oh) {
-          const int ih = oh + kh - pad;
+          const int ih = oh * s + kh - pad;
           if (ih < 0 || ih >= h) continue;
-          float* dst = out + (std::size_t(ci) * h + ih) * wd + (lo + kw - pad);  // input column of ow = lo
+          float* dst = out + (std::size_t(ci) * h + ih) * wd + (lo * s + kw - pad);  // input column of ow = lo
           const float* cr = c + oh * wc + lo;
-          for (int j = 0; j < hi - lo; ++j) dst[j] += cr[j];
+          for (int j = 0; j < hi - lo; ++j) dst[std::size_t(j) * s] += cr[j];
         }
       }
 }
 
-void maxpool2x2(float* out, std::int32_t* idx, const float* in, int c, int h, int w) {
-  const int ph = h / 2, pw = w / 2;
+void maxpool(float* out, std::int32_t* idx, const float* in, int c, int h, int w, int f) {
+  const int ph = h / f, pw = w / f;
   for (int ch = 0; ch < c; ++ch)
     for (int oh = 0; oh < ph; ++oh) {
-      const float* r0 = in + (std::size_t(ch) * h + 2 * oh) * w;
-      const float* r1 = r0 + w;
+      const float* plane = in + std::size_t(ch) * h * w;
       float* o = out + (std::size_t(ch) * ph + oh) * pw;
       std::int32_t* ix = idx + (std::size_t(ch) * ph + oh) * pw;
-      const std::int32_t p0 = 2 * oh * w;
-      for (int ow = 0; ow < pw; ++ow) {  // the first maximum in row-major order wins ties, as in torch
-        float best = r0[2 * ow];
-        std::int32_t at = p0 + 2 * ow;
-        const float v1 = r0[2 * ow + 1], v2 = r1[2 * ow], v3 = r1[2 * ow + 1];
-        at = v1 > best ? p0 + 2 * ow + 1 : at;
-        best = v1 > best ? v1 : best;
-        at = v2 > best ? p0 + w + 2 * ow : at;
-        best = v2 > best ? v2 : best;
-        at = v3 > best ? p0 + w + 2 * ow + 1 : at;
-        best = v3 > best ? v3 : best;
+      if (f == 2) {  // the common window, unrolled
+        const float* r0 = plane + std::size_t(2 * oh) * w;
+        const float* r1 = r0 + w;
+        const std::int32_t p0 = 2 * oh * w;
+        for (int ow = 0; ow < pw; ++ow) {  // the first maximum in row-major order wins ties, as in torch
+          float best = r0[2 * ow];
+          std::int32_t at = p0 + 2 * ow;
+          const float v1 = r0[2 * ow + 1], v2 = r1[2 * ow], v3 = r1[2 * ow + 1];
+          at = v1 > best ? p0 + 2 * ow + 1 : at;
+          best = v1 > best ? v1 : best;
+          at = v2 > best ? p0 + w + 2 * ow : at;
+          best = v2 > best ? v2 : best;
+          at = v3 > best ? p0 + w + 2 * ow + 1 : at;
+          best = v3 > best ? v3 : best;
+          o[ow] = best;
+          ix[ow] = at;
+        }
+        continue;
+      }
+      for (int ow = 0; ow < pw; ++ow) {
+        std::int32_t at = std::int32_t(f * oh) * w + f * ow;
+        float best = plane[at];
+        for (int dy = 0; dy < f; ++dy)
+          for (int dx = 0; dx < f; ++dx) {
+            const std::int32_t p = std::int32_t(f * oh + dy) * w + f * ow + dx;
+            at = plane[p] > best ? p : at;
+            best = plane[p] > best ? plane[p] : best;
+          }
         o[ow] = best;
         ix[ow] = at;
       }
     }
 }
 
-void maxunpool2x2(float* out, const float* in, const std::int32_t* idx, int c, int h, int w) {
-  const int ph = h / 2, pw = w / 2;
+void maxunpool(float* out, const float* in, const std::int32_t* idx, int c, int h, int w, int f) {
+  const int ph = h / f, pw = w / f;
   for (std::size_t i = 0; i < std::size_t(c) * h * w; ++i) out[i] = 0.0f;
   for (int ch = 0; ch < c; ++ch)
     for (int p = 0; p < ph * pw; ++p)
       out[std::size_t(ch) * h * w + idx[std::size_t(ch) * ph * pw + p]] = in[std::size_t(ch) * ph * pw + p];
 }
 
-void avgpool2x2(float* out, const float* in, int c, int h, int w) {
-  const int ph = h / 2, pw = w / 2;
+void avgpool(float* out, const float* in, int c, int h, int w, int f) {
+  const int ph = h / f, pw = w / f;
+  const float n = float(f * f);
   for (int ch = 0; ch < c; ++ch)
     for (int oh = 0; oh < ph; ++oh)
       for (int ow = 0; ow < pw; ++ow) {
-        const float* q = in + (std::size_t(ch) * h + 2 * oh) * w + 2 * ow;
-        out[(std::size_t(ch) * ph + oh) * pw + ow] = (q[0] + q[1] + q[w] + q[w + 1]) / 4.0f;
+        const float* q = in + (std::size_t(ch) * h + f * oh) * w + f * ow;
+        float sum = 0.0f;  // the window in row-major order
+        for (int dy = 0; dy < f; ++dy)
+          for (int dx = 0; dx < f; ++dx) sum += q[std::size_t(dy) * w + dx];
+        out[(std::size_t(ch) * ph + oh) * pw + ow] = sum / n;
       }
 }
 
-void avgunpool2x2(float* out, const float* in, int c, int h, int w) {
-  const int ph = h / 2, pw = w / 2;
+void avgunpool(float* out, const float* in, int c, int h, int w, int f) {
+  const int ph = h / f, pw = w / f;
+  const float share = 1.0f / float(f * f);  // the export's adjoint kernel: 1 / f^2 in float32
   for (std::size_t i = 0; i < std::size_t(c) * h * w; ++i) out[i] = 0.0f;
   for (int ch = 0; ch < c; ++ch)
     for (int oh = 0; oh < ph; ++oh)
       for (int ow = 0; ow < pw; ++ow) {
-        const float v = in[(std::size_t(ch) * ph + oh) * pw + ow] / 4.0f;
-        float* q = out + (std::size_t(ch) * h + 2 * oh) * w + 2 * ow;
-        q[0] = v;
-        q[1] = v;
-        q[w] = v;
-        q[w + 1] = v;
+        const float v = in[(std::size_t(ch) * ph + oh) * pw + ow] * share;
+        float* q = out + (std::size_t(ch) * h + f * oh) * w + f * ow;
+        for (int dy = 0; dy < f; ++dy)
+          for (int dx = 0; dx < f; ++dx) q[std::size_t(dy) * w + dx] = v;
       }
 }
 

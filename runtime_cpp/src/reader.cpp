@@ -200,6 +200,8 @@ bool is_str(Json v, const char* s) {
 }
 
 bool is_true(Json v) { return v.ok() && v.end - v.p == 4 && std::memcmp(v.p, "true", 4) == 0; }
+bool is_false(Json v) { return v.ok() && v.end - v.p == 5 && std::memcmp(v.p, "false", 5) == 0; }
+bool is_null(Json v) { return v.ok() && v.end - v.p == 4 && std::memcmp(v.p, "null", 4) == 0; }
 
 bool shape3(Json v, int* c, int* h, int* w) {
   int n = length(v);

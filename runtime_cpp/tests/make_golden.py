@@ -36,8 +36,38 @@ from ep_compile.quantize import dequantized_model  # noqa: E402
 ATOL = 1e-4  # scores: C++ sums in another order than oneDNN / MLAS
 STEP_ATOL = 1e-5  # states in [0, 1] after a few steps: rounding of one conv sum, a little amplified
 STEPS = (1, 2, 3, 10)  # per-step golden states
-EVENODD_MODELS = ("digits_sym_mse_avg_fc", "digits_asym_ce_trained_int8", "cifar_sym_ce", "cifar_asym_ce_int8")
+EVENODD_MODELS = (
+    "digits_sym_mse_avg_fc",
+    "digits_asym_ce_trained_int8",
+    "cifar_sym_ce",
+    "cifar_asym_ce_int8",
+    "graph_skips_relu6_asym",
+    "graph_skips_relu6_asym_int8",
+    "graph_stride_clip_mse",
+)
+# graph nets (format version 3), on the digits: skips pooled 4 x 4 (max, avg) and strided, a dense
+# skip, strided chain convs (output_padding), per-state ReLU6 / clipped ReLU / identity, three colours
+GRAPH_A = dict(
+    in_shape=(1, 8, 8),
+    channels=[8, 8, 16],
+    paddings=[1, 1, 1],
+    pools=["max", "max", "max"],
+    skips=["1:3:k1:max", "0:2:k3:avg"],
+    activation="relu6",
+    asymmetric=True,
+)
+GRAPH_B = dict(
+    in_shape=(1, 8, 8),
+    channels=[8, 8, 16],
+    paddings=[1, 1, 1],
+    pools=["none", "max", "stride"],
+    fc=[20],
+    skips=["1:3:k3:stride", "2:4"],
+    activations=["clipped-relu-2", "hard-sigmoid", "relu6", "hard-sigmoid-1", "identity"],
+    loss="mse",
+)
 INT8_MODELS = (
+    "graph_skips_relu6_asym",
     "digits_sym_ce_trained",
     "digits_asym_ce_trained",
     "digits_sym_mse_avg_fc",
@@ -94,18 +124,20 @@ def cifar_images(path, n=8):
     return normalize(cifar_raw(path, n), [0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261], 3.0)
 
 
-def trained_digits_model(train, asymmetric=False, iters=150):
+def trained_digits_model(train, asymmetric=False, iters=150, cfg=None):
     """Symmetric EP / KP-VF on real digits with the digits preset's recipe: a model whose fixed
-    points are those of a trained network, not of random weights."""
+    points are those of a trained network, not of random weights (cfg: another net than the 8-16 chain)."""
     from ep_compile.config import OptimConfig
     from ep_compile.optim import make_optimizer
 
     torch.manual_seed(0)
-    cfg = ModelConfig(
+    cfg = cfg or ModelConfig(
         in_shape=(1, 8, 8), channels=[8, 16], paddings=[1, 1], pools=["max", "max"], asymmetric=asymmetric
     )
+    asymmetric = cfg.asymmetric
     model = EPNet(cfg)
-    opt = make_optimizer(model, OptimConfig(lrs=[0.2, 0.1, 0.05], momentum=0.9, weight_decay=3e-4))
+    lrs = [0.2] + [0.1] * (len(cfg.layer_specs()) - 1) + [0.05]  # the 8-16 chain: 0.2, 0.1, 0.05
+    opt = make_optimizer(model, OptimConfig(lrs=lrs, momentum=0.9, weight_decay=3e-4))
     est = get_estimator("kp-vf" if asymmetric else "symmetric")
     x_all = normalize(train.x, [0.3], [0.37], 3.0)
     gen = torch.Generator().manual_seed(0)
@@ -213,6 +245,81 @@ def int8_crafted(out: Path, put):
     edit("bad_evenodd_meta_sync.onnx", arch(lambda a: a.update(schedule="sync")), "shape mismatch")
 
 
+def graph_crafted(out: Path, put):
+    """Crafted graph nets (format version 3): metadata of skips, strides, activations and colours
+    edited without the graph, graph nodes edited without the metadata, missing or extra weights."""
+    from onnx import numpy_helper
+
+    def edit(source, fname, how, status):
+        m = onnx.load(out / source)
+        how(m)
+        put(fname, m.SerializeToString(), status)
+
+    def arch(change):
+        def how(m):
+            for p in m.metadata_props:
+                if p.key == "ep_compile.architecture":
+                    a = json.loads(p.value)
+                    change(a)
+                    p.value = json.dumps(a)
+
+        return how
+
+    def version(v):
+        def how(m):
+            for p in m.metadata_props:
+                if p.key == "ep_compile.format_version":
+                    p.value = v
+
+        return how
+
+    def drop_init(name):
+        def how(m):
+            m.graph.initializer.remove(next(t for t in m.graph.initializer if t.name == name))
+
+        return how
+
+    def body(m):
+        return next(a.g for n in m.graph.node if n.op_type == "Loop" for a in n.attribute if a.name == "body")
+
+    def out_padding(m):  # the strided chain conv's transpose loses its output_padding
+        for n in body(m).node:
+            if n.op_type == "ConvTranspose" and n.input[1] == "layer3.weight":
+                for a in n.attribute:
+                    if a.name == "output_padding":
+                        del a.ints[:]
+                        a.ints.extend([0, 0])
+
+    def clip_max(m):  # state 1's clip(u, 0, 2) becomes clip(u, 0, 3) in the graph only
+        g = body(m)
+        clip = next(n for n in g.node if n.op_type == "Clip" and n.output[0].startswith("body/s1_"))
+        t = next(t for t in g.initializer if t.name == clip.input[2])
+        t.CopyFrom(numpy_helper.from_array(np.array(3.0, np.float32), t.name))
+
+    a, b = "graph_skips_relu6_asym.onnx", "graph_stride_clip_mse.onnx"
+    edit(a, "bad_graph_skip_src.onnx", arch(lambda d: d["skips"][0].update(src=2)), "shape mismatch")
+    edit(a, "bad_graph_skip_factor.onnx", arch(lambda d: d["skips"][0].update(factor=2)), "shape mismatch")
+    edit(a, "bad_graph_skip_pool.onnx", arch(lambda d: d["skips"][0].update(pool="avg")), "shape mismatch")
+    edit(a, "bad_graph_skip_bias.onnx", arch(lambda d: d["skips"][1].update(bias=True)), "missing entry")
+    edit(a, "bad_graph_skip_no_wb.onnx", arch(lambda d: d["skips"][0].update(has_weight_b=False)), "shape mismatch")
+    edit(a, "bad_graph_skip_dropped.onnx", arch(lambda d: d["skips"].pop()), "shape mismatch")
+    edit(a, "bad_graph_skip_weight.onnx", drop_init("skip1.weight"), "missing entry")
+    edit(a, "bad_graph_version2.onnx", version("2"), "format version mismatch")
+    edit(a.replace(".onnx", "_evenodd.onnx"), "bad_graph_colours_shared.onnx", arch(lambda d: d.update(colours=[[0, 1], [2]])),
+         "shape mismatch")  # fmt: skip
+    edit(a, "bad_graph_colours_missing.onnx", arch(lambda d: d.update(colours=[[0, 1]])), "parse error")
+    edit(a, "bad_graph_act_relu6.onnx", arch(lambda d: d["activations"][1].__setitem__(2, 1.0)), "shape mismatch")
+    edit(b, "bad_graph_skip_stride.onnx", arch(lambda d: d["skips"][0].update(stride=2)), "shape mismatch")
+    edit(b, "bad_graph_out_padding.onnx", out_padding, "shape mismatch")
+    edit(b, "bad_graph_clip_const.onnx", clip_max, "shape mismatch")
+    edit(b, "bad_graph_act_ceiling.onnx", arch(lambda d: d["activations"][0].__setitem__(2, 3.0)), "shape mismatch")
+    edit(b, "bad_graph_act_identity.onnx", arch(lambda d: d["activations"].__setitem__(4, [1.0, 0.0, 1.0])),
+         "shape mismatch")  # fmt: skip
+    edit(b, "bad_graph_act_half_open.onnx", arch(lambda d: d["activations"].__setitem__(0, [1.0, None, 2.0])),
+         "parse error")  # fmt: skip
+    edit(b, "bad_graph_dense_skip.onnx", arch(lambda d: d["skips"][1].update(dst=5)), "shape mismatch")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", help="folder to write the golden cases into")
@@ -234,6 +341,8 @@ def main(argv=None):
         "digits_asym_ce_trained": ("digits", trained_digits_model(train, asymmetric=True)),
         "digits_sym_mse_avg_fc": ("digits", EPNet(ModelConfig(**small, pools=["avg", "max"], fc=[20], loss="mse"))),
         "digits_asym_mse": ("digits", EPNet(ModelConfig(**small, pools=["max", "max"], loss="mse", asymmetric=True))),
+        "graph_skips_relu6_asym": ("digits", trained_digits_model(train, cfg=ModelConfig(**GRAPH_A), iters=60)),
+        "graph_stride_clip_mse": ("digits", EPNet(ModelConfig(**GRAPH_B))),
         "cifar_sym_ce": ("cifar", EPNet(ModelConfig(**cifar))),
         "cifar_asym_ce": ("cifar", EPNet(ModelConfig(**cifar, asymmetric=True))),
         "cifar_sym_mse_none_avg": (
@@ -293,6 +402,11 @@ def main(argv=None):
         "digits_sym_mse_avg_fc_int8",
         "digits_sym_mse_avg_fc_evenodd",
         "digits_asym_ce_trained_int8_evenodd",
+        "graph_skips_relu6_asym",
+        "graph_skips_relu6_asym_evenodd",
+        "graph_skips_relu6_asym_int8_evenodd",
+        "graph_stride_clip_mse",
+        "graph_stride_clip_mse_evenodd",
     ):
         data, model = models[name]
         if data not in inputs:
@@ -331,16 +445,12 @@ def main(argv=None):
     put("bad_empty.onnx", b"", "bad argument")
     for frac in (0.1, 0.5, 0.9, 0.999):
         put(f"bad_truncated_{int(frac * 1000)}.onnx", good[: int(len(good) * frac)], "parse error")
-    for version in ("0", "4"):  # this runtime reads 1 (float32) and 2 (float32 or int8); 3: below
+    for version in ("0", "4"):  # this runtime reads 1 (float32), 2 (int8, even/odd) and 3 (graph nets)
         m = onnx.load_from_string(good)
         for prop in m.metadata_props:
             if prop.key == "ep_compile.format_version":
                 prop.value = version
         put(f"bad_version_{version}.onnx", m.SerializeToString(), "format version mismatch")
-    torch.manual_seed(3)  # a graph net (format version 3: skip interactions, ReLU6) is refused as such
-    graph = dict(in_shape=(1, 8, 8), channels=[2, 3], paddings=[1, 1], pools=["max", "max"], skips=["0:2:max"])
-    graph_net = EPNet(ModelConfig(**graph, activation="relu6"))
-    put("graph_net_v3.onnx", build_onnx(graph_net).SerializeToString(), "unsupported")
     m = onnx.load_from_string(good)
     w = next(t for t in m.graph.initializer if t.name == "layer2.weight")
     w.dims[0] = 1 << 40
@@ -379,6 +489,7 @@ def main(argv=None):
     m.graph.initializer.append(onnx.TensorProto.FromString(m.graph.initializer[0].SerializeToString()))
     put("bad_duplicate.onnx", m.SerializeToString(), "parse error")
     int8_crafted(out, put)
+    graph_crafted(out, put)
     rng = np.random.default_rng(0)
     for i in range(40):  # bit flips anywhere: any status, but the loader must return
         flipped = bytearray(good)
@@ -396,8 +507,13 @@ def main(argv=None):
             ModelConfig(**tiny, pools=["none", "max"], fc=[10], loss="mse", asymmetric=True)
         ),
     }
+    seeds["fuzz_seed_graph"] = EPNet(
+        ModelConfig(**{**tiny, "channels": [2, 2, 2], "paddings": [1, 1, 1]}, pools=["max", "none", "stride"],
+                    skips=["1:3:k3:stride", "0:2:k1:max"], activations=["relu6", "hard-sigmoid", "hard-sigmoid-1", "identity"], loss="mse")
+    )  # fmt: skip
     for name, model in seeds.items():
-        onnx.save(build_onnx(model, {"default_T": "5"}), out / f"{name}.onnx")
+        onnx.save(build_onnx(model, {"default_T": "5"}, schedule="evenodd" if "graph" in name else "sync"),
+                  out / f"{name}.onnx")  # fmt: skip
     onnx.save(build_onnx(seeds["fuzz_seed_mse_asym_fc"], {"default_T": "5"}, "int8"), out / "fuzz_seed_int8.onnx")
     print(f"wrote {len(lines)} golden cases and {len(bad)} corrupted files to {out}")
 

@@ -50,16 +50,59 @@ static void test_adjoints() {
   auto u = rnd(c * ph * pw, 4), v = rnd(c * (ph / 2) * (pw / 2), 5);
   std::vector<float> pooled(v.size()), un(u.size());
   std::vector<std::int32_t> idx(v.size());
-  ep::maxpool2x2(pooled.data(), idx.data(), u.data(), c, ph, pw);
-  ep::maxunpool2x2(un.data(), v.data(), idx.data(), c, ph, pw);
+  ep::maxpool(pooled.data(), idx.data(), u.data(), c, ph, pw, 2);
+  ep::maxunpool(un.data(), v.data(), idx.data(), c, ph, pw, 2);
   CHECK(std::fabs(dot(pooled, v) - dot(u, un)) < 1e-5, "max pool: selection and unpool are not adjoint");
-  ep::avgpool2x2(pooled.data(), u.data(), c, ph, pw);
-  ep::avgunpool2x2(un.data(), v.data(), c, ph, pw);
+  ep::avgpool(pooled.data(), u.data(), c, ph, pw, 2);
+  ep::avgunpool(un.data(), v.data(), c, ph, pw, 2);
   CHECK(std::fabs(dot(pooled, v) - dot(u, un)) < 1e-5, "avg pool adjoint");
   std::vector<float> ties(4, 0.25f), one(1);
   std::int32_t ti = -1;
-  ep::maxpool2x2(one.data(), &ti, ties.data(), 1, 2, 2);
+  ep::maxpool(one.data(), &ti, ties.data(), 1, 2, 2, 2);
   CHECK(ti == 0, "ties go to the first element in row-major order, got %d", ti);
+
+  for (int s = 2; s <= 3; ++s)  // strided: (8 + 2 - 3) / s + 1 rows, the rows left out get zeros back
+    for (int kk = 1; kk <= 3; kk += 2) {
+      const int hh = 8, ww = 7, pp = kk / 2, hs = (hh + 2 * pp - kk) / s + 1, ws = (ww + 2 * pp - kk) / s + 1;
+      auto xs = rnd(cin * hh * ww, 20 + s), ys = rnd(cout * hs * ws, 30 + s), ks = rnd(cout * cin * kk * kk, 40 + s);
+      std::vector<float> cs(ys.size()), ts(xs.size()), cols(cin * kk * kk * hs * ws), ref(ys.size(), 0.0f);
+      ep::conv2d(cs.data(), xs.data(), ks.data(), nullptr, cin, hh, ww, cout, kk, pp, cols.data(), nullptr, s);
+      ep::conv2d_transpose(ts.data(), ys.data(), ks.data(), cout, hs, ws, cin, hh, ww, kk, pp, cols.data(), nullptr, s);
+      for (int co = 0; co < cout; ++co)  // the strided conv written out from its definition
+        for (int oh = 0; oh < hs; ++oh)
+          for (int ow = 0; ow < ws; ++ow)
+            for (int ci = 0; ci < cin; ++ci)
+              for (int a = 0; a < kk; ++a)
+                for (int b = 0; b < kk; ++b) {
+                  const int ih = oh * s + a - pp, iw = ow * s + b - pp;
+                  if (ih >= 0 && ih < hh && iw >= 0 && iw < ww)
+                    ref[(co * hs + oh) * ws + ow] +=
+                        ks[((co * cin + ci) * kk + a) * kk + b] * xs[(ci * hh + ih) * ww + iw];
+                }
+      double err = 0;
+      for (std::size_t i = 0; i < ref.size(); ++i) err = std::max(err, double(std::fabs(ref[i] - cs[i])));
+      CHECK(err < 1e-5, "conv stride %d k %d differs from its definition by %g", s, kk, err);
+      CHECK(std::fabs(dot(cs, ys) - dot(xs, ts)) < 1e-4, "conv stride %d k %d adjoint: %g vs %g", s, kk, dot(cs, ys),
+            dot(xs, ts));
+    }
+  for (int f = 3; f <= 4; ++f) {  // f x f windows; 7 x 5 leaves rows and columns outside every window
+    auto v3 = rnd(c * (ph / f) * (pw / f), 50 + f);
+    std::vector<float> p3(v3.size()), u3(u.size());
+    std::vector<std::int32_t> i3(v3.size());
+    ep::maxpool(p3.data(), i3.data(), u.data(), c, ph, pw, f);
+    ep::maxunpool(u3.data(), v3.data(), i3.data(), c, ph, pw, f);
+    CHECK(std::fabs(dot(p3, v3) - dot(u, u3)) < 1e-5, "max pool %d: selection and unpool are not adjoint", f);
+    float best = u[0];  // the first window's maximum, from its definition
+    for (int a = 0; a < f; ++a)
+      for (int b = 0; b < f; ++b) best = std::max(best, u[a * pw + b]);
+    CHECK(p3[0] == best, "max pool %d: %g is not the window's maximum %g", f, p3[0], best);
+    ep::avgpool(p3.data(), u.data(), c, ph, pw, f);
+    ep::avgunpool(u3.data(), v3.data(), c, ph, pw, f);
+    CHECK(std::fabs(dot(p3, v3) - dot(u, u3)) < 1e-5, "avg pool %d adjoint", f);
+  }
+  std::vector<float> ties9(9, 0.5f);
+  ep::maxpool(one.data(), &ti, ties9.data(), 1, 3, 3, 3);
+  CHECK(ti == 0, "3x3 ties go to the first element in row-major order, got %d", ti);
 
   auto a = rnd(5, 6), bvec = rnd(3, 7), wd = rnd(15, 8);
   std::vector<float> da(3), tb(5);
